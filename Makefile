@@ -1,0 +1,52 @@
+# hyft — `make help` lists the targets. Every target installs what it needs itself.
+SHELL := /bin/bash
+HYFT_CACHE ?= $(HOME)/.cache/hyft
+VENV ?= $(HYFT_CACHE)/venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+export HYFT_CACHE
+# DeepSpeed compiles its CPU ops on first use: compile once, keep them.
+export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
+
+.DEFAULT_GOAL := help
+.PHONY: help venv binaries test test-unit test-k8s test-trainer test-e2e lint crds cluster demo bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+venv: ## create/refresh the virtualenv ($(VENV)) with every extra installed
+	@bash .ci/venv.sh "$(VENV)"
+
+binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm
+	$(PY) -m hyft_envtest.build
+
+test: venv binaries lint ## everything CI runs
+	$(PYTEST) tests
+
+test-unit: venv ## pure tests: no cluster, no heavy torch work
+	$(PYTEST) -m unit tests
+
+test-k8s: venv binaries ## operator and control-plane tests against a real API server
+	$(PYTEST) -m k8s tests
+
+test-trainer: venv ## tiny Hunyuan models, real DeepSpeed on CPU
+	$(PYTEST) -m trainer tests
+
+test-e2e: venv binaries ## the examples end to end
+	$(PYTEST) -m e2e tests
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+
+crds: venv ## regenerate crds/ from the API models
+	$(PY) -m hyft_operator.crdgen crds/
+
+cluster: venv binaries ## start a local control plane with fake GPU nodes (Ctrl-C stops it)
+	$(PY) -m hyft_envtest
+
+demo: venv ## run examples/local-tiny.yaml on this machine (see README)
+	@echo "make demo: the local run is not built yet (issue: hyft run --local)"; exit 1
+
+bench: venv ## benchmarks: ratios against baselines measured in the same run
+	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

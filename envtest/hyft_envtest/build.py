@@ -1,0 +1,219 @@
+"""Build and cache the control-plane binaries from Go modules.
+
+    python -m hyft_envtest.build [--force] [--only NAME ...]
+
+etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok and
+helm are compiled with the local Go toolchain from the Go module proxy into
+``${HYFT_CACHE:-~/.cache/hyft}/bin``. ``go install pkg@version`` refuses modules
+whose go.mod has replace directives (etcd's server, k8s.io/kubernetes), so each
+is built from a small helper module that requires it. A binary that already
+reports the expected version is not rebuilt.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .paths import (
+    ETCD_VERSION,
+    HELM_VERSION,
+    KUBERNETES_VERSION,
+    KWOK_VERSION,
+    bin_dir,
+    cache_dir,
+)
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubectl")
+
+
+def go_env() -> dict[str, str]:
+    root = cache_dir() / "go"
+    env = dict(os.environ)
+    env.update(
+        GOTOOLCHAIN="local",
+        CGO_ENABLED="0",
+        GOMODCACHE=str(root / "mod"),
+        GOCACHE=str(root / "build"),
+        GOPATH=str(root / "path"),
+        GOFLAGS="-mod=mod -buildvcs=false",
+    )
+    return env
+
+
+def run(cmd: list[str], cwd: Path | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=go_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def reported_version(path: Path, args: list[str]) -> str:
+    if not path.exists():
+        return ""
+    try:
+        proc = subprocess.run([str(path), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout + proc.stderr
+
+
+def helper_module(name: str, requires: dict[str, str], replaces: dict[str, str] | None = None) -> Path:
+    """A throwaway module whose only job is to require (and replace) what we build."""
+    mod_dir = cache_dir() / "src" / name
+    mod_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"module hyft.local/build/{name}", "", "go 1.26", ""]
+    lines += [f"require {path} {version}" for path, version in requires.items()]
+    if replaces:
+        lines += ["", "replace ("]
+        lines += [f"\t{old} => {new}" for old, new in sorted(replaces.items())]
+        lines += [")"]
+    gomod = "\n".join(lines) + "\n"
+    target = mod_dir / "go.mod"
+    if not target.exists() or target.read_text() != gomod:
+        target.write_text(gomod)
+        (mod_dir / "go.sum").unlink(missing_ok=True)
+    # The build needs every transitive requirement in go.sum: let go resolve them.
+    for path, version in requires.items():
+        run(["go", "get", f"{path}@{version}"], cwd=mod_dir)
+    return mod_dir
+
+
+def go_build(mod_dir: Path, packages: list[str], ldflags: list[str], out: Path) -> None:
+    # Several packages: -o names a folder; one package: -o names the binary.
+    folder = out if len(packages) > 1 else out.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    target = str(out) + "/" if len(packages) > 1 else str(out)
+    run(["go", "build", "-trimpath", "-ldflags", " ".join(["-s", "-w", *ldflags]), "-o", target, *packages],
+        cwd=mod_dir)
+
+
+def module_gomod_path(module: str, version: str) -> Path:
+    import json
+
+    info = json.loads(run(["go", "mod", "download", "-json", f"{module}@{version}"]))
+    return Path(info["GoMod"])
+
+
+def staging_replaces(kube_version: str) -> dict[str, str]:
+    """k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with
+    ./staging/...; map each to its published v0.<minor>.<patch> tag instead."""
+    gomod = module_gomod_path("k8s.io/kubernetes", kube_version).read_text()
+    staged = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", gomod, flags=re.M)
+    if not staged:
+        raise RuntimeError("no staging replaces found in k8s.io/kubernetes go.mod")
+    staging_version = "v0." + kube_version.lstrip("v").split(".", 1)[1]
+    return {module: f"{module} {staging_version}" for module in staged}
+
+
+def version_ldflags(pkg: str, version: str) -> list[str]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    build_date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return [
+        f"-X {pkg}.gitVersion={version}",
+        f"-X {pkg}.gitMajor={major}",
+        f"-X {pkg}.gitMinor={minor}",
+        f"-X {pkg}.gitTreeState=clean",
+        f"-X {pkg}.buildDate={build_date}",
+    ]
+
+
+def build_kubernetes() -> None:
+    mod = helper_module(
+        "kubernetes-" + KUBERNETES_VERSION,
+        {"k8s.io/kubernetes": KUBERNETES_VERSION},
+        staging_replaces(KUBERNETES_VERSION),
+    )
+    ldflags = version_ldflags("k8s.io/component-base/version", KUBERNETES_VERSION)
+    ldflags += version_ldflags("k8s.io/client-go/pkg/version", KUBERNETES_VERSION)
+    go_build(mod, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS], ldflags, bin_dir())
+
+
+def build_etcd() -> None:
+    try:
+        mod = helper_module("etcd-" + ETCD_VERSION, {"go.etcd.io/etcd/server/v3": ETCD_VERSION})
+        go_build(mod, ["go.etcd.io/etcd/server/v3"], [], bin_dir() / "etcd")
+    except RuntimeError as err:
+        print(f"  building etcd from Go modules failed; falling back to Debian's etcd-server\n  {err}")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], check=True)
+        bin_dir().mkdir(parents=True, exist_ok=True)
+        shutil.copy2("/usr/bin/etcd", bin_dir() / "etcd")
+
+
+def build_kwok() -> None:
+    mod = helper_module("kwok-" + KWOK_VERSION, {"sigs.k8s.io/kwok": KWOK_VERSION})
+    go_build(mod, ["sigs.k8s.io/kwok/cmd/kwok"], [f"-X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION.lstrip('v')}"],
+             bin_dir() / "kwok")
+
+
+def build_helm() -> None:
+    mod = helper_module("helm-" + HELM_VERSION, {"helm.sh/helm/v3": HELM_VERSION})
+    # helm reports the Kubernetes version it was built against (lint, capabilities).
+    major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
+    ldflags = [f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+               "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        ldflags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
+    go_build(mod, ["helm.sh/helm/v3/cmd/helm"], ldflags, bin_dir() / "helm")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    binaries: tuple[str, ...]
+    version_args: list[str]
+    expected: str
+    build: Callable[[], None]
+
+    def is_current(self) -> bool:
+        return all(self.expected in reported_version(bin_dir() / b, self.version_args) for b in self.binaries)
+
+
+TARGETS = (
+    Target("etcd", ("etcd",), ["--version"], f"etcd Version: {ETCD_VERSION.lstrip('v')}", build_etcd),
+    Target("kubernetes", KUBE_COMMANDS[:3], ["--version"], f"Kubernetes {KUBERNETES_VERSION}", build_kubernetes),
+    Target("kwok", ("kwok",), ["--version"], KWOK_VERSION.lstrip("v"), build_kwok),
+    Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
+)
+
+
+def ensure(names: list[str] | None = None, force: bool = False) -> None:
+    if shutil.which("go") is None:
+        raise SystemExit("Go toolchain not found: install Go >= 1.26 (the control plane is built from Go modules)")
+    for target in TARGETS:
+        if names and target.name not in names:
+            continue
+        if not force and target.is_current():
+            print(f"{target.name}: cached ({', '.join(target.binaries)} report {target.expected})")
+            continue
+        started = time.monotonic()
+        print(f"{target.name}: building ...", flush=True)
+        target.build()
+        if not target.is_current():
+            raise SystemExit(f"{target.name}: built, but does not report '{target.expected}'")
+        print(f"{target.name}: built in {time.monotonic() - started:.0f}s", flush=True)
+    print(f"binaries in {bin_dir()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--force", action="store_true", help="rebuild even when the cached binary is current")
+    parser.add_argument("--only", nargs="*", choices=[t.name for t in TARGETS], help="build only these")
+    args = parser.parse_args(argv)
+    try:
+        ensure(args.only, args.force)
+    except RuntimeError as err:
+        sys.exit(str(err))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""hyft operator: the HunyuanFineTune API, pure builders, and the Kopf reconciler."""

@@ -1,0 +1,1 @@
+"""hyft trainer: Hunyuan chat data, DeepSpeed training, metrics, launcher."""
