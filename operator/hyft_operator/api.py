@@ -182,6 +182,10 @@ class RunPolicy(ApiModel):
                     "(a GitOps tool would recreate it).")
     suspend: bool = Field(False, description="Delete the pods (after a checkpoint on SIGTERM) and wait; "
                                              "set back to false to resume from the last checkpoint.")
+    checkpointGracePeriodSeconds: int = Field(
+        300, ge=0, le=86400,
+        description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "
+                    "preemption) to save a checkpoint.")
     permanentExitCodes: list[int] = Field(
         [2, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "

@@ -1,0 +1,282 @@
+"""Pure builders: a HunyuanFineTune -> the objects the operator creates.
+
+The headless Service, the ConfigMap holding the trainer config (the trainer's own
+schema, read back by `hyft train`), and the master/worker Pods of the pod
+contract in DESIGN.md. No API calls: `hyft render` and `hyft run --local` use
+the same functions as the operator.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from hyft_trainer.config import DataFile, TrainerConfig, dump_config
+
+from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
+
+LABEL_JOB = "hyft.io/job-name"
+LABEL_ROLE = "hyft.io/role"
+LABEL_RANK = "hyft.io/node-rank"
+LABEL_ATTEMPT = "hyft.io/attempt"
+VOLUME_ROOT = "/hyft/volumes"
+CONFIG_DIR = "/etc/hyft"
+CONFIG_KEY = "train.yaml"
+CONTAINER = "trainer"
+RUN_AS = 1000  # the trainer image's non-root user
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """Operator-level settings that fill what a spec leaves open (never written into the spec)."""
+
+    image: str = "ghcr.io/hyft-io/hyft-trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+
+
+def pod_name(job_name: str, rank: int) -> str:
+    return f"{job_name}-master-0" if rank == 0 else f"{job_name}-worker-{rank - 1}"
+
+
+def role(rank: int) -> str:
+    return "master" if rank == 0 else "worker"
+
+
+def config_map_name(job_name: str) -> str:
+    return f"{job_name}-config"
+
+
+def master_address(job_name: str, namespace: str) -> str:
+    return f"{pod_name(job_name, 0)}.{job_name}.{namespace}.svc"
+
+
+def volume_path(ref: VolumePath) -> str:
+    return posixpath.normpath(posixpath.join(VOLUME_ROOT, ref.volume, ref.path))
+
+
+def labels(job_name: str, rank: int | None = None, attempt: int | None = None) -> dict[str, str]:
+    out = {LABEL_JOB: job_name, "app.kubernetes.io/name": "hyft-trainer",
+           "app.kubernetes.io/instance": job_name, "app.kubernetes.io/managed-by": "hyft-operator"}
+    if rank is not None:
+        out[LABEL_ROLE] = role(rank)
+        out[LABEL_RANK] = str(rank)
+    if attempt is not None:
+        out[LABEL_ATTEMPT] = str(attempt)
+    return out
+
+
+def owner_reference(job: HunyuanFineTune) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": job.metadata["name"],
+            "uid": job.metadata["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _metadata(job: HunyuanFineTune, name: str, extra_labels: dict[str, str] | None = None,
+              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": job.metadata["namespace"],
+                            "labels": {**labels(job.metadata["name"]), **(extra_labels or {})}}
+    if annotations:
+        meta["annotations"] = annotations
+    if job.metadata.get("uid"):
+        meta["ownerReferences"] = [owner_reference(job)]
+    return meta
+
+
+def service(job: HunyuanFineTune) -> dict[str, Any]:
+    """Headless, publishing not-ready addresses: MASTER_ADDR resolves before the master is Ready."""
+    name = job.metadata["name"]
+    ports = [{"name": "rendezvous", "port": job.spec.masterPort, "targetPort": job.spec.masterPort}]
+    if job.spec.metrics.enabled:
+        ports.append({"name": "metrics", "port": job.spec.metrics.port, "targetPort": job.spec.metrics.port})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, name),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {LABEL_JOB: name}, "ports": ports},
+    }
+
+
+def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
+    spec = job.spec
+    data, method, training, ds = spec.data, spec.method, spec.training, spec.deepspeed
+    return TrainerConfig(
+        model_name_or_path=volume_path(spec.model),
+        template=spec.model.family,
+        finetuning_type=method.type,
+        lora_rank=method.lora.rank,
+        lora_alpha=method.lora.alpha,
+        lora_dropout=method.lora.dropout,
+        lora_target=",".join(method.lora.targetModules),
+        freeze_trainable_layers=method.freeze.trainableLayers,
+        data_files=[DataFile(path=volume_path(f), format=f.format) for f in data.files],
+        dataset=list(data.names),
+        dataset_dir=volume_path(data.datasetInfo) if data.datasetInfo else None,
+        cutoff_len=data.cutoffLen,
+        packing=data.packing,
+        train_on_prompt=data.trainOnPrompt,
+        mask_history=data.maskHistory,
+        skip_invalid_samples=data.skipInvalidSamples,
+        val_size=data.valSize,
+        learning_rate=training.learningRate,
+        num_train_epochs=training.epochs,
+        max_steps=training.maxSteps or -1,
+        per_device_train_batch_size=training.perDeviceBatchSize,
+        gradient_accumulation_steps=training.gradientAccumulationSteps,
+        lr_scheduler_type=training.lrSchedulerType,
+        warmup_ratio=training.warmupRatio,
+        weight_decay=training.weightDecay,
+        max_grad_norm=training.maxGradNorm,
+        bf16=training.precision == "bf16",
+        fp16=training.precision == "fp16",
+        gradient_checkpointing=training.gradientCheckpointing,
+        seed=training.seed,
+        logging_steps=training.loggingSteps,
+        save_steps=training.saveSteps,
+        save_total_limit=training.saveTotalLimit,
+        eval_steps=training.evalSteps,
+        early_stopping_steps=training.earlyStoppingPatience,
+        output_dir=volume_path(spec.output),
+        zero_stage=ds.stage,
+        offload_optimizer=ds.offloadOptimizer,
+        offload_param=ds.offloadParams,
+        deepspeed_overrides=ds.overrides,
+        metrics_port=spec.metrics.port if spec.metrics.enabled else None,
+        job_name=job.metadata["name"],
+    )
+
+
+def config_map(job: HunyuanFineTune) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, config_map_name(job.metadata["name"])),
+        "data": {CONFIG_KEY: dump_config(trainer_config(job))},
+    }
+
+
+def rendezvous_env(nnodes: int, node_rank: int, master_addr: str, master_port: int,
+                   nproc_per_node: int) -> list[dict[str, str]]:
+    """The pod contract's env, with torchrun's PET_* twins. Never RANK/WORLD_SIZE: torchrun
+    derives those per process."""
+    values = {"NNODES": nnodes, "NODE_RANK": node_rank, "MASTER_ADDR": master_addr,
+              "MASTER_PORT": master_port, "NPROC_PER_NODE": nproc_per_node}
+    env = [{"name": k, "value": str(v)} for k, v in values.items()]
+    return env + [{"name": f"PET_{k}", "value": str(v)} for k, v in values.items()]
+
+
+def _resources(job: HunyuanFineTune) -> dict[str, Any]:
+    spec = job.spec
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if spec.gpusPerNode:
+        requests[spec.gpuResourceName] = limits[spec.gpuResourceName] = str(spec.gpusPerNode)
+    if spec.cpu:
+        requests["cpu"] = spec.cpu
+    if spec.memory:
+        requests["memory"] = limits["memory"] = spec.memory
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(job: HunyuanFineTune) -> list[dict[str, Any]]:
+    tolerations = list(job.spec.scheduling.tolerations)
+    gpu = job.spec.gpuResourceName
+    # GPU pools are commonly tainted with the GPU resource name; tolerate it unless the user chose.
+    if job.spec.gpusPerNode and not any(t.get("key") == gpu for t in tolerations):
+        tolerations.append({"key": gpu, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults()
+        ) -> dict[str, Any]:
+    spec = job.spec
+    name = job.metadata["name"]
+    namespace = job.metadata["namespace"]
+    pod_labels = labels(name, rank, attempt)
+    annotations = {}
+    if spec.scheduling.queueName:
+        # Kueue's plain-pod integration: the gang is admitted as one pod group.
+        pod_labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queueName
+        pod_labels["kueue.x-k8s.io/pod-group-name"] = f"{name}-{attempt}"
+        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(spec.nodes)
+
+    env = rendezvous_env(spec.nodes, rank, master_address(name, namespace), spec.masterPort,
+                         spec.gpusPerNode or 1)
+    env += [
+        {"name": "HYFT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_KEY}"},
+        {"name": "HYFT_JOB_NAME", "value": name},
+        {"name": "HYFT_ATTEMPT", "value": str(attempt)},
+        {"name": "HYFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+    env += [{"name": s.name, "valueFrom": {"secretKeyRef": {"name": s.secretName, "key": s.key}}}
+            for s in spec.secretEnv]
+    env += spec.env
+
+    ports = [{"name": "metrics", "containerPort": spec.metrics.port}] if spec.metrics.enabled else []
+    if rank == 0:
+        ports.insert(0, {"name": "rendezvous", "containerPort": spec.masterPort})
+
+    mounts = [{"name": v["name"], "mountPath": f"{VOLUME_ROOT}/{v['name']}"} for v in spec.volumes]
+    mounts += [{"name": "hyft-config", "mountPath": CONFIG_DIR, "readOnly": True},
+               {"name": "dshm", "mountPath": "/dev/shm"}]
+    volumes = list(spec.volumes) + [
+        {"name": "hyft-config", "configMap": {"name": config_map_name(name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shmSize}},
+    ]
+
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or defaults.image,
+        "imagePullPolicy": spec.imagePullPolicy or defaults.image_pull_policy,
+        "command": ["hyft", "train", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "env": env,
+        "ports": ports,
+        "resources": _resources(job),
+        "volumeMounts": mounts,
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostname": pod_name(name, rank),
+        "subdomain": name,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": spec.runPolicy.checkpointGracePeriodSeconds,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": volumes,
+    }
+    scheduling = spec.scheduling
+    if scheduling.nodeSelector:
+        pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
+    if tolerations := _tolerations(job):
+        pod_spec["tolerations"] = tolerations
+    if scheduling.affinity:
+        pod_spec["affinity"] = scheduling.affinity
+    if scheduling.priorityClassName:
+        pod_spec["priorityClassName"] = scheduling.priorityClassName
+    if scheduling.schedulerName:
+        pod_spec["schedulerName"] = scheduling.schedulerName
+    if spec.imagePullSecrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in spec.imagePullSecrets]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(job, pod_name(name, rank), pod_labels, annotations or None),
+        "spec": pod_spec,
+    }
+
+
+def gang(job: HunyuanFineTune, attempt: int, defaults: OperatorDefaults = OperatorDefaults()) -> list[dict]:
+    return [pod(job, rank, attempt, defaults) for rank in range(job.spec.nodes)]
+
+
+def render_all(job: HunyuanFineTune, attempt: int = 0, defaults: OperatorDefaults = OperatorDefaults()
+               ) -> list[dict[str, Any]]:
+    """Everything the operator creates for a job, in creation order."""
+    return [service(job), config_map(job), *gang(job, attempt, defaults)]
