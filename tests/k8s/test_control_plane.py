@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
-
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hyft_envtest.kwok import EXIT_CODE_ANNOTATION
 from hyft_envtest.paths import KUBERNETES_VERSION
-
-
-def wait_for(predicate, timeout=60.0, interval=0.3, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.helpers import wait_for
 
 
 WIDGET_CRD = {
