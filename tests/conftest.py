@@ -57,11 +57,51 @@ def gpu_nodes(control_plane):
     return names
 
 
-@pytest.fixture
-def namespace(control_plane, api_client):
+def _namespace(api_client, prefix):
     from kubernetes import client
 
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+@pytest.fixture
+def namespace(control_plane, api_client):
+    """A fresh namespace the operator does NOT watch."""
+    from kubernetes import client
+
+    name = _namespace(api_client, "t")
     yield name
     client.CoreV1Api(api_client).delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane):
+    from hyft_operator.crdgen import CRD_FILE
+    from tests.helpers import ROOT
+
+    control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io")
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def operator(crds, gpu_nodes):
+    """The operator, in-process (kopf.testing.KopfRunner), watching namespaces op-*."""
+    import os
+
+    from kopf.testing import KopfRunner
+
+    os.environ["KUBECONFIG"] = str(crds.kubeconfig)
+    os.environ["HYFT_RESYNC_SECONDS"] = "1"
+    os.environ["HYFT_SCRAPE_PROGRESS"] = "0"
+    args = ["run", "--standalone", "--namespace", "op-*", "-m", "hyft_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+    assert runner.exception is None, runner.exception
+
+
+@pytest.fixture
+def op_namespace(operator, api_client):
+    """A fresh namespace the in-process operator watches."""
+    return _namespace(api_client, "op")

@@ -145,8 +145,10 @@ class DeepSpeedSpec(ApiModel):
                                       description="DeepSpeed JSON merged over the generated config.",
                                       json_schema_extra=PASSTHROUGH)
     model_config = ConfigDict(json_schema_extra=cel(
-        {"rule": "!self.offloadParams || self.stage == 3",
-         "message": "offloadParams needs stage 3", "fieldPath": ".offloadParams"},
+        # has(): the CRD's own default ({}) is validated before its fields are defaulted.
+        {"rule": "!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
+         "message": "parameter offload needs ZeRO stage 3: with stage 2 set offloadParams: false",
+         "fieldPath": ".offloadParams"},
     ))
 
 

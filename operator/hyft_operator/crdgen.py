@@ -5,7 +5,7 @@
 Pydantic's JSON Schema becomes a Kubernetes structural schema: references
 inlined, Optional[X] reduced to X, titles dropped, exclusive bounds in OpenAPI v3
 form, pass-through Kubernetes objects marked x-kubernetes-preserve-unknown-fields,
-and object defaults of nested settings set to {} so the API server fills them in.
+and defaults for nested settings ({}) and optional lists ([]) so the API server fills them in.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import yaml
 from . import api
 
 CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
+CEL = "x-kubernetes-validations"
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -40,8 +41,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         return node
     node = dict(node)
     if "$ref" in node:
-        ref = defs[node.pop("$ref").split("/")[-1]]
-        node = {**copy.deepcopy(ref), **node}
+        ref = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+        rules = ref.get(CEL, []) + node.get(CEL, [])  # the model's rules and the field's rules
+        node = {**ref, **node}
+        if rules:
+            node[CEL] = rules
     any_of = node.get("anyOf")
     if any_of and any(branch == {"type": "null"} for branch in any_of):
         rest = [branch for branch in any_of if branch != {"type": "null"}]
@@ -76,16 +80,16 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _structural(value, defs)
         else:
             out[key] = value
-    # Nested settings objects default to {} so that the API server applies their field defaults.
+    # Nested settings objects default to {} so that the API server applies their field defaults;
+    # optional lists default to [] so that CEL rules can read them unguarded.
     for name, sub in out.get("properties", {}).items():
-        if sub.get("type") == "object" and "properties" in sub and "default" not in sub \
-                and name not in out.get("required", []) and not _has_required(sub):
+        if "default" in sub or name in out.get("required", []):
+            continue
+        if sub.get("type") == "object" and "properties" in sub and not sub.get("required"):
             sub["default"] = {}
+        elif sub.get("type") == "array":
+            sub["default"] = []
     return out
-
-
-def _has_required(schema: dict[str, Any]) -> bool:
-    return bool(schema.get("required"))
 
 
 def openapi_schema(model: type) -> dict[str, Any]:

@@ -1,0 +1,226 @@
+"""Observe -> plan -> act for one HunyuanFineTune, with the Kubernetes API.
+
+Level-based and crash-safe: deterministic names, create-if-absent (409 means
+"already there"), 404 on delete means "already gone", and the status (with the
+observed resourceVersion as a precondition) is written BEFORE pods are deleted
+or created, so a crash between two calls converges on the next pass. The
+operator never writes to spec.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import urllib.request
+from collections import defaultdict
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from . import api, builders, lifecycle, metrics
+from .progress import parse_progress
+
+log = logging.getLogger("hyft.operator")
+CREATE_RETRY_SECONDS = 10.0
+
+
+def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) -> str | None:
+    """Multi-node jobs need an output volume every node shares (DeepSpeed writes `latest` on rank 0 only)."""
+    if job.spec.nodes == 1 or pvc is None:
+        return None
+    modes = (pvc.get("spec") or {}).get("accessModes") or []
+    if "ReadWriteMany" in modes:
+        return None
+    name = pvc["metadata"]["name"]
+    return (f"output volume {job.spec.output.volume!r} is PVC {name} with accessModes {modes}: a job with "
+            f"{job.spec.nodes} nodes needs ReadWriteMany so that every node sees the same checkpoints")
+
+
+class Reconciler:
+    def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
+                 scrape_progress: bool = True, scrape_timeout: float = 2.0):
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.defaults = defaults
+        self.scrape_progress = scrape_progress
+        self.scrape_timeout = scrape_timeout
+        self.phases = metrics.PhaseTracker()
+        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+    # ------------------------------------------------------------------ entry
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """One pass for one job; returns seconds until it wants to run again (or None)."""
+        with self._locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():
+            try:
+                requeue = self._reconcile(namespace, name)
+                metrics.RECONCILES.labels("ok").inc()
+                return requeue
+            except ApiException as err:
+                if err.status == 409:  # someone wrote in between: observe again
+                    metrics.RECONCILES.labels("conflict").inc()
+                    return 1.0
+                metrics.RECONCILES.labels("error").inc()
+                raise
+
+    def _reconcile(self, namespace: str, name: str) -> float | None:
+        try:
+            obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        except ApiException as err:
+            if err.status == 404:
+                self.phases.observe((namespace, name), None)
+                return None
+            raise
+        if obj["metadata"].get("deletionTimestamp"):
+            self.phases.observe((namespace, name), None)
+            return None
+        try:
+            job = api.HunyuanFineTune.model_validate(obj)
+        except ValidationError as err:
+            self._write_invalid(obj, str(err))
+            return None
+
+        pods = [p for p in self._list_pods(namespace, name) if self._owned(p, obj)]
+        views = [lifecycle.pod_view(p) for p in pods]
+        now = dt.datetime.now(dt.timezone.utc)
+        if not job.status.startTime and not views:
+            problem = self._preflight(job)
+            if problem:
+                self._write_invalid(obj, problem, reason="OutputNotShared")
+                return None
+        if self.scrape_progress and job.status.phase == "Running" and job.spec.metrics.enabled:
+            job.status.progress = self._scrape(job) or job.status.progress
+        plan = lifecycle.plan(job, views, now)
+
+        if plan.status != api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {}):
+            self._write_status(obj, plan.status)
+        if plan.create:  # the pods mount the ConfigMap and resolve MASTER_ADDR through the Service
+            self._ensure(builders.service(job))
+            self._ensure(builders.config_map(job))
+        for pod_name in plan.delete:
+            self._delete_pod(namespace, pod_name)
+        for rank in plan.create:
+            try:
+                self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults))
+            except ApiException as err:
+                if err.status not in (400, 403, 422):
+                    raise
+                # Admission refused the pod (quota, missing PriorityClass, policy): say so and retry.
+                self._write_create_failure(namespace, name, builders.pod_name(name, rank), err)
+                return CREATE_RETRY_SECONDS
+        if plan.create and len(plan.create) + len(views) == job.spec.nodes and plan.status.attempt == 0:
+            created = dt.datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+            metrics.GANG_CREATION.observe(max(0.0, (now - created).total_seconds()))
+        if plan.status.restarts > job.status.restarts:
+            metrics.GANG_RESTARTS.labels(namespace).inc()
+        for event in plan.events:
+            self._event(obj, event)
+        self.phases.observe((namespace, name), plan.status.phase)
+        return plan.requeue_after
+
+    # ---------------------------------------------------------------- observe
+    def _list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        result = self.core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_JOB}={name}",
+                                               _preload_content=False)
+        return json.loads(result.data)["items"]
+
+    @staticmethod
+    def _owned(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
+        uid = owner["metadata"]["uid"]
+        return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
+
+    def _preflight(self, job: api.HunyuanFineTune) -> str | None:
+        volume = next(v for v in job.spec.volumes if v["name"] == job.spec.output.volume)
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if job.spec.nodes == 1 or not claim:
+            return None
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, job.metadata["namespace"])
+        except ApiException as err:
+            if err.status == 404:
+                return None  # the pods wait for it like any pod would; the scheduler says so
+            raise
+        return output_volume_problem(job, self.core.api_client.sanitize_for_serialization(pvc))
+
+    def _scrape(self, job: api.HunyuanFineTune) -> api.Progress | None:
+        url = (f"http://{builders.master_address(job.metadata['name'], job.metadata['namespace'])}:"
+               f"{job.spec.metrics.port}/metrics")
+        try:
+            with urllib.request.urlopen(url, timeout=self.scrape_timeout) as resp:
+                return parse_progress(resp.read().decode())
+        except (OSError, ValueError):
+            return None  # progress is best effort; the phase does not depend on it
+
+    # -------------------------------------------------------------------- act
+    def _write_status(self, obj: dict[str, Any], status: api.HunyuanFineTuneStatus) -> None:
+        body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                "status": status.model_dump(mode="json")}
+        meta = obj["metadata"]
+        self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, meta["namespace"], api.PLURAL,
+                                                          meta["name"], body)
+
+    def _write_create_failure(self, namespace: str, name: str, pod_name: str, err: ApiException) -> None:
+        try:
+            message = json.loads(err.body).get("message", err.reason)
+        except (TypeError, ValueError):
+            message = str(err.reason)
+        message = f"cannot create pod {pod_name}: {message}"
+        obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
+        now = dt.datetime.now(dt.timezone.utc)
+        lifecycle.set_condition(status.conditions, "Created", "False", "PodCreationFailed", message, now,
+                                obj["metadata"].get("generation"))
+        if status.message != message:
+            status.message = message
+            self._write_status(obj, status)
+            self._event(obj, lifecycle.Event("Warning", "PodCreationFailed", message))
+
+    def _write_invalid(self, obj: dict[str, Any], message: str, reason: str = "InvalidSpec") -> None:
+        status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
+        if status.phase == "Failed" and status.message == message:
+            return
+        now = dt.datetime.now(dt.timezone.utc)
+        status.phase, status.message = "Failed", message
+        status.observedGeneration = obj["metadata"].get("generation")
+        for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):
+            lifecycle.set_condition(status.conditions, type_, value, reason, message, now, status.observedGeneration)
+        self._write_status(obj, status)
+        self._event(obj, lifecycle.Event("Warning", reason, message))
+
+    def _ensure(self, desired: dict[str, Any]) -> None:
+        """Create if absent. An existing object with our deterministic name is adopted as is."""
+        kind, meta = desired["kind"], desired["metadata"]
+        create = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
+                  "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        try:
+            create(meta["namespace"], desired)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+    def _delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    def _event(self, obj: dict[str, Any], event: lifecycle.Event) -> None:
+        meta = obj["metadata"]
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta["uid"]},
+            "type": event.type, "reason": event.reason, "message": event.message[:1024],
+            "source": {"component": "hyft-operator"}, "reportingComponent": "hyft-operator",
+            "reportingInstance": "hyft-operator",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as err:  # events are best effort
+            log.warning("could not post event %s for %s/%s: %s", event.reason, meta["namespace"], meta["name"],
+                        err.reason)

@@ -1,0 +1,421 @@
+"""The operator against the real API server: examples applied, the gang lifecycle
+driven through KWOK, validation by the server, GC, crash safety, kubectl output."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from hyft_envtest.kwok import EXIT_CODE_ANNOTATION, REASON_ANNOTATION
+from hyft_operator import api, builders
+from hyft_operator.reconciler import Reconciler
+from hyft_trainer.config import parse_config
+from tests.helpers import EXAMPLES, ROOT, wait_for
+
+GVP = (api.GROUP, api.VERSION)
+
+
+def load(path):
+    return yaml.safe_load(path.read_text())
+
+
+def cpu_job(name="tiny", nodes=2, **spec_changes):
+    """A CPU-only job the fake GPU nodes accept (they are tainted, so it tolerates the taint)."""
+    spec = {
+        "model": {"volume": "shared", "path": "models/tiny"},
+        "data": {"files": [{"volume": "shared", "path": "data/chat.jsonl"}]},
+        "output": {"volume": "shared", "path": f"runs/{name}"},
+        "volumes": [{"name": "shared", "nfs": {"server": "nfs.example", "path": "/export"}}],
+        "nodes": nodes,
+        "gpusPerNode": 0,
+        "training": {"precision": "fp32"},
+        "scheduling": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+    }
+    spec.update(spec_changes)
+    return {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
+
+
+def create(api_client, namespace, body):
+    return client.CustomObjectsApi(api_client).create_namespaced_custom_object(*GVP, namespace, api.PLURAL, body)
+
+
+def get(api_client, namespace, name):
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(*GVP, namespace, api.PLURAL, name)
+
+
+def patch_spec(api_client, namespace, name, spec):
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(*GVP, namespace, api.PLURAL, name,
+                                                                       {"spec": spec})
+
+
+def pods(api_client, namespace, name):
+    items = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"hyft.io/job-name={name}")
+    return sorted(items.items, key=lambda p: p.metadata.name)
+
+
+def wait_phase(api_client, namespace, name, phase, timeout=60):
+    def reached():
+        status = get(api_client, namespace, name).get("status") or {}
+        return status if status.get("phase") == phase else None
+
+    return wait_for(reached, timeout=timeout, what=f"{name} phase {phase}")
+
+
+def exit_pod(api_client, namespace, pod, code, reason=None):
+    annotations = {EXIT_CODE_ANNOTATION: str(code)}
+    if reason:
+        annotations[REASON_ANNOTATION] = reason
+    client.CoreV1Api(api_client).patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
+
+
+def env_of(pod):
+    return {e.name: e.value for e in pod.spec.containers[0].env}
+
+
+@pytest.fixture(scope="module")
+def priority_class(api_client):
+    """What a cluster admin sets up once; the 2-node example uses it."""
+    try:
+        client.SchedulingV1Api(api_client).create_priority_class(
+            {"metadata": {"name": "training-high"}, "value": 1000})
+    except ApiException as err:
+        if err.status != 409:
+            raise
+
+
+# ---------------------------------------------------------------- examples
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_applying_each_example_creates_service_config_and_pods(crds, api_client, op_namespace, priority_class,
+                                                               path):
+    body = load(path)
+    name = body["metadata"]["name"]
+    crds.kubectl("apply", "-n", op_namespace, "-f", str(path))
+    nodes = body["spec"].get("nodes", 1)
+    found = wait_for(lambda: (p := pods(api_client, op_namespace, name)) and len(p) == nodes and p,
+                     what=f"{nodes} pods")
+    core = client.CoreV1Api(api_client)
+    svc = core.read_namespaced_service(name, op_namespace)
+    assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses
+    cm = core.read_namespaced_config_map(f"{name}-config", op_namespace)
+    config = parse_config(yaml.safe_load(cm.data["train.yaml"]))
+    assert config.job_name == name
+    master_addr = f"{name}-master-0.{name}.{op_namespace}.svc"
+    for rank, pod in enumerate(found):
+        env = env_of(pod)
+        assert env["NODE_RANK"] == env["PET_NODE_RANK"] == str(rank)
+        assert env["NNODES"] == env["PET_NNODES"] == str(nodes)
+        assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == master_addr
+        assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == str(body["spec"].get("masterPort", 29500))
+        assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == str(body["spec"].get("gpusPerNode", 8))
+        assert "RANK" not in env and "WORLD_SIZE" not in env
+        assert pod.spec.subdomain == name and pod.metadata.owner_references[0].kind == api.KIND
+    assert found[0].spec.hostname == f"{name}-master-0"
+    status = wait_for(lambda: get(api_client, op_namespace, name).get("status"), what="status")
+    assert status["observedGeneration"] == 1
+    assert status["nodes"]["total"] == nodes
+
+
+def test_master_address_is_published_by_the_headless_service(api_client, op_namespace):
+    """The DNS name MASTER_ADDR uses is served from the EndpointSlice's hostname entry."""
+    create(api_client, op_namespace, cpu_job("dns"))
+    wait_phase(api_client, op_namespace, "dns", "Running")
+    discovery = client.DiscoveryV1Api(api_client)
+
+    def master_endpoint():
+        slices = discovery.list_namespaced_endpoint_slice(
+            op_namespace, label_selector="kubernetes.io/service-name=dns").items
+        return next((e for s in slices for e in s.endpoints or [] if e.hostname == "dns-master-0"), None)
+
+    endpoint = wait_for(master_endpoint, what="master endpoint in the EndpointSlice")
+    master = client.CoreV1Api(api_client).read_namespaced_pod("dns-master-0", op_namespace)
+    assert endpoint.addresses == [master.status.pod_ip]
+
+
+# --------------------------------------------------------------- lifecycle
+def test_running_then_worker_failure_restarts_whole_gang_then_succeeds(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("gang"))
+    status = wait_phase(api_client, op_namespace, "gang", "Running")
+    assert status["readyNodes"] == "2/2" and status["attempt"] == 0
+    first_uids = {p.metadata.uid for p in pods(api_client, op_namespace, "gang")}
+
+    exit_pod(api_client, op_namespace, "gang-worker-0", 137, "OOMKilled")
+
+    def new_gang_running():
+        current = pods(api_client, op_namespace, "gang")
+        status = get(api_client, op_namespace, "gang")["status"]
+        ok = (status["phase"] == "Running" and status["attempt"] == 1 and len(current) == 2
+              and all(p.metadata.labels["hyft.io/attempt"] == "1" for p in current))
+        return (status, current) if ok else None
+
+    status, current = wait_for(new_gang_running, what="attempt 1 running")
+    assert status["restarts"] == 1
+    assert {p.metadata.uid for p in current}.isdisjoint(first_uids), "the master must be restarted too"
+    assert status["lastFailure"]["pod"] == "gang-worker-0" and status["lastFailure"]["reason"] == "OOMKilled"
+
+    exit_pod(api_client, op_namespace, "gang-master-0", 0)
+    status = wait_phase(api_client, op_namespace, "gang", "Succeeded")
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["Succeeded"]["status"] == "True"
+    assert conditions["Reconciling"]["status"] == "False"
+    assert status["completionTime"]
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        op_namespace, field_selector="involvedObject.name=gang").items
+    reasons = {e.reason for e in events}
+    assert {"PodsCreated", "AllPodsRunning", "GangRestart", "Completed"} <= reasons
+
+
+def test_exhausted_backoff_fails_with_a_reason_naming_the_pod(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("doomed", runPolicy={"backoffLimit": 0}))
+    wait_phase(api_client, op_namespace, "doomed", "Running")
+    exit_pod(api_client, op_namespace, "doomed-worker-0", 1)
+    status = wait_phase(api_client, op_namespace, "doomed", "Failed")
+    assert "doomed-worker-0" in status["message"] and "exit code 1" in status["message"]
+    assert "backoff limit 0" in status["message"]
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "BackoffLimitExceeded")
+    # the surviving master was stopped
+    wait_for(lambda: [p.metadata.name for p in pods(api_client, op_namespace, "doomed")] == ["doomed-worker-0"],
+             what="survivor deleted")
+
+
+def test_permanent_exit_code_fails_without_restart(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("badcfg", nodes=1))
+    wait_phase(api_client, op_namespace, "badcfg", "Running")
+    exit_pod(api_client, op_namespace, "badcfg-master-0", 2)
+    status = wait_phase(api_client, op_namespace, "badcfg", "Failed")
+    assert status["restarts"] == 0 and "permanent" in status["message"]
+
+
+def test_suspend_and_resume(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("pausable"))
+    wait_phase(api_client, op_namespace, "pausable", "Running")
+    patch_spec(api_client, op_namespace, "pausable", {"runPolicy": {"suspend": True}})
+    status = wait_phase(api_client, op_namespace, "pausable", "Suspended")
+    assert status["readyNodes"] == "0/2"
+    wait_for(lambda: not pods(api_client, op_namespace, "pausable"), what="pods deleted")
+    patch_spec(api_client, op_namespace, "pausable", {"runPolicy": {"suspend": False}})
+    status = wait_phase(api_client, op_namespace, "pausable", "Running")
+    assert status["restarts"] == 0 and len(pods(api_client, op_namespace, "pausable")) == 2
+
+
+def test_unschedulable_gang_says_so(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("huge", nodes=1, gpusPerNode=16, training={"precision": "bf16"}))
+
+    def condition():
+        status = get(api_client, op_namespace, "huge").get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "PodsScheduled"
+                     and c["status"] == "False"), None)
+
+    cond = wait_for(condition, what="PodsScheduled=False")
+    assert cond["reason"] == "Unschedulable" and "nvidia.com/gpu" in cond["message"]
+
+
+def test_ttl_deletes_pods_but_keeps_the_resource(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("short", nodes=1, runPolicy={"ttlSecondsAfterFinished": 1}))
+    wait_phase(api_client, op_namespace, "short", "Running")
+    exit_pod(api_client, op_namespace, "short-master-0", 0)
+    wait_phase(api_client, op_namespace, "short", "Succeeded")
+    wait_for(lambda: not pods(api_client, op_namespace, "short"), what="pods removed after TTL")
+    assert get(api_client, op_namespace, "short")["status"]["podsDeletedAfterTtl"] is True
+
+
+def test_deleting_the_resource_removes_every_child(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("bye"))
+    wait_phase(api_client, op_namespace, "bye", "Running")
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(*GVP, op_namespace, api.PLURAL, "bye")
+    core = client.CoreV1Api(api_client)
+
+    def all_gone():
+        left = [p.metadata.name for p in pods(api_client, op_namespace, "bye")]
+        left += [s.metadata.name for s in core.list_namespaced_service(op_namespace).items]
+        left += [c.metadata.name for c in core.list_namespaced_config_map(op_namespace).items
+                 if c.metadata.name.startswith("bye")]
+        return not left
+
+    wait_for(all_gone, timeout=90, what="children garbage-collected")
+
+
+def test_two_node_job_with_a_read_write_once_output_is_refused(api_client, op_namespace):
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_persistent_volume_claim(op_namespace, {
+        "metadata": {"name": "rwo"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    body = cpu_job("rwo-out", volumes=[{"name": "shared", "persistentVolumeClaim": {"claimName": "rwo"}}])
+    create(api_client, op_namespace, body)
+    status = wait_phase(api_client, op_namespace, "rwo-out", "Failed")
+    assert "ReadWriteMany" in status["message"]
+    assert pods(api_client, op_namespace, "rwo-out") == []
+
+
+def test_pods_refused_by_admission_are_reported_not_crash_looped(api_client, op_namespace):
+    body = cpu_job("noprio", nodes=1)
+    body["spec"]["scheduling"]["priorityClassName"] = "does-not-exist"
+    create(api_client, op_namespace, body)
+
+    def reported():
+        status = get(api_client, op_namespace, "noprio").get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Created"
+                     and c["reason"] == "PodCreationFailed"), None)
+
+    cond = wait_for(reported, what="PodCreationFailed condition")
+    assert "does-not-exist" in cond["message"] and "noprio-master-0" in cond["message"]
+    # once the admin creates it, the job proceeds
+    client.SchedulingV1Api(api_client).create_priority_class({"metadata": {"name": "does-not-exist"},
+                                                              "value": 10})
+    wait_phase(api_client, op_namespace, "noprio", "Running")
+
+
+# ------------------------------------------------------------- validation
+INVALID = [
+    ("nodes: 0", lambda s: s.update(nodes=0), "spec.nodes"),
+    ("unknown method", lambda s: s.update(method={"type": "qlora"}), "spec.method.type"),
+    ("negative learning rate", lambda s: s.update(training={"learningRate": -1, "precision": "fp32"}),
+     "spec.training.learningRate"),
+    ("model volume not declared", lambda s: s["model"].update(volume="nope"), "model.volume"),
+    ("absolute path", lambda s: s["model"].update(path="/etc"), "spec.model.path"),
+    ("path escaping the volume", lambda s: s["output"].update(path="../x"), "spec.output.path"),
+    ("no data", lambda s: s.update(data={"files": []}), "spec.data"),
+    ("names without datasetInfo", lambda s: s["data"].update(names=["a"]), "spec.data"),
+    ("emptyDir output for 2 nodes", lambda s: s.update(volumes=[{"name": "shared", "emptyDir": {}}]), "spec.output"),
+    ("offloadParams with ZeRO-2", lambda s: s.update(deepspeed={"stage": 2, "offloadParams": True}),
+     "spec.deepspeed.offloadParams"),
+    ("bf16 on CPU pods", lambda s: s.update(training={"precision": "bf16"}), "spec.training.precision"),
+    ("inline token", lambda s: s.update(env=[{"name": "HF_TOKEN", "value": "hf_abc"}]), "spec.env[0]"),
+    ("bad memory quantity", lambda s: s.update(memory="lots"), "spec.memory"),
+    ("duplicate volume names", lambda s: s.update(volumes=s["volumes"] * 2), "spec.volumes"),
+    ("earlyStopping without evalSteps",
+     lambda s: s.update(training={"precision": "fp32", "earlyStoppingPatience": 2}),
+     "spec.training.earlyStoppingPatience"),
+    ("zero stage 1", lambda s: s.update(deepspeed={"stage": 1, "offloadParams": False}), "spec.deepspeed.stage"),
+]
+
+
+@pytest.mark.parametrize("mutate, field", [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_api_server_rejects_invalid_resources_naming_the_field(crds, api_client, namespace, mutate, field):
+    body = cpu_job("invalid")
+    mutate(body["spec"])
+    with pytest.raises(ApiException) as err:
+        create(api_client, namespace, body)
+    assert err.value.status == 422
+    assert field in json.loads(err.value.body)["message"]
+
+
+def test_immutable_fields_cannot_change_but_suspend_can(crds, api_client, namespace):
+    create(api_client, namespace, cpu_job("fixed"))
+    with pytest.raises(ApiException) as err:
+        patch_spec(api_client, namespace, "fixed", {"nodes": 3})
+    assert err.value.status == 422 and "spec.nodes" in err.value.body and "immutable" in err.value.body
+    patch_spec(api_client, namespace, "fixed", {"runPolicy": {"suspend": True}})
+
+
+def test_server_side_defaults_are_applied(crds, api_client, namespace):
+    obj = create(api_client, namespace, cpu_job("defaults"))
+    spec = obj["spec"]
+    assert spec["method"]["type"] == "lora" and spec["method"]["lora"]["rank"] == 8
+    assert spec["deepspeed"] == {"stage": 3, "offloadOptimizer": True, "offloadParams": True}
+    assert spec["runPolicy"]["backoffLimit"] == 3 and spec["masterPort"] == 29500
+
+
+# ----------------------------------------------------------- crash safety
+class CrashAfter:
+    """Wraps an API method: the call number `n` (1-based) and later ones raise, as if the process died."""
+
+    def __init__(self, fn, n):
+        self.fn, self.n, self.calls = fn, n, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls >= self.n:
+            raise SystemExit("operator killed")
+        return self.fn(*args, **kwargs)
+
+
+def test_operator_killed_mid_gang_creation_leaves_no_duplicate_or_orphan(crds, api_client, namespace):
+    """`namespace` is not watched by the in-process operator: we play the operator's
+    lifetimes ourselves, killing the first after one pod of a 4-node gang."""
+    create(api_client, namespace, cpu_job("crashy", nodes=4))
+    first = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    first.core.create_namespaced_pod = CrashAfter(first.core.create_namespaced_pod, 2)
+    with pytest.raises(SystemExit):
+        first.reconcile(namespace, "crashy")
+    assert len(pods(api_client, namespace, "crashy")) == 1
+
+    # two fresh operator processes now race on the same job
+    survivors = [Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False) for _ in range(2)]
+    threads = [threading.Thread(target=r.reconcile, args=(namespace, "crashy")) for r in survivors]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    current = pods(api_client, namespace, "crashy")
+    assert [p.metadata.name for p in current] == ["crashy-master-0", "crashy-worker-0", "crashy-worker-1",
+                                                 "crashy-worker-2"]
+    uid = get(api_client, namespace, "crashy")["metadata"]["uid"]
+    assert all(p.metadata.owner_references[0].uid == uid for p in current)
+    assert {p.metadata.labels["hyft.io/attempt"] for p in current} == {"0"}
+
+
+def test_operator_killed_between_restart_status_and_pod_deletion_converges(crds, api_client, namespace):
+    create(api_client, namespace, cpu_job("crashy2"))
+    r = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    r.reconcile(namespace, "crashy2")
+    wait_for(lambda: all(p.status.phase == "Running" for p in pods(api_client, namespace, "crashy2"))
+             and len(pods(api_client, namespace, "crashy2")) == 2, what="pods running")
+    r.reconcile(namespace, "crashy2")
+    exit_pod(api_client, namespace, "crashy2-worker-0", 137)
+    wait_for(lambda: any(p.status.phase == "Failed" for p in pods(api_client, namespace, "crashy2")),
+             what="worker failed")
+    dying = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    dying.core.delete_namespaced_pod = CrashAfter(dying.core.delete_namespaced_pod, 1)
+    with pytest.raises(SystemExit):
+        dying.reconcile(namespace, "crashy2")
+    assert get(api_client, namespace, "crashy2")["status"]["attempt"] == 1  # written before the deletes
+
+    fresh = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+
+    def converged():
+        fresh.reconcile(namespace, "crashy2")
+        current = pods(api_client, namespace, "crashy2")
+        return len(current) == 2 and all(p.metadata.labels["hyft.io/attempt"] == "1" for p in current)
+
+    wait_for(converged, timeout=60, interval=1, what="attempt 1 gang")
+    status = get(api_client, namespace, "crashy2")["status"]
+    assert (status["restarts"], status["attempt"]) == (1, 1)
+
+
+# ------------------------------------------------------------------ kubectl
+def test_kubectl_get_hft_shows_phase_nodes_and_restarts(crds, api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("shown"))
+    wait_phase(api_client, op_namespace, "shown", "Running")
+    out = crds.kubectl("get", "hft", "-n", op_namespace).stdout
+    header, row = out.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "NODES", "PROGRESS", "LOSS", "RESTARTS", "AGE"]
+    assert row.split()[:3] == ["shown", "Running", "2/2"]
+    wide = crds.kubectl("get", "hunyuanfinetunes", "-n", op_namespace, "-o", "wide").stdout
+    assert "MODEL" in wide and "models/tiny" in wide
+
+
+def test_kubectl_explain_teaches_the_spec(crds):
+    def explain():
+        out = crds.kubectl("explain", "hunyuanfinetune.spec", check=False)
+        return out.stdout if out.returncode == 0 else None
+
+    text = wait_for(explain, what="kubectl explain")
+    assert "What to fine-tune" in text
+    for field in ("model", "data", "nodes", "gpusPerNode", "runPolicy", "deepspeed"):
+        assert f"\n  {field}\t" in text
+    deep = " ".join(crds.kubectl("explain", "hft.spec.runPolicy.ttlSecondsAfterFinished").stdout.split())
+    assert "The resource itself is kept (a GitOps tool would recreate it)" in deep
+
+
+def test_operator_metrics_count_reconciles_and_gang_creation(api_client, op_namespace):
+    from prometheus_client import REGISTRY
+
+    create(api_client, op_namespace, cpu_job("measured", nodes=1))
+    wait_phase(api_client, op_namespace, "measured", "Running")
+    assert REGISTRY.get_sample_value("hyft_operator_reconciles_total", {"result": "ok"}) > 0
+    assert REGISTRY.get_sample_value("hyft_operator_gang_creation_seconds_count") > 0
