@@ -37,7 +37,7 @@ def control_plane(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api_client(control_plane):
-    from kubernetes import client, config
+    from kubernetes import config
 
     api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
     yield api
@@ -78,6 +78,7 @@ def namespace(control_plane, api_client):
 @pytest.fixture(scope="session")
 def crds(control_plane):
     from hyft_operator.crdgen import CRD_FILE
+
     from tests.helpers import ROOT
 
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))

@@ -19,9 +19,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .paths import (
     ETCD_VERSION,
@@ -116,7 +116,7 @@ def staging_replaces(kube_version: str) -> dict[str, str]:
 
 def version_ldflags(pkg: str, version: str) -> list[str]:
     major, minor = version.lstrip("v").split(".")[:2]
-    build_date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    build_date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return [
         f"-X {pkg}.gitVersion={version}",
         f"-X {pkg}.gitMajor={major}",

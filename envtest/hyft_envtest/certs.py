@@ -40,7 +40,7 @@ def _name(common_name: str, org: str | None = None) -> x509.Name:
 
 
 def _cert(subject, issuer, public_key, signing_key, *, ca: bool, usages=(), sans=()) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

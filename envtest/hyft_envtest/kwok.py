@@ -1,3 +1,4 @@
+# ruff: noqa: E501 -- KWOK stage templates: long Go-template lines read best unbroken
 """KWOK: fake GPU nodes and pod lifecycle stages a test can drive.
 
 A pod bound to a fake node goes Pending -> Running by itself. A test ends it by

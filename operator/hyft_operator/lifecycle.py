@@ -111,7 +111,7 @@ def classify(pod: PodView, permanent_exit_codes: list[int]) -> FailureInfo:
 
 
 def _timestamp(now: dt.datetime) -> str:
-    return now.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse(ts: str | None) -> dt.datetime | None:

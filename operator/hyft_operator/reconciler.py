@@ -84,7 +84,7 @@ class Reconciler:
 
         pods = [p for p in self._list_pods(namespace, name) if self._owned(p, obj)]
         views = [lifecycle.pod_view(p) for p in pods]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if not job.status.startTime and not views:
             problem = self._preflight(job)
             if problem:
@@ -169,7 +169,7 @@ class Reconciler:
         message = f"cannot create pod {pod_name}: {message}"
         obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         lifecycle.set_condition(status.conditions, "Created", "False", "PodCreationFailed", message, now,
                                 obj["metadata"].get("generation"))
         if status.message != message:
@@ -181,7 +181,7 @@ class Reconciler:
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
         if status.phase == "Failed" and status.message == message:
             return
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         status.phase, status.message = "Failed", message
         status.observedGeneration = obj["metadata"].get("generation")
         for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):
@@ -209,7 +209,7 @@ class Reconciler:
 
     def _event(self, obj: dict[str, Any], event: lifecycle.Event) -> None:
         meta = obj["metadata"]
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"],

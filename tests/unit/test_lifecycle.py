@@ -5,12 +5,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import pytest
-
 from hyft_operator import api, lifecycle
 from hyft_operator.lifecycle import PodView, pod_view
+
 from tests.helpers import ROOT, load_example
 
-NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
 EARLIER = "2026-11-29T11:00:00Z"
 
 
