@@ -78,7 +78,6 @@ def namespace(control_plane, api_client):
 @pytest.fixture(scope="session")
 def crds(control_plane):
     from hyft_operator.crdgen import CRD_FILE
-
     from tests.helpers import ROOT
 
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))

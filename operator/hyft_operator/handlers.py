@@ -5,7 +5,7 @@
 Reconciles on every change of a HunyuanFineTune, on every event of a pod it owns,
 and on a timer (deadlines, TTL, progress). Settings come from the environment:
 HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
-HYFT_RESYNC_SECONDS, HYFT_SCRAPE_PROGRESS.
+HYFT_RESYNC_SECONDS, HYFT_SCRAPE_PROGRESS, HYFT_PEERING_LIFETIME.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.finalizer = "hyft.io/operator"
     settings.posting.enabled = False  # we post our own events, one per transition
     settings.watching.server_timeout = 300
-    settings.peering.name = os.environ.get("HYFT_PEERING_NAME", "hyft-operator")
+    # A killed active replica is replaced by a standby after this long.
+    settings.peering.lifetime = int(os.environ.get("HYFT_PEERING_LIFETIME", "60"))
     defaults = builders.OperatorDefaults(
         image=os.environ.get("HYFT_TRAINER_IMAGE", builders.OperatorDefaults.image),
         image_pull_policy=os.environ.get("HYFT_TRAINER_IMAGE_PULL_POLICY", builders.OperatorDefaults.image_pull_policy),

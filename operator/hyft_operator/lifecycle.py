@@ -141,7 +141,9 @@ class _Planner:
         self.total = self.spec.nodes
         self.current = sorted((p for p in pods if p.attempt == self.st.attempt), key=lambda p: p.rank)
         self.stale = [p for p in pods if p.attempt != self.st.attempt]
-        self.reason = next((c.reason for c in self.st.conditions if c.type == self.st.phase and c.status == "True"),
+        # The reason of the last transition: the phase's own condition, or Reconciling's while Pending.
+        reason_from = self.st.phase if self.st.phase in PHASE_CONDITIONS else "Reconciling"
+        self.reason = next((c.reason for c in self.st.conditions if c.type == reason_from and c.status == "True"),
                            "")
 
     # -- helpers -------------------------------------------------------------

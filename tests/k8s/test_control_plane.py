@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
-from hyft_envtest.kwok import EXIT_CODE_ANNOTATION
-from hyft_envtest.paths import KUBERNETES_VERSION
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from hyft_envtest.kwok import EXIT_CODE_ANNOTATION
+from hyft_envtest.paths import KUBERNETES_VERSION
 from tests.helpers import wait_for
 
 WIDGET_CRD = {

@@ -7,13 +7,13 @@ import threading
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
 from hyft_envtest.kwok import EXIT_CODE_ANNOTATION, REASON_ANNOTATION
 from hyft_operator import api, builders
 from hyft_operator.reconciler import Reconciler
 from hyft_trainer.config import parse_config
-from kubernetes import client
-from kubernetes.client.rest import ApiException
-
 from tests.helpers import EXAMPLES, wait_for
 
 GVP = (api.GROUP, api.VERSION)

@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import yaml
-from hyft_operator import api, crdgen
 from pydantic import ValidationError
 
+from hyft_operator import api, crdgen
 from tests.helpers import EXAMPLES, ROOT, load_example
 
 

@@ -5,9 +5,9 @@ import os
 
 import pytest
 import yaml
+
 from hyft_operator import api, builders
 from hyft_trainer.config import parse_config
-
 from tests.helpers import EXAMPLES, ROOT, load_example
 
 GOLDEN = ROOT / "tests" / "unit" / "golden"

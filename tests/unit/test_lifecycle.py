@@ -5,9 +5,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import pytest
+
 from hyft_operator import api, lifecycle
 from hyft_operator.lifecycle import PodView, pod_view
-
 from tests.helpers import ROOT, load_example
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
@@ -161,6 +161,17 @@ def test_last_transition_time_moves_only_on_status_change():
     second = lifecycle.plan(job(first.model_dump(exclude_none=True)), [pod(0), pod(1)], later).status
     assert condition(second, "Running").lastTransitionTime == condition(first, "Running").lastTransitionTime
     assert second.phase == "Running"
+
+
+def test_a_pending_job_does_not_repeat_its_events():
+    first = lifecycle.plan(job({}), [], NOW)
+    assert [e.reason for e in first.events] == ["PodsCreated", "PodsStarting"]
+    waiting = lifecycle.plan(job(first.status.model_dump(exclude_none=True)), [pod(0, "Pending"), pod(1, "Pending")],
+                             NOW)
+    assert waiting.events == []
+    again = lifecycle.plan(job(waiting.status.model_dump(exclude_none=True)),
+                           [pod(0, "Pending"), pod(1, "Pending")], NOW)
+    assert again.events == []
 
 
 def test_reconciling_a_settled_status_is_a_fixed_point():

@@ -1,0 +1,109 @@
+"""hyft: fine-tune Tencent Hunyuan models on Kubernetes.
+
+One command for the whole project; each subcommand has its own --help.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _load_resource(path: str, namespace: str):
+    from pydantic import ValidationError
+
+    from .api import HunyuanFineTune
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        sys.exit(f"{path}: cannot read: {err}")
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind != "HunyuanFineTune":
+        sys.exit(f"{path}: not a HunyuanFineTune resource (kind: {kind!r})")
+    doc.setdefault("metadata", {}).setdefault("namespace", namespace)
+    try:
+        return HunyuanFineTune.model_validate(doc)
+    except ValidationError as err:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        sys.exit(f"{path}: invalid HunyuanFineTune:\n" + "\n".join(lines))
+
+
+def cmd_crd(args: argparse.Namespace) -> None:
+    from .crdgen import render
+
+    sys.stdout.write(render())
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from .builders import OperatorDefaults, render_all
+
+    job = _load_resource(args.file, args.namespace)
+    defaults = OperatorDefaults(image=args.image) if args.image else OperatorDefaults()
+    sys.stdout.write(yaml.safe_dump_all(render_all(job, args.attempt, defaults), sort_keys=False))
+
+
+def cmd_operator(args: argparse.Namespace) -> None:
+    from kopf.cli import main as kopf_main
+
+    argv = ["run", "-m", "hyft_operator.handlers"]
+    if args.namespace:
+        for ns in args.namespace:
+            argv += ["--namespace", ns]
+    else:
+        argv.append("--all-namespaces")
+    if args.standalone:
+        argv.append("--standalone")
+    else:
+        # Equal priorities pause every replica; a random one elects the highest as the active one.
+        argv += ["--peering", args.peering, "--priority", str(args.priority or random.randint(1, 1_000_000))]
+    if args.liveness:
+        argv += ["--liveness", args.liveness]
+    if args.verbose:
+        argv.append("--verbose")
+    sys.exit(kopf_main(argv, standalone_mode=False) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("crd", help="print the HunyuanFineTune CRD (generated from the API models)",
+                       description="Print the HunyuanFineTune CustomResourceDefinition YAML. "
+                                   "Install it with: hyft crd | kubectl apply --server-side -f -")
+    p.set_defaults(func=cmd_crd)
+
+    p = sub.add_parser("render", help="print what the operator would create for a HunyuanFineTune file",
+                       description="Validate FILE with the same API models as the cluster and print the "
+                                   "Service, ConfigMap and pods the operator would create, without a cluster.")
+    p.add_argument("file", help="a HunyuanFineTune YAML file")
+    p.add_argument("-n", "--namespace", default="default", help="namespace to render into (default: default)")
+    p.add_argument("--attempt", type=int, default=0, help="gang attempt number for the pod labels (default: 0)")
+    p.add_argument("--image", help="trainer image the operator is configured with")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("operator", help="run the operator (in a cluster, or against your kubeconfig)",
+                       description="Run the HunyuanFineTune operator (Kopf). Several replicas elect one active "
+                                   "operator through Kopf peering; the others stand by.")
+    p.add_argument("-n", "--namespace", action="append",
+                   help="watch this namespace (repeatable, globs allowed); default: all namespaces")
+    p.add_argument("--peering", default="hyft-operator", help="Kopf peering object name (default: hyft-operator)")
+    p.add_argument("--priority", type=int, help="peering priority (default: random, highest is active)")
+    p.add_argument("--standalone", action="store_true", help="no peering: the only operator")
+    p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

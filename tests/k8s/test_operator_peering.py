@@ -1,0 +1,64 @@
+"""Two operator processes (`hyft operator`) with Kopf peering: one acts, the other
+stands by, and takes over when the active one is killed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client, config
+
+from hyft_envtest.controlplane import ControlPlane
+from hyft_envtest.kwok import EXIT_CODE_ANNOTATION, gpu_node
+from tests.helpers import ROOT, wait_for
+from tests.k8s.test_operator import cpu_job, create, get
+
+
+@pytest.fixture
+def cluster(tmp_path, control_plane):  # control_plane: binaries are built
+    # controller-manager: it lifts the not-ready taint from the fake node once KWOK reports it Ready.
+    with ControlPlane(workdir=tmp_path / "cp", scheduler=True, controller_manager=True, kwok=True) as cp:
+        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cp.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io",
+                   "crd/clusterkopfpeerings.kopf.dev")
+        cp.kubectl("apply", "-f", "-", input=json.dumps(
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "hyft-operator"}}))
+        cp.kubectl("apply", "-f", "-", input=json.dumps(gpu_node("gpu-node-0")))
+        yield cp
+
+
+def start_operator(cp, priority, log):
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "HYFT_PEERING_LIFETIME": "4",
+           "HYFT_RESYNC_SECONDS": "1", "HYFT_SCRAPE_PROGRESS": "0"}
+    return subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "operator", "--priority", str(priority),
+                             "--verbose"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_standby_operator_takes_over_when_the_active_one_dies(cluster, tmp_path):
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    logs = {p: open(tmp_path / f"operator-{p}.log", "w") for p in (200, 100)}
+    procs = {p: start_operator(cluster, p, logs[p]) for p in (200, 100)}
+    try:
+        create(api_client, "default", cpu_job("ha", nodes=1))
+        wait_for(lambda: (get(api_client, "default", "ha").get("status") or {}).get("phase") == "Running",
+                 timeout=90, what="job Running")
+        standby_log = (tmp_path / "operator-100.log").read_text()
+        assert "Pausing operations in favour of" in standby_log
+
+        procs[200].send_signal(signal.SIGKILL)
+        procs[200].wait(10)
+        client.CoreV1Api(api_client).patch_namespaced_pod(
+            "ha-master-0", "default", {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}})
+        wait_for(lambda: get(api_client, "default", "ha")["status"]["phase"] == "Succeeded", timeout=90,
+                 what="the standby operator to finish the job")
+        assert "Resuming operations" in (tmp_path / "operator-100.log").read_text()
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait(10)
+        for log in logs.values():
+            log.close()
+        api_client.close()
