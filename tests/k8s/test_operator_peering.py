@@ -40,13 +40,21 @@ def start_operator(cp, priority, log):
 def test_standby_operator_takes_over_when_the_active_one_dies(cluster, tmp_path):
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     logs = {p: open(tmp_path / f"operator-{p}.log", "w") for p in (200, 100)}
-    procs = {p: start_operator(cluster, p, logs[p]) for p in (200, 100)}
+    procs = {200: start_operator(cluster, 200, logs[200])}
     try:
+        def log(priority):
+            return (tmp_path / f"operator-{priority}.log").read_text()
+
+        wait_for(lambda: "Keep-alive in 'hyft-operator' cluster-wide: ok" in log(200), timeout=60,
+                 what="the first operator to join the peering")
+        procs[100] = start_operator(cluster, 100, logs[100])
+        wait_for(lambda: "Keep-alive in 'hyft-operator' cluster-wide: ok" in log(100), timeout=60,
+                 what="the second operator to join the peering")
         create(api_client, "default", cpu_job("ha", nodes=1))
         wait_for(lambda: (get(api_client, "default", "ha").get("status") or {}).get("phase") == "Running",
                  timeout=90, what="job Running")
-        standby_log = (tmp_path / "operator-100.log").read_text()
-        assert "Pausing operations in favour of" in standby_log
+        assert "[default/ha]" not in log(100), "the standby must not act"
+        assert "Resuming the watch-stream for hunyuanfinetunes" not in log(100)
 
         procs[200].send_signal(signal.SIGKILL)
         procs[200].wait(10)
@@ -54,7 +62,7 @@ def test_standby_operator_takes_over_when_the_active_one_dies(cluster, tmp_path)
             "ha-master-0", "default", {"metadata": {"annotations": {EXIT_CODE_ANNOTATION: "0"}}})
         wait_for(lambda: get(api_client, "default", "ha")["status"]["phase"] == "Succeeded", timeout=90,
                  what="the standby operator to finish the job")
-        assert "Resuming operations" in (tmp_path / "operator-100.log").read_text()
+        assert "Resuming the watch-stream for hunyuanfinetunes" in log(100)
     finally:
         for proc in procs.values():
             proc.kill()
