@@ -18,6 +18,12 @@ def test_committed_crd_matches_the_models():
     assert committed == crdgen.render(), "crds/ drifted from hyft_operator/api.py: run `make crds`"
 
 
+def test_committed_reference_docs_match_the_models():
+    from hyft_operator import docgen
+
+    assert (ROOT / "docs" / "reference.md").read_text() == docgen.render(), "docs drifted: run `make crds`"
+
+
 def _walk(schema, path="spec"):
     yield path, schema
     for name, sub in schema.get("properties", {}).items():
