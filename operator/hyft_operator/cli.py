@@ -67,6 +67,32 @@ def cmd_operator(args: argparse.Namespace) -> None:
     sys.exit(kopf_main(argv, standalone_mode=False) or 0)
 
 
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from hyft_trainer.data_check import check
+    from hyft_trainer.encode import MaskOptions
+    from hyft_trainer.loading import DataError
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    opts = MaskOptions(train_on_prompt=args.train_on_prompt, mask_history=args.mask_history)
+    try:
+        report = check(args.paths, tokenizer, args.template, args.cutoff_len, args.require_markup, args.format, opts)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    print(report.render(args.max_errors))
+    sys.exit(1 if report.failed else 0)
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from hyft_trainer.tiny import build
+
+    out = build(args.out, args.family, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
+    print(f"wrote a tiny random-weight Hunyuan ({args.family} family) model and tokenizer to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +123,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)
+
+    data = sub.add_parser("data", help="check or convert training data",
+                          description="Check ShareGPT/alpaca training data, or convert other formats to ShareGPT.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser(
+        "check", help="validate data and report on it; exits 1 on errors",
+        description="Validate every sample (roles, order, content, Hunyuan <think>/<answer> markup and, with "
+                    "--tokenizer, the length after the chat template) and print a report: samples, turns, "
+                    "fast/slow ratio, token-length percentiles, packing efficiency, errors by reason with the "
+                    "file, line and sample of each. Exits 1 if any sample is invalid.")
+    p.add_argument("paths", nargs="+", help="JSON/JSONL files, folders of them, or LLaMA-Factory data folders "
+                                            "(with dataset_info.json)")
+    p.add_argument("--tokenizer", help="model or tokenizer folder: also check token lengths")
+    p.add_argument("--template", choices=["auto", "small", "7b"], default="auto",
+                   help="chat family (default: detected from the tokenizer)")
+    p.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per sample (default 2048)")
+    p.add_argument("--format", choices=["auto", "sharegpt", "alpaca"], default="auto",
+                   help="data format of plain files (default: detected per sample)")
+    p.add_argument("--require-markup", action="store_true",
+                   help="every assistant turn must use <think>/<answer> markup")
+    p.add_argument("--train-on-prompt", action="store_true", help="as in training: also train prompt tokens")
+    p.add_argument("--mask-history", action="store_true", help="as in training: train the last turn only")
+    p.add_argument("--max-errors", type=int, default=20, help="error lines to print (default 20)")
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight Hunyuan model for tests and demos",
+                       description="Write a tiny random-weight HunYuanDenseV1 model and a locally built tokenizer "
+                                   "with the family's special tokens and chat template (no download needed).")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--family", choices=["small", "7b"], default="small",
+                   help="chat family: small (0.5B/1.8B/4B tokens) or 7b (default: small)")
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
     return parser
 
 

@@ -1,0 +1,117 @@
+"""Token-exact chat formats for both families, and the label masks."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from hyft_trainer.chat_format import FAMILIES, Message, detect_family, render, text_of
+from hyft_trainer.encode import IGNORE, MaskOptions, encode
+from hyft_trainer.sample_data import make_samples
+
+
+def conversations(count=60, seed=3):
+    """Varied conversations: multi-turn, with/without system, fast/slow/plain, Chinese/English."""
+    rng = random.Random(seed)
+    convs = []
+    for i, sample in enumerate(make_samples(count, seed)):
+        msgs = [Message(m["role"], m["content"]) for m in sample["messages"]]
+        if i % 5 == 0:  # a plain ShareGPT answer without markup
+            msgs[-1] = Message("assistant", rng.choice(["Sure, 42.", "好的，没问题。", "Line one\nline two  "]))
+        if i % 7 == 0:  # a longer, three-turn chat
+            msgs += [Message("user", "And in Chinese? 用中文说"), Message("assistant", "好的：四十二。")]
+        convs.append(msgs)
+    return convs
+
+
+CONVERSATIONS = conversations()
+
+
+def as_dicts(msgs):
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
+@pytest.mark.parametrize("family", ["small", "7b"])
+def test_encoder_matches_apply_chat_template_token_for_token(tokenizers, family):
+    tok = tokenizers[family]
+    assert len(CONVERSATIONS) >= 50
+    for msgs in CONVERSATIONS:
+        ids, labels = encode(tok, FAMILIES[family], msgs)
+        reference = tok.apply_chat_template(as_dicts(msgs), tokenize=True)["input_ids"]
+        assert ids == reference, tok.decode(ids)
+        assert len(labels) == len(ids)
+
+
+@pytest.mark.parametrize("family", ["small", "7b"])
+def test_generation_prompt_matches_too(tokenizers, family):
+    tok = tokenizers[family]
+    for msgs in CONVERSATIONS[:20]:
+        prompt = msgs[:-1]
+        ours = tok(text_of(render(FAMILIES[family], prompt, add_generation_prompt=True)),
+                   add_special_tokens=False)["input_ids"]
+        assert ours == tok.apply_chat_template(as_dicts(prompt), add_generation_prompt=True,
+                                               tokenize=True)["input_ids"]
+
+
+def test_small_family_rendering_follows_the_official_layout():
+    text = text_of(render(FAMILIES["small"], [Message("system", "S"), Message("user", "Q"),
+                                              Message("assistant", "A")]))
+    assert text == ("<｜hy_begin▁of▁sentence｜>S<｜hy_place▁holder▁no▁3｜><｜hy_User｜>Q<｜hy_Assistant｜>A"
+                    "<｜hy_place▁holder▁no▁2｜><｜hy_place▁holder▁no▁8｜>")
+
+
+def test_7b_family_rendering_reduces_earlier_thinking_turns_to_their_answer():
+    msgs = [Message("user", "Q1"), Message("assistant", "<think>\nr\n</think>\n<answer>\nA1\n</answer>"),
+            Message("user", "Q2"), Message("assistant", "<think>\nr2\n</think>\n<answer>\nA2\n</answer>")]
+    text = text_of(render(FAMILIES["7b"], msgs))
+    assert text == ("<|startoftext|>Q1<|extra_0|>A1<|eos|><|startoftext|>Q2<|extra_0|>"
+                    "<think>\nr2\n</think>\n<answer>\nA2\n</answer><|eos|>")
+
+
+def test_family_is_detected_from_special_tokens(tokenizers):
+    assert detect_family(tokenizers["small"].get_vocab()).name == "small"
+    assert detect_family(tokenizers["7b"].get_vocab()).name == "7b"
+    with pytest.raises(ValueError, match="neither"):
+        detect_family({"hello": 1})
+
+
+def trained_text(tok, ids, labels):
+    return tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE])
+
+
+TWO_TURNS = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello!"),
+             Message("user", "/no_think 2+2?"), Message("assistant", "<think>\n\n</think>\n<answer>\n4\n</answer>")]
+
+
+def test_default_mask_trains_assistant_content_and_eos_only(tokenizers):
+    tok = tokenizers["small"]
+    ids, labels = encode(tok, FAMILIES["small"], TWO_TURNS)
+    assert trained_text(tok, ids, labels) == ("Hello!<｜hy_place▁holder▁no▁2｜>"
+                                              "<think>\n\n</think>\n<answer>\n4\n</answer><｜hy_place▁holder▁no▁2｜>")
+    assert labels[-1] == IGNORE  # the closing no▁8 comes after the stop token
+
+
+def test_mask_history_trains_the_last_turn_only(tokenizers):
+    tok = tokenizers["small"]
+    ids, labels = encode(tok, FAMILIES["small"], TWO_TURNS, MaskOptions(mask_history=True))
+    assert trained_text(tok, ids, labels) == "<think>\n\n</think>\n<answer>\n4\n</answer><｜hy_place▁holder▁no▁2｜>"
+
+
+def test_train_assistant_header_option(tokenizers):
+    tok = tokenizers["small"]
+    ids, labels = encode(tok, FAMILIES["small"], TWO_TURNS[:3], MaskOptions(train_assistant_header=True))
+    assert trained_text(tok, ids, labels) == "<｜hy_Assistant｜>Hello!<｜hy_place▁holder▁no▁2｜>"
+
+
+def test_train_on_prompt_trains_everything_but_the_closing_token(tokenizers):
+    tok = tokenizers["small"]
+    ids, labels = encode(tok, FAMILIES["small"], TWO_TURNS, MaskOptions(train_on_prompt=True))
+    assert labels[:-1] == ids[:-1] and labels[-1] == IGNORE
+
+
+def test_7b_trains_the_eos_and_not_the_reduced_history(tokenizers):
+    tok = tokenizers["7b"]
+    msgs = [Message("user", "Q1"), Message("assistant", "<think>\nr\n</think>\n<answer>\nA1\n</answer>"),
+            Message("user", "Q2"), Message("assistant", "plain A2")]
+    ids, labels = encode(tok, FAMILIES["7b"], msgs)
+    assert trained_text(tok, ids, labels) == "plain A2<|eos|>"

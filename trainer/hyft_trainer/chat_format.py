@@ -1,0 +1,178 @@
+"""Hunyuan chat formats, rendered exactly as the models' own chat templates do
+(../shared/hunyuan-chat-format.md), as pieces that carry what each part is, so
+that labels can be derived from them.
+
+Pure: no tokenizer here. `encode.py` turns pieces into ids and labels.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+# What a piece of the rendered text is; labels are derived from it.
+Kind = Literal["prompt", "header", "content", "eos", "end", "history"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    kind: Kind
+    turn: int = -1  # index of the assistant turn this piece belongs to (-1: none)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: Literal["small", "7b"]
+    bos: str
+    eos: str
+    pad: str
+    system_end: str
+    special_tokens: tuple[str, ...]
+
+
+SMALL = Family(
+    name="small",
+    bos="<｜hy_begin▁of▁sentence｜>",
+    eos="<｜hy_place▁holder▁no▁2｜>",
+    pad="<｜hy_▁pad▁｜>",
+    system_end="<｜hy_place▁holder▁no▁3｜>",
+    special_tokens=("<｜hy_begin▁of▁sentence｜>", "<｜hy_end▁of▁sentence｜>", "<｜hy_User｜>", "<｜hy_Assistant｜>",
+                    "<｜hy_place▁holder▁no▁2｜>", "<｜hy_place▁holder▁no▁3｜>", "<｜hy_place▁holder▁no▁8｜>",
+                    "<｜hy_▁pad▁｜>"),
+)
+SMALL_USER = "<｜hy_User｜>"
+SMALL_ASSISTANT = "<｜hy_Assistant｜>"
+SMALL_END = "<｜hy_place▁holder▁no▁8｜>"
+
+SEVEN_B = Family(
+    name="7b",
+    bos="<|startoftext|>",
+    eos="<|eos|>",
+    pad="<|pad|>",
+    system_end="<|extra_4|>",
+    special_tokens=("<|endoftext|>", "<|startoftext|>", "<|bos|>", "<|eos|>", "<|pad|>",
+                    *(f"<|extra_{i}|>" for i in range(6))),
+)
+SEVEN_B_USER_END = "<|extra_0|>"
+
+FAMILIES = {"small": SMALL, "7b": SEVEN_B}
+
+
+class FamilyError(ValueError):
+    pass
+
+
+def detect_family(vocab: set[str] | dict[str, int]) -> Family:
+    """Pick the chat family from the tokenizer's special tokens."""
+    if SMALL_ASSISTANT in vocab and SMALL.eos in vocab:
+        return SMALL
+    if SEVEN_B_USER_END in vocab and SEVEN_B.eos in vocab:
+        return SEVEN_B
+    raise FamilyError("the tokenizer has neither the small-family (<｜hy_Assistant｜>) nor the 7b-family "
+                      "(<|extra_0|>, <|eos|>) chat tokens: set template: small or 7b explicitly, or use a "
+                      "Hunyuan tokenizer")
+
+
+def resolve_family(name: str, vocab: set[str] | dict[str, int]) -> Family:
+    family = detect_family(vocab) if name == "auto" else FAMILIES[name]
+    missing = [t for t in (family.bos, family.eos, family.system_end) if t not in vocab]
+    if missing:
+        raise FamilyError(f"template {family.name}: the tokenizer lacks {missing}")
+    return family
+
+
+# ---------------------------------------------------------------- thinking markup
+THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+
+
+def answer_part(text: str) -> str | None:
+    """The answer inside <answer>...</answer> (stripped), as the 7b template keeps for history."""
+    match = _ANSWER.search(text)
+    return match.group(1).strip() if match else None
+
+
+# --------------------------------------------------------------------- rendering
+def render(family: Family, messages: list[Message], add_generation_prompt: bool = False) -> list[Piece]:
+    """The conversation as the official template renders it, split into labelled pieces."""
+    return (_render_small if family.name == "small" else _render_7b)(family, messages, add_generation_prompt)
+
+
+def _render_small(family: Family, messages: list[Message], add_generation_prompt: bool) -> list[Piece]:
+    pieces = [Piece(family.bos, "prompt")]
+    turn = 0
+    for m in messages:
+        if m.role == "system":
+            pieces += [Piece(m.content, "prompt"), Piece(family.system_end, "prompt")]
+        elif m.role == "user":
+            pieces += [Piece(SMALL_USER, "prompt"), Piece(m.content, "prompt")]
+        else:
+            pieces += [Piece(SMALL_ASSISTANT, "header", turn), Piece(m.content, "content", turn),
+                       Piece(family.eos, "eos", turn)]
+            turn += 1
+    pieces.append(Piece(SMALL_ASSISTANT, "header") if add_generation_prompt else Piece(SMALL_END, "end"))
+    return pieces
+
+
+def _render_7b(family: Family, messages: list[Message], add_generation_prompt: bool) -> list[Piece]:
+    pieces = [Piece(family.bos, "prompt")]
+    last_assistant = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+    users = turn = 0
+    for i, m in enumerate(messages):
+        if m.role == "system":
+            pieces += [Piece(m.content, "prompt"), Piece(family.system_end, "prompt")]
+        elif m.role == "user":
+            if users:
+                pieces.append(Piece(family.bos, "prompt"))
+            pieces += [Piece(m.content, "prompt"), Piece(SEVEN_B_USER_END, "prompt")]
+            users += 1
+        else:
+            answer = answer_part(m.content) if i != last_assistant else None
+            if answer is not None:  # earlier turns are shown by their answer only: context, never generated
+                pieces += [Piece(answer, "history", turn), Piece(family.eos, "history", turn)]
+            else:
+                pieces += [Piece(m.content, "content", turn), Piece(family.eos, "eos", turn)]
+            turn += 1
+    return pieces
+
+
+def text_of(pieces: list[Piece]) -> str:
+    return "".join(p.text for p in pieces)
+
+
+# The same rules as Jinja chat templates, shipped with the tiny tokenizers (hyft tiny-model) so that
+# `tokenizer.apply_chat_template` behaves like the official templates.
+CHAT_TEMPLATES = {
+    "small": (
+        "{{ '<｜hy_begin▁of▁sentence｜>' }}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] + '<｜hy_place▁holder▁no▁3｜>' }}"
+        "{% elif m['role'] == 'user' %}{{ '<｜hy_User｜>' + m['content'] }}"
+        "{% elif m['role'] == 'assistant' %}{{ '<｜hy_Assistant｜>' + m['content'] + '<｜hy_place▁holder▁no▁2｜>' }}"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<｜hy_Assistant｜>' }}{% else %}{{ '<｜hy_place▁holder▁no▁8｜>' }}{% endif %}"
+    ),
+    "7b": (
+        "{{ '<|startoftext|>' }}"
+        "{% set ns = namespace(users=0, last=-1) %}"
+        "{% for m in messages %}{% if m['role'] == 'assistant' %}{% set ns.last = loop.index0 %}{% endif %}"
+        "{% endfor %}"
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] + '<|extra_4|>' }}"
+        "{% elif m['role'] == 'user' %}{% if ns.users > 0 %}{{ '<|startoftext|>' }}{% endif %}"
+        "{{ m['content'] + '<|extra_0|>' }}{% set ns.users = ns.users + 1 %}"
+        "{% elif m['role'] == 'assistant' %}"
+        "{% if loop.index0 != ns.last and '<answer>' in m['content'] and '</answer>' in m['content'] %}"
+        "{{ m['content'].split('<answer>')[1].split('</answer>')[0].strip() + '<|eos|>' }}"
+        "{% else %}{{ m['content'] + '<|eos|>' }}{% endif %}"
+        "{% endif %}{% endfor %}"
+    ),
+}

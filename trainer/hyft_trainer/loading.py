@@ -1,0 +1,177 @@
+"""Find, read and validate training data with `datasets` (cached, parallel map).
+
+Sources: JSON (a top-level list) and JSONL files, folders of them, and
+LLaMA-Factory data folders (dataset_info.json: file_name, formatting, columns,
+tags) so existing data folders work unchanged. Every record keeps where it came
+from (file, sample index, JSONL line) for error messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .samples import Columns, SampleError, to_conversation
+
+DATA_SUFFIXES = (".jsonl", ".json")
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    format: str = "auto"
+    columns: Columns = field(default_factory=Columns)
+    name: str = ""
+
+
+def _columns(entry: dict) -> Columns:
+    cols, tags = entry.get("columns") or {}, entry.get("tags") or {}
+    known = {f for f in Columns.__dataclass_fields__}
+    return Columns(**{k: v for k, v in {**cols, **tags}.items() if k in known})
+
+
+def sources_from_dataset_info(folder: Path, names: list[str] | None = None) -> list[Source]:
+    info_path = folder / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"{info_path}: cannot read: {err}") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{info_path}: must map dataset names to entries")
+    unknown = [n for n in names or [] if n not in info]
+    if unknown:
+        raise DataError(f"{info_path}: no dataset named {', '.join(unknown)} (has: {', '.join(info)})")
+    sources = []
+    for name in names or list(info):
+        entry = info[name]
+        if not isinstance(entry, dict) or "file_name" not in entry:
+            raise DataError(f"{info_path}: {name}: needs a file_name (hub and script datasets are not supported)")
+        fmt = entry.get("formatting", "alpaca")  # LLaMA-Factory's default
+        if fmt not in ("alpaca", "sharegpt"):
+            raise DataError(f"{info_path}: {name}: formatting {fmt!r} is not supported")
+        sources.append(Source(folder / entry["file_name"], fmt, _columns(entry), name))
+    return sources
+
+
+def sources_from_paths(paths: list[str | Path], fmt: str = "auto") -> list[Source]:
+    sources = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and (path / "dataset_info.json").exists():
+            sources += sources_from_dataset_info(path)
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+            if not files:
+                raise DataError(f"{path}: no .json or .jsonl files")
+            sources += [Source(p, fmt, name=p.name) for p in files]
+        elif path.exists():
+            sources.append(Source(path, fmt, name=path.name))
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    return sources
+
+
+def sources_for_config(config) -> list[Source]:
+    sources = sources_from_paths([f.path for f in config.data_files]) if config.data_files else []
+    for data_file, source in zip(config.data_files, list(sources), strict=False):
+        if data_file.format != "auto" and source.format == "auto":
+            sources[sources.index(source)] = Source(source.path, data_file.format, source.columns, source.name)
+    if config.dataset:
+        sources += sources_from_dataset_info(Path(config.dataset_dir), config.dataset)
+    return sources
+
+
+def raw_records(source: Source) -> Iterator[dict]:
+    """Each record as JSON text, with its location; unreadable lines become error records."""
+    base = {"file": str(source.path), "format": source.format}
+    try:
+        handle = open(source.path, encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"{source.path}: cannot read: {err}") from None
+    with handle:
+        if source.path.suffix == ".jsonl":
+            index = 0
+            for line_no, line in enumerate(handle, 1):
+                if line.strip():
+                    yield {**base, "index": index, "line": line_no, "raw": line}
+                    index += 1
+            return
+        try:
+            data = json.load(handle)
+        except ValueError as err:
+            yield {**base, "index": -1, "line": getattr(err, "lineno", -1), "raw": "", "load_error": str(err)}
+            return
+    if not isinstance(data, list):
+        yield {**base, "index": -1, "line": -1, "raw": "",
+               "load_error": f"a .json data file must hold a list of samples, got {type(data).__name__}"}
+        return
+    for index, record in enumerate(data):
+        yield {**base, "index": index, "line": -1, "raw": json.dumps(record, ensure_ascii=False)}
+
+
+def _fingerprint(sources: list[Source]) -> str:
+    """Changes whenever a file changes, so the datasets cache never serves stale data."""
+    h = hashlib.sha256()
+    for s in sources:
+        st = os.stat(s.path)
+        h.update(f"{s.path}|{st.st_size}|{st.st_mtime_ns}|{s.format}|{s.columns}".encode())
+    return h.hexdigest()
+
+
+def _all_records(sources: list[Source], fingerprint: str) -> Iterator[dict]:
+    del fingerprint  # part of the generator's cache key only
+    for source in sources:
+        for record in raw_records(source):
+            yield {"load_error": "", **record}
+
+
+def location(row: dict) -> str:
+    where = row["file"]
+    if row.get("line", -1) > 0:
+        where += f" line {row['line']}"
+    if row.get("index", -1) >= 0:
+        where += f" (sample {row['index']})"
+    return where
+
+
+def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
+    out = {"messages": [], "reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0}
+    try:
+        if row["load_error"]:
+            raise SampleError("invalid_json", row["load_error"])
+        try:
+            record = json.loads(row["raw"])
+        except ValueError as err:
+            raise SampleError("invalid_json", f"invalid JSON: {err}") from None
+        conv = to_conversation(record, row["format"], columns.get(row["file"], Columns()), require_markup)
+    except SampleError as err:
+        return {**out, "reason": err.reason, "error": f"{location(row)}: {err.message}"}
+    return {**out, "messages": [{"role": m.role, "content": m.content} for m in conv.messages],
+            "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns}
+
+
+def load_checked(sources: list[Source], require_markup: bool = False, num_proc: int | None = None):
+    """A datasets.Dataset with one row per sample: messages, or reason + error for a bad one."""
+    from datasets import Dataset
+
+    if not sources:
+        raise DataError("no data sources")
+    columns = {str(s.path): s.columns for s in sources}
+    raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": sources,
+                                                           "fingerprint": _fingerprint(sources)})
+    return raw.map(check_record, fn_kwargs={"columns": columns, "require_markup": require_markup},
+                   remove_columns=["raw", "load_error"], num_proc=_procs(num_proc, len(raw)),
+                   desc="validating samples")
+
+
+def _procs(num_proc: int | None, rows: int) -> int | None:
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8)
+    return num_proc if num_proc > 1 and rows >= 2000 else None  # process start-up costs more on small sets

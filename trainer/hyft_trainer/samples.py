@@ -1,0 +1,209 @@
+"""One raw sample (any JSON value) -> a validated conversation, or a SampleError
+that says what is wrong. Pure; never crashes on any JSON value.
+
+Formats: ShareGPT (`messages`/`role`/`content` and `conversations`/`from`/`value`,
+or any LLaMA-Factory `columns`/`tags`), and alpaca (instruction/input/output,
+optional system and history). Hunyuan thinking markup, where an assistant turn
+uses it, must be `<think>…</think><answer>…</answer>` with nothing outside the
+tags: slow thinking has a non-empty think block, fast thinking (user turn
+starting with /no_think) an empty one. Whitespace is kept as written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Message
+
+FAST_PREFIX, SLOW_PREFIX = "/no_think", "/think"
+SHAREGPT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+                  "model": "assistant", "system": "system"}
+
+
+class SampleError(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Columns:
+    """LLaMA-Factory dataset_info.json `columns` and `tags` (defaults: ShareGPT auto-detect)."""
+
+    messages: str | None = None
+    system: str | None = None
+    role_tag: str | None = None
+    content_tag: str | None = None
+    user_tag: str | None = None
+    assistant_tag: str | None = None
+    system_tag: str | None = None
+    prompt: str = "instruction"
+    query: str = "input"
+    response: str = "output"
+    history: str = "history"
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]
+    fast_turns: int = 0
+    slow_turns: int = 0
+    plain_turns: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_format(record: Any) -> str:
+    if not isinstance(record, dict):
+        raise SampleError("not_object", f"sample must be a JSON object, got {type(record).__name__}")
+    if "messages" in record or "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    raise SampleError("unknown_format", "neither ShareGPT (messages/conversations) nor alpaca "
+                                        "(instruction/output): cannot tell the format")
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise SampleError("bad_content", f"{where}: content must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise SampleError("empty_content", f"{where}: empty content")
+    return value
+
+
+def from_sharegpt(record: Any, cols: Columns = Columns()) -> list[Message]:
+    if not isinstance(record, dict):
+        raise SampleError("not_object", f"sample must be a JSON object, got {type(record).__name__}")
+    key = cols.messages or ("messages" if "messages" in record else "conversations")
+    turns = record.get(key)
+    if turns is None:
+        raise SampleError("missing_messages", f"no '{key}' list in the sample")
+    if not isinstance(turns, list):
+        raise SampleError("bad_messages", f"'{key}' must be a list, got {type(turns).__name__}")
+    if not turns:
+        raise SampleError("empty_conversation", f"'{key}' is empty")
+    messages = []
+    system_column = cols.system and record.get(cols.system)
+    if system_column:
+        messages.append(Message("system", _text(system_column, cols.system)))
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            raise SampleError("bad_message", f"{where}: must be an object, got {type(turn).__name__}")
+        role_key = cols.role_tag or ("role" if "role" in turn else "from")
+        content_key = cols.content_tag or ("content" if "content" in turn else "value")
+        if role_key not in turn:
+            raise SampleError("missing_role", f"{where}: no '{role_key}'")
+        raw_role = turn[role_key]
+        role = _role(raw_role, cols)
+        if role is None:
+            raise SampleError("unknown_role", f"{where}: unknown role {raw_role!r} (expected system, user/human, "
+                                              "assistant/gpt)")
+        if content_key not in turn:
+            raise SampleError("bad_content", f"{where}: no '{content_key}'")
+        messages.append(Message(role, _text(turn[content_key], where)))
+    return messages
+
+
+def _role(raw: Any, cols: Columns) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    custom = {cols.user_tag: "user", cols.assistant_tag: "assistant", cols.system_tag: "system"}
+    custom.pop(None, None)
+    return custom.get(raw) or SHAREGPT_ROLES.get(raw)
+
+
+def from_alpaca(record: Any, cols: Columns = Columns()) -> list[Message]:
+    if not isinstance(record, dict):
+        raise SampleError("not_object", f"sample must be a JSON object, got {type(record).__name__}")
+    for key in (cols.prompt, cols.response):
+        if key not in record:
+            raise SampleError("missing_field", f"alpaca sample has no '{key}'")
+    messages = []
+    system_key = cols.system or "system"
+    if record.get(system_key):
+        messages.append(Message("system", _text(record[system_key], system_key)))
+    history = record.get(cols.history) or []
+    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 for h in history):
+        raise SampleError("bad_history", f"'{cols.history}' must be a list of [question, answer] pairs")
+    for i, (q, a) in enumerate(history):
+        messages += [Message("user", _text(q, f"{cols.history}[{i}][0]")),
+                     Message("assistant", _text(a, f"{cols.history}[{i}][1]"))]
+    prompt = _text(record[cols.prompt], cols.prompt)
+    query = record.get(cols.query) or ""
+    if not isinstance(query, str):
+        raise SampleError("bad_content", f"{cols.query}: must be a string, got {type(query).__name__}")
+    messages += [Message("user", f"{prompt}\n{query}" if query.strip() else prompt),
+                 Message("assistant", _text(record[cols.response], cols.response))]
+    return messages
+
+
+def check_order(messages: list[Message]) -> None:
+    """Optional system first, then user/assistant alternating, ending with an assistant turn."""
+    for i, m in enumerate(messages):
+        if m.role == "system" and i != 0:
+            raise SampleError("system_not_first", f"message {i}: a system message may only come first")
+    body = messages[1:] if messages and messages[0].role == "system" else messages
+    if not body:
+        raise SampleError("no_assistant_reply", "only a system message: no user/assistant turns")
+    for i, m in enumerate(body):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m.role != want:
+            offset = len(messages) - len(body)
+            raise SampleError("bad_role_order", f"message {i + offset}: expected {want}, got {m.role} "
+                                                "(turns must alternate user/assistant, starting with user)")
+    if body[-1].role != "assistant":
+        raise SampleError("no_assistant_reply", "the conversation ends with a user turn: nothing to train on")
+
+
+def thinking(content: str, user: str, where: str) -> str:
+    """'slow', 'fast' or 'plain' for one assistant turn; SampleError for broken markup."""
+    counts = {tag: content.count(tag) for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)}
+    if not any(counts.values()):
+        return "plain"
+    for tag, n in counts.items():
+        if n > 1:
+            raise SampleError("think_markup", f"{where}: {tag} appears {n} times")
+    missing = [tag for tag, n in counts.items() if n == 0]
+    if missing:
+        raise SampleError("think_markup", f"{where}: incomplete thinking markup, missing {' '.join(missing)}")
+    i_think, i_think_end = content.index(THINK_OPEN), content.index(THINK_CLOSE)
+    i_answer, i_answer_end = content.index(ANSWER_OPEN), content.index(ANSWER_CLOSE)
+    if not i_think < i_think_end < i_answer < i_answer_end:
+        raise SampleError("think_markup", f"{where}: tags out of order (want <think>…</think><answer>…</answer>)")
+    outside = (content[:i_think], content[i_think_end + len(THINK_CLOSE):i_answer],
+               content[i_answer_end + len(ANSWER_CLOSE):])
+    if any(part.strip() for part in outside):
+        raise SampleError("think_markup", f"{where}: text outside the <think>/<answer> tags")
+    reasoning = content[i_think + len(THINK_OPEN):i_think_end]
+    if not content[i_answer + len(ANSWER_OPEN):i_answer_end].strip():
+        raise SampleError("empty_answer", f"{where}: empty <answer> block")
+    fast = user.lstrip().startswith(FAST_PREFIX)
+    if fast and reasoning.strip():
+        raise SampleError("no_think_mismatch", f"{where}: the user turn asks for /no_think but the think block "
+                                               "is not empty")
+    if not fast and not reasoning.strip():
+        forced = " (/think forces slow thinking)" if user.lstrip().startswith(SLOW_PREFIX) else ""
+        raise SampleError("empty_think", f"{where}: empty think block, but the user turn does not start with "
+                                         f"/no_think{forced}")
+    return "fast" if fast else "slow"
+
+
+def to_conversation(record: Any, fmt: str = "auto", cols: Columns = Columns(),
+                    require_markup: bool = False) -> Conversation:
+    if fmt == "auto":
+        fmt = detect_format(record)
+    messages = from_alpaca(record, cols) if fmt == "alpaca" else from_sharegpt(record, cols)
+    check_order(messages)
+    conv = Conversation(messages)
+    last_user = ""
+    for i, m in enumerate(messages):
+        if m.role == "user":
+            last_user = m.content
+        elif m.role == "assistant":
+            kind = thinking(m.content, last_user, f"message {i}")
+            if kind == "plain" and require_markup:
+                raise SampleError("missing_markup", f"message {i}: no <think>/<answer> markup (required)")
+            setattr(conv, f"{kind}_turns", getattr(conv, f"{kind}_turns") + 1)
+    return conv

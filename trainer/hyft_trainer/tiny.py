@@ -1,0 +1,70 @@
+"""Tiny random-weight Hunyuan models for tests and demos (no hub download is possible).
+
+    hyft tiny-model --family small|7b OUT
+
+Writes a HunYuanDenseV1ForCausalLM with a few thousand parameters per layer and
+a byte-level BPE tokenizer trained locally on the bundled sample data, carrying
+the family's special tokens and a chat template that behaves like the official
+one. Loadable offline with AutoModelForCausalLM / AutoTokenizer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .chat_format import CHAT_TEMPLATES, FAMILIES
+from .sample_data import make_samples
+
+
+def _corpus() -> list[str]:
+    texts = []
+    for sample in make_samples(400, seed=11):
+        texts += [m["content"] for m in sample["messages"]]
+    return texts + ["<think>", "</think>", "<answer>", "</answer>", "/no_think", "/think"]
+
+
+def build_tokenizer(family_name: str, vocab_size: int = 1024):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    family = FAMILIES[family_name]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(family.special_tokens),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=family.bos, eos_token=family.eos, pad_token=family.pad,
+        chat_template=CHAT_TEMPLATES[family_name], model_max_length=4096, clean_up_tokenization_spaces=False,
+    )
+
+
+def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    import torch
+    from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
+
+    out = Path(out)
+    tokenizer = build_tokenizer(family)
+    config = HunYuanDenseV1Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,  # must be explicit: HunYuan reads head_dim from the config
+        max_position_embeddings=4096,
+        tie_word_embeddings=family == "small",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = HunYuanDenseV1ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "hyft_tiny.json").write_text(json.dumps({"family": family, "seed": seed,
+                                                     "parameters": sum(p.numel() for p in model.parameters())}))
+    return out
