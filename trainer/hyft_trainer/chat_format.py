@@ -158,7 +158,8 @@ CHAT_TEMPLATES = {
         "{% elif m['role'] == 'user' %}{{ '<｜hy_User｜>' + m['content'] }}"
         "{% elif m['role'] == 'assistant' %}{{ '<｜hy_Assistant｜>' + m['content'] + '<｜hy_place▁holder▁no▁2｜>' }}"
         "{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<｜hy_Assistant｜>' }}{% else %}{{ '<｜hy_place▁holder▁no▁8｜>' }}{% endif %}"
+        "{% if add_generation_prompt %}{{ '<｜hy_Assistant｜>' }}"
+        "{% else %}{{ '<｜hy_place▁holder▁no▁8｜>' }}{% endif %}"
     ),
     "7b": (
         "{{ '<|startoftext|>' }}"

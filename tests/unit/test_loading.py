@@ -1,0 +1,116 @@
+"""Loading real files: JSONL line numbers, JSON arrays, folders, LLaMA-Factory
+dataset_info.json, mixing; and `hyft data check` end to end."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hyft_trainer.data_check import check
+from hyft_trainer.loading import DataError, load_checked, sources_from_dataset_info, sources_from_paths
+from tests.helpers import ROOT
+
+GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows))
+    return path
+
+
+def test_jsonl_errors_name_file_line_and_sample(tmp_path):
+    f = write_jsonl(tmp_path / "chat.jsonl", [GOOD, "{not json", GOOD, {"messages": []}])
+    ds = load_checked(sources_from_paths([f]))
+    errors = [e for e in ds["error"] if e]
+    assert errors[0].startswith(f"{f} line 2 (sample 1): invalid JSON")
+    assert errors[1] == f"{f} line 4 (sample 3): 'messages' is empty"
+    assert ds["reason"] == ["", "invalid_json", "", "empty_conversation"]
+
+
+def test_blank_lines_do_not_shift_sample_numbers_but_lines_stay_true(tmp_path):
+    f = tmp_path / "gaps.jsonl"
+    f.write_text(json.dumps(GOOD) + "\n\n" + json.dumps({"messages": "x"}) + "\n")
+    ds = load_checked(sources_from_paths([f]))
+    assert ds["error"][1] == f"{f} line 3 (sample 1): 'messages' must be a list, got str"
+
+
+def test_json_array_files_and_bad_json_files(tmp_path):
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps([GOOD, {"instruction": "i", "output": "o"}]))
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps({"not": "a list"}))
+    ds = load_checked(sources_from_paths([tmp_path]))
+    assert ds.num_rows == 3
+    assert ds["reason"] == ["", "", "invalid_json"]
+    assert "must hold a list of samples, got dict" in ds["error"][2]
+
+
+def test_dataset_info_folders_work_unchanged(tmp_path):
+    write_jsonl(tmp_path / "chats.jsonl", [{"conversations": [{"from": "human", "value": "q"},
+                                                              {"from": "gpt", "value": "a"}]}])
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"q": "question", "a": "answer"}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "chats": {"file_name": "chats.jsonl", "formatting": "sharegpt",
+                  "columns": {"messages": "conversations"}},
+        "qa": {"file_name": "alpaca.json", "columns": {"prompt": "q", "response": "a"}},
+    }))
+    ds = load_checked(sources_from_dataset_info(tmp_path, ["chats", "qa"]))
+    assert ds["reason"] == ["", ""]
+    assert [m["role"] for m in ds["messages"][1]] == ["user", "assistant"]
+    assert ds["messages"][1][0]["content"] == "question"
+    with pytest.raises(DataError, match="no dataset named nope"):
+        sources_from_dataset_info(tmp_path, ["nope"])
+
+
+def test_missing_paths_are_clear(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        sources_from_paths([tmp_path / "missing.jsonl"])
+
+
+def test_a_changed_file_is_not_served_from_the_cache(tmp_path):
+    f = write_jsonl(tmp_path / "c.jsonl", [GOOD])
+    assert load_checked(sources_from_paths([f])).num_rows == 1
+    write_jsonl(f, [GOOD, GOOD])
+    assert load_checked(sources_from_paths([f])).num_rows == 2
+
+
+def test_report_on_the_shipped_sample_data(tokenizers):
+    report = check([str(ROOT / "examples" / "data")], tokenizers["small"], cutoff_len=1024)
+    assert not report.failed and report.samples == report.valid == 300
+    assert report.fast > 50 and report.slow > 50
+    assert 0 < report.padded_efficiency < report.packed_efficiency <= 1
+
+
+def test_samples_over_cutoff_len_are_errors(tokenizers, tmp_path):
+    long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    f = write_jsonl(tmp_path / "long.jsonl", [GOOD, long])
+    report = check([str(f)], tokenizers["small"], cutoff_len=64)
+    assert report.errors["too_long"] == 1 and report.valid == 1
+    assert f"{f} line 2 (sample 1):" in report.examples[0] and "> cutoff_len 64" in report.examples[0]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "hyft_operator.cli", "data", "check", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_passes_on_sample_data_and_fails_readably_on_planted_errors(tmp_path):
+    ok = run_cli(str(ROOT / "examples" / "data"))
+    assert ok.returncode == 0, ok.stderr
+    assert "samples: 300  valid: 300  invalid: 0" in ok.stdout and ok.stdout.strip().endswith("OK")
+
+    lines = (ROOT / "examples" / "data" / "hunyuan_chat.jsonl").read_text().splitlines()[:20]
+    lines[3] = '{"messages": [{"role": "user", "content": "q"}]}'
+    lines[7] = lines[7].replace("<answer>", "", 1)
+    lines[11] = "{oops"
+    planted = tmp_path / "planted.jsonl"
+    planted.write_text("\n".join(lines) + "\n")
+    bad = run_cli(str(planted))
+    assert bad.returncode == 1
+    assert "samples: 20  valid: 17  invalid: 3" in bad.stdout
+    assert f"{planted} line 4 (sample 3): the conversation ends with a user turn" in bad.stdout
+    assert f"{planted} line 8 (sample 7):" in bad.stdout and "missing <answer>" in bad.stdout
+    assert f"{planted} line 12 (sample 11): invalid JSON" in bad.stdout
+    assert "FAILED" in bad.stdout
