@@ -86,6 +86,21 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     sys.exit(1 if report.failed else 0)
 
 
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from hyft_trainer.convert import convert_file
+    from hyft_trainer.samples import SampleError
+
+    try:
+        written, errors = convert_file(Path(args.input), Path(args.output), args.skip_invalid)
+    except (OSError, ValueError, SampleError) as err:
+        sys.exit(f"error: {err}")
+    for line in errors[:args.max_errors]:
+        print(line, file=sys.stderr)
+    if errors and not args.skip_invalid:
+        sys.exit(f"{len(errors)} invalid samples: nothing written (use --skip-invalid to convert the rest)")
+    print(f"wrote {written} ShareGPT samples to {args.output}" + (f", skipped {len(errors)}" if errors else ""))
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hyft_trainer.tiny import build
 
@@ -147,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-history", action="store_true", help="as in training: train the last turn only")
     p.add_argument("--max-errors", type=int, default=20, help="error lines to print (default 20)")
     p.set_defaults(func=cmd_data_check)
+
+    p = data_sub.add_parser(
+        "convert", help="convert the `turns` format to ShareGPT with Hunyuan thinking markup",
+        description="Convert samples with `turns` (human/assistant, requires_reasoning, thinking) to ShareGPT "
+                    "messages: reasoning turns become <think>…</think><answer>…</answer>, the others fast "
+                    "thinking (/no_think and an empty think block). Writes JSONL atomically.")
+    p.add_argument("input", help="JSON or JSONL file")
+    p.add_argument("output", help="JSONL file to write")
+    p.add_argument("--skip-invalid", action="store_true", help="convert the valid samples and report the others")
+    p.add_argument("--max-errors", type=int, default=20)
+    p.set_defaults(func=cmd_data_convert)
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight Hunyuan model for tests and demos",
                        description="Write a tiny random-weight HunYuanDenseV1 model and a locally built tokenizer "

@@ -1,0 +1,114 @@
+"""`hyft data convert`: the `turns` format -> ShareGPT with Hunyuan thinking markup.
+
+Input samples (JSON or JSONL), either turn pairs or role entries:
+
+    {"system": "...", "turns": [{"human": "Q", "assistant": "A", "requires_reasoning": true, "thinking": "..."}]}
+    {"turns": [{"role": "human", "content": "Q"},
+               {"role": "assistant", "content": "A", "requires_reasoning": false}]}
+
+A turn that requires reasoning becomes slow thinking (its `thinking` is the think
+block and must not be empty); one that does not becomes fast thinking: the user
+text gets the `/no_think` prefix and the think block is empty. An assistant text
+that already carries <think>/<answer> markup is kept as written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .samples import FAST_PREFIX, SampleError
+
+ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant"}
+
+
+def _assistant(turn: dict, where: str) -> tuple[str, bool]:
+    answer = turn.get("assistant", turn.get("content"))
+    if not isinstance(answer, str) or not answer.strip():
+        raise SampleError("bad_content", f"{where}: the assistant text must be a non-empty string")
+    reasoning = turn.get("requires_reasoning", bool(turn.get("thinking")))
+    if not isinstance(reasoning, bool):
+        raise SampleError("bad_content", f"{where}: requires_reasoning must be true or false")
+    if "<think>" in answer:
+        return answer, not reasoning
+    if not reasoning:
+        return f"<think>\n\n</think>\n<answer>\n{answer}\n</answer>", True
+    thinking = turn.get("thinking")
+    if not isinstance(thinking, str) or not thinking.strip():
+        raise SampleError("missing_thinking", f"{where}: requires_reasoning is true but 'thinking' is empty")
+    return f"<think>\n{thinking}\n</think>\n<answer>\n{answer}\n</answer>", False
+
+
+def _user(text: Any, fast: bool, where: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise SampleError("bad_content", f"{where}: the human text must be a non-empty string")
+    return f"{FAST_PREFIX}{text}" if fast and not text.lstrip().startswith(FAST_PREFIX) else text
+
+
+def convert_sample(record: Any) -> dict:
+    if not isinstance(record, dict) or not isinstance(record.get("turns"), list) or not record["turns"]:
+        raise SampleError("missing_turns", "expected an object with a non-empty 'turns' list")
+    messages = []
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        messages.append({"role": "system", "content": record["system"]})
+    turns = record["turns"]
+    if all(isinstance(t, dict) and "human" in t for t in turns):  # pairs
+        for i, turn in enumerate(turns):
+            content, fast = _assistant(turn, f"turns[{i}]")
+            messages += [{"role": "user", "content": _user(turn["human"], fast, f"turns[{i}]")},
+                         {"role": "assistant", "content": content}]
+        return {"messages": messages}
+    pending_user = None
+    for i, turn in enumerate(turns):
+        role = ROLES.get(turn.get("role") or turn.get("from")) if isinstance(turn, dict) else None
+        if role is None:
+            raise SampleError("unknown_role", f"turns[{i}]: expected role human or assistant")
+        if role == "user":
+            pending_user = (turn.get("content", turn.get("value")), f"turns[{i}]")
+            continue
+        if pending_user is None:
+            raise SampleError("bad_role_order", f"turns[{i}]: an assistant turn must follow a human turn")
+        content, fast = _assistant(turn, f"turns[{i}]")
+        messages += [{"role": "user", "content": _user(pending_user[0], fast, pending_user[1])},
+                     {"role": "assistant", "content": content}]
+        pending_user = None
+    if pending_user is not None:
+        raise SampleError("no_assistant_reply", f"{pending_user[1]}: the last human turn has no answer")
+    return {"messages": messages}
+
+
+def read_records(path: Path) -> list[tuple[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append((f"{path} line {n}", json.loads(line)))
+                except ValueError as err:
+                    out.append((f"{path} line {n}", SampleError("invalid_json", f"invalid JSON: {err}")))
+        return out
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise SampleError("invalid_json", f"{path}: a .json file must hold a list of samples")
+    return [(f"{path} sample {i}", r) for i, r in enumerate(data)]
+
+
+def convert_file(src: Path, dst: Path, skip_invalid: bool = False) -> tuple[int, list[str]]:
+    """Write dst atomically; with errors and not skip_invalid, write nothing."""
+    converted, errors = [], []
+    for where, record in read_records(src):
+        try:
+            if isinstance(record, SampleError):
+                raise record
+            converted.append(convert_sample(record))
+        except SampleError as err:
+            errors.append(f"{where}: {err.message}")
+    if errors and not skip_invalid:
+        return 0, errors
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for sample in converted:
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    tmp.replace(dst)
+    return len(converted), errors
