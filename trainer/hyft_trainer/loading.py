@@ -167,11 +167,11 @@ def load_checked(sources: list[Source], require_markup: bool = False, num_proc: 
     raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": sources,
                                                            "fingerprint": _fingerprint(sources)})
     return raw.map(check_record, fn_kwargs={"columns": columns, "require_markup": require_markup},
-                   remove_columns=["raw", "load_error"], num_proc=_procs(num_proc, len(raw)),
+                   remove_columns=["raw", "load_error"], num_proc=procs(num_proc, len(raw)),
                    desc="validating samples")
 
 
-def _procs(num_proc: int | None, rows: int) -> int | None:
+def procs(num_proc: int | None, rows: int) -> int | None:
     if num_proc is None:
         num_proc = min(os.cpu_count() or 1, 8)
     return num_proc if num_proc > 1 and rows >= 2000 else None  # process start-up costs more on small sets
