@@ -101,6 +101,12 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
     print(f"wrote {written} ShareGPT samples to {args.output}" + (f", skipped {len(errors)}" if errors else ""))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from hyft_trainer.launcher import main as train_main
+
+    sys.exit(train_main([args.config]))
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hyft_trainer.tiny import build
 
@@ -138,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--liveness", help="health endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_operator)
+
+    p = sub.add_parser(
+        "train", help="the trainer entry point (what each pod runs)",
+        description="Train with the config in CONFIG (the trainer schema: LLaMA-Factory keys). Reads NNODES, "
+                    "NODE_RANK, MASTER_ADDR, MASTER_PORT and NPROC_PER_NODE (or PET_*) and starts this node's "
+                    "workers with torch.distributed.run; without them, trains on this machine. SIGTERM saves a "
+                    "checkpoint and exits 0; a restart resumes from the newest complete checkpoint. Exit 2: "
+                    "invalid config or data.")
+    p.add_argument("config", help="trainer config YAML (the operator's ConfigMap holds one)")
+    p.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="check or convert training data",
                           description="Check ShareGPT/alpaca training data, or convert other formats to ShareGPT.")

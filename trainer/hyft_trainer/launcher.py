@@ -1,0 +1,123 @@
+"""`hyft train CONFIG`: the trainer container's entry point.
+
+Reads the pod contract's env (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
+NPROC_PER_NODE, or their torchrun twins PET_*) and starts this node's worker
+processes with torch's own elastic launcher (torch.distributed.run). Without
+them it runs on this machine alone.
+
+Exit codes (the operator reads them): 0 done (or stopped with a checkpoint on
+SIGTERM); 2 invalid config or data, permanent; anything else from the
+workers (torchrun reports a failed worker as 1), retryable.
+SIGTERM/SIGINT: every rank saves a checkpoint at the next step and exits 0; a
+second signal stops the workers at once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, load_config
+from .worker import EXIT_INVALID, INVALID_FILE_ENV, STOP_FILE_ENV
+
+ENV_KEYS = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    nproc_per_node: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rendezvous_from_env(env: dict[str, str], gpus: int) -> Rendezvous:
+    """The pod contract's values (plain names win over PET_* twins); single node when absent."""
+    def get(key: str) -> str | None:
+        return env.get(key) or env.get(f"PET_{key}")
+
+    values = {k: get(k) for k in ENV_KEYS}
+    try:
+        return Rendezvous(
+            nnodes=int(values["NNODES"] or 1),
+            node_rank=int(values["NODE_RANK"] or 0),
+            master_addr=values["MASTER_ADDR"] or "127.0.0.1",
+            master_port=int(values["MASTER_PORT"] or 0) or _free_port(),
+            nproc_per_node=int(values["NPROC_PER_NODE"] or max(gpus, 1)),
+        )
+    except ValueError as err:
+        raise ConfigError(f"bad rendezvous environment {values}: {err}") from None
+
+
+def torchrun_command(rdzv: Rendezvous, config_path: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", str(rdzv.nnodes), "--node_rank", str(rdzv.node_rank),
+            "--master_addr", rdzv.master_addr, "--master_port", str(rdzv.master_port),
+            "--nproc_per_node", str(rdzv.nproc_per_node), "--max_restarts", "0",
+            "-m", "hyft_trainer.worker", config_path]
+
+
+def preflight(config_path: str):
+    """Fail fast (exit 2) on what can be checked before any process starts."""
+    config = load_config(config_path)
+    if not Path(config.model_name_or_path).is_dir():
+        raise ConfigError(f"model_name_or_path: {config.model_name_or_path} is not a folder")
+    from .loading import DataError, sources_for_config
+
+    try:
+        sources_for_config(config)
+    except DataError as err:
+        raise ConfigError(f"data: {err}") from None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: hyft train CONFIG.yaml", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        preflight(argv[0])
+        import torch
+
+        rdzv = rendezvous_from_env(dict(os.environ), torch.cuda.device_count())
+    except ConfigError as err:
+        print(f"hyft: {err}", file=sys.stderr, flush=True)
+        return EXIT_INVALID
+
+    workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
+    stop_file, invalid_file = workdir / "stop", workdir / "invalid"
+    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file)}
+    print(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
+          f"master {rdzv.master_addr}:{rdzv.master_port}", flush=True)
+    # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers
+    # after 30 s instead of letting them checkpoint.
+    proc = subprocess.Popen(torchrun_command(rdzv, argv[0]), env=env, start_new_session=True)
+
+    def on_signal(signum, _frame):
+        if stop_file.exists():
+            os.killpg(proc.pid, signal.SIGTERM)  # second signal: stop now
+            return
+        print(f"hyft: {signal.Signals(signum).name}: saving a checkpoint at the next step, then stopping",
+              flush=True)
+        stop_file.write_text("stop\n")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    rc = proc.wait()
+    if invalid_file.exists():
+        print(f"hyft: {invalid_file.read_text()}", file=sys.stderr)
+        return EXIT_INVALID
+    return rc

@@ -1,0 +1,99 @@
+"""Training metrics for Prometheus (the names the operator and the dashboard read).
+
+The master node's first process exports job-wide values; the first process of
+every other node exports the same metrics for its node (label node_rank).
+"""
+from __future__ import annotations
+
+import resource
+import time
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from transformers import TrainerCallback
+
+PREFIX = "hyft_train_"
+
+
+class TrainingMetrics:
+    def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.labels = {"job": job, "node_rank": str(node_rank)}
+        names = list(self.labels)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(PREFIX + name, doc, names, registry=self.registry).labels(**self.labels)
+
+        self.loss = gauge("loss", "Training loss of the last logging step")
+        self.learning_rate = gauge("learning_rate", "Current learning rate")
+        self.grad_norm = gauge("grad_norm", "Gradient norm of the last logging step")
+        self.global_step = gauge("global_step", "Optimizer steps done")
+        self.total_steps = gauge("total_steps", "Planned optimizer steps")
+        self.epoch = gauge("epoch", "Current epoch (fractional)")
+        self.tokens_per_second = gauge("tokens_per_second", "Non-padding input tokens per second, all ranks")
+        self.samples_per_second = gauge("samples_per_second", "Sequences per second, all ranks")
+        self.eta = gauge("eta_seconds", "Estimated seconds to the last step")
+        self.last_step = gauge("last_step_timestamp_seconds", "Unix time of the last finished step (stall alerts)")
+        self.eval_loss = gauge("eval_loss", "Loss on the held-out set")
+        self.checkpoint_step = gauge("last_checkpoint_step", "Step of the newest complete checkpoint")
+        self.peak_rss = gauge("peak_host_rss_bytes", "Peak resident memory of this process")
+        self.peak_gpu = gauge("peak_gpu_memory_bytes", "Peak GPU memory allocated by this process")
+        self.step_seconds = Histogram(PREFIX + "step_duration_seconds", "Wall time of one optimizer step", names,
+                                      registry=self.registry,
+                                      buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+                                      ).labels(**self.labels)
+
+    def serve(self, port: int) -> None:
+        start_http_server(port, registry=self.registry)
+
+
+class MetricsCallback(TrainerCallback):
+    """Feeds TrainingMetrics from the Trainer's events (runs on every rank; only exporters serve)."""
+
+    def __init__(self, metrics: TrainingMetrics, global_batch: int):
+        self.metrics = metrics
+        self.global_batch = global_batch
+        self._last = None
+        self._started = None
+        self._first_step = 0
+        self._tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.metrics.total_steps.set(state.max_steps)
+        self.metrics.global_step.set(state.global_step)
+        self._started = self._last = time.monotonic()
+        self._first_step = state.global_step
+        self._tokens = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.monotonic()
+        m = self.metrics
+        if self._last is not None:
+            m.step_seconds.observe(now - self._last)
+        self._last = now
+        m.global_step.set(state.global_step)
+        m.epoch.set(state.epoch or 0)
+        m.last_step.set(time.time())
+        elapsed = now - self._started
+        done = state.global_step - self._first_step
+        if elapsed > 0 and done > 0:
+            m.samples_per_second.set(done * self.global_batch / elapsed)
+            m.tokens_per_second.set((state.num_input_tokens_seen - self._tokens) / elapsed)
+            m.eta.set(max(0, state.max_steps - state.global_step) * elapsed / done)
+        m.peak_rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                m.peak_gpu.set(torch.cuda.max_memory_allocated())
+        except ImportError:
+            pass
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        for key, gauge in (("loss", self.metrics.loss), ("learning_rate", self.metrics.learning_rate),
+                           ("grad_norm", self.metrics.grad_norm), ("eval_loss", self.metrics.eval_loss)):
+            if isinstance(logs.get(key), (int, float)):
+                gauge.set(logs[key])
+
+    def on_save(self, args, state, control, **kwargs):
+        self.metrics.checkpoint_step.set(state.global_step)

@@ -1,0 +1,253 @@
+"""One training process (started per GPU — or once per CPU node — by torch's
+elastic launcher): data, model, method, DeepSpeed, Trainer, checkpoints, export.
+
+    python -m hyft_trainer.worker CONFIG      (normally through `hyft train`)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .checkpoints import newest_complete
+from .config import ConfigError, TrainerConfig, dump_config, load_config
+from .encode import IGNORE, MaskOptions
+from .loading import DataError, sources_for_config
+from .packing import first_fit_decreasing, pack
+
+STOP_FILE_ENV = "HYFT_STOP_FILE"
+INVALID_FILE_ENV = "HYFT_INVALID_FILE"
+EXIT_INVALID = 2  # permanent: the operator does not restart the gang for it
+
+
+def init_distributed(deepspeed: bool):
+    """Trap: with no GPU accelerate would find no backend and report world size 1 on every rank
+    (each rank then trains on the same batches). Configure the state explicitly first."""
+    import torch
+    from accelerate import PartialState
+
+    if deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # the state must be DeepSpeed's for the Trainer
+    return PartialState(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+class PaddingCollator:
+    """Pads to the longest in the batch; packed rows carry position_ids and NO attention mask, so
+    transformers builds a block-diagonal causal mask from the restarting positions."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows):
+        import torch
+
+        longest = max(len(r["input_ids"]) for r in rows)
+
+        def padded(key, value):
+            return torch.tensor([r[key] + [value] * (longest - len(r[key])) for r in rows])
+
+        batch = {"input_ids": padded("input_ids", self.pad_id), "labels": padded("labels", IGNORE)}
+        if "position_ids" in rows[0]:
+            batch["position_ids"] = padded("position_ids", 0)
+        else:
+            batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"]))
+                                                    for r in rows])
+        return batch
+
+
+def build_datasets(config: TrainerConfig, tokenizer, state):
+    from datasets import Dataset
+
+    from .data_check import prepare
+
+    opts = MaskOptions(config.train_on_prompt, config.mask_history, config.train_assistant_header)
+    with state.main_process_first():  # rank 0 preprocesses, the others read its cache
+        encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
+                                  opts=opts)
+    if report.failed and not config.skip_invalid_samples:
+        raise DataError("invalid training data (set skip_invalid_samples to train without these):\n"
+                        + report.render())
+    if encoded is None or not encoded.num_rows:
+        raise DataError("no valid training samples")
+    encoded = encoded.select_columns(["input_ids", "labels"])
+    eval_ds = None
+    if config.val_size:
+        split = encoded.train_test_split(test_size=config.val_size, seed=config.seed)
+        encoded, eval_ds = split["train"], split["test"]
+    if config.packing:
+        rows = encoded.to_dict()
+        samples = list(zip(rows["input_ids"], rows["labels"], strict=True))
+        packs = [pack(samples, g) for g in first_fit_decreasing([len(s[0]) for s in samples], config.cutoff_len)]
+        encoded = Dataset.from_list(packs)
+    return encoded, eval_ds, report
+
+
+def apply_method(model, config: TrainerConfig):
+    if config.finetuning_type == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = "all-linear" if config.lora_target == "all" else [t.strip() for t in config.lora_target.split(",")]
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
+                          lora_dropout=config.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+        return get_peft_model(model, lora)
+    if config.finetuning_type == "freeze":
+        layers = model.model.layers
+        n = config.freeze_trainable_layers
+        trainable = set(range(len(layers) - n, len(layers)) if n > 0 else range(-n))
+        for p in model.parameters():
+            p.requires_grad = False
+        for i in trainable:
+            for p in layers[i].parameters():
+                p.requires_grad = True
+    return model
+
+
+def check_model(config: TrainerConfig, model_config) -> None:
+    quant = getattr(model_config, "quantization_config", None)
+    method = (quant or {}).get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if method in ("gptq", "awq"):
+        if config.zero_stage == 3 or config.deepspeed is not None:
+            raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by ZeRO-3; use "
+                              "zero_stage 0 or 2 with finetuning_type lora")
+        if config.finetuning_type != "lora":
+            raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
+
+
+def train(config: TrainerConfig) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
+
+    from .callbacks import CompleteMarker, StopOnSignal
+    from .deepspeed_config import deepspeed_config
+    from .metrics import MetricsCallback, TrainingMetrics
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    model_config = AutoConfig.from_pretrained(config.model_name_or_path)
+    check_model(config, model_config)
+    ds = deepspeed_config(config, world_size)
+    state = init_distributed(ds is not None)
+    on_gpu = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
+    train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
+
+    bf16, fp16 = (config.bf16, config.fp16) if on_gpu else (False, False)  # Trainer refuses bf16 on CPU
+    dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
+                                                 attn_implementation="sdpa")
+    model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
+    model = apply_method(model, config)
+
+    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    metrics = TrainingMetrics(config.job_name or Path(config.output_dir).name, node_rank)
+    if config.metrics_port and state.local_process_index == 0:
+        metrics.serve(config.metrics_port)
+
+    evaluating = eval_ds is not None and config.eval_steps is not None
+    args = TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        bf16=bf16,
+        fp16=fp16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=config.eval_steps if evaluating else None,
+        load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        deepspeed=ds,
+        ddp_backend=None if on_gpu else "gloo",
+        accelerator_config={"use_configured_state": True},
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=True,
+    )
+    stop = StopOnSignal(os.environ.get(STOP_FILE_ENV))
+    callbacks = [stop, CompleteMarker(config.output_dir),
+                 MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
+                                 * state.num_processes)]
+    if args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
+                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      callbacks=callbacks)
+    resume = newest_complete(config.output_dir)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if stop.stopped_at is not None:
+        if state.is_main_process:
+            print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
+        return 0
+    export(trainer, config, tokenizer, state, report, result, started, resume)
+    return 0
+
+
+def export(trainer, config: TrainerConfig, tokenizer, state, report, result, started: float, resume) -> None:
+    from .report import write_loss_curve
+
+    out = Path(config.output_dir) / "export"
+    trainer.save_model(str(out))  # every rank: ZeRO-3 gathers the 16-bit weights
+    if not state.is_main_process:
+        return
+    tokenizer.save_pretrained(out)
+    (out / "hyft_config.yaml").write_text(dump_config(config))
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    run = {
+        "steps": trainer.state.global_step,
+        "tokens": trainer.state.num_input_tokens_seen,
+        "seconds": round(time.time() - started, 3),
+        "train_runtime": result.metrics.get("train_runtime"),
+        "final_loss": losses[-1] if losses else None,
+        "best_loss": min(losses) if losses else None,
+        "best_eval_loss": min(evals) if evals else None,
+        "samples_per_second": result.metrics.get("train_samples_per_second"),
+        "tokens_per_second": (trainer.state.num_input_tokens_seen / result.metrics["train_runtime"]
+                              if result.metrics.get("train_runtime") else None),
+        "resumed_from": str(resume) if resume else None,
+        "world_size": state.num_processes,
+        "finetuning_type": config.finetuning_type,
+        "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors)},
+        "log_history": history,
+    }
+    (Path(config.output_dir) / "report.json").write_text(json.dumps(run, indent=2))
+    write_loss_curve(history, Path(config.output_dir) / "loss.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        config = load_config(argv[0])
+        return train(config)
+    except (ConfigError, DataError) as err:
+        print(f"hyft: {err}", file=sys.stderr, flush=True)
+        _termination_message(str(err))
+        return EXIT_INVALID
+
+
+def _termination_message(text: str) -> None:
+    """Tell the launcher (torchrun reports any worker failure as 1) that the error is permanent."""
+    path = os.environ.get(INVALID_FILE_ENV)
+    if path:
+        Path(path).write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
