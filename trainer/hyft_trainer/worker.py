@@ -37,11 +37,16 @@ class PaddingCollator:
     """Pads to the longest in the batch; packed rows carry position_ids and NO attention mask, so
     transformers builds a block-diagonal causal mask from the restarting positions."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, batch_log: str | None = None):
         self.pad_id = pad_id
+        self.batch_log = batch_log  # diagnostics: which samples this rank trained on
 
     def __call__(self, rows):
         import torch
+
+        if self.batch_log:
+            with open(self.batch_log, "a") as f:
+                f.write(json.dumps([hash(tuple(r["input_ids"])) for r in rows]) + "\n")
 
         longest = max(len(r["input_ids"]) for r in rows)
 
@@ -115,9 +120,37 @@ def check_model(config: TrainerConfig, model_config) -> None:
             raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
 
 
+def token_mean_loss(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy summed over this rank's target tokens, divided by the target tokens of the whole
+    global batch (all ranks, all accumulation steps): every token weighs the same, however the batch
+    is split, so N nodes train exactly like one process with the same global batch."""
+    import torch
+
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    shift_logits = logits[..., :-1, :].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
+    total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+    if num_items_in_batch is None:
+        return total / shift_labels.ne(IGNORE).sum().clamp(min=1)
+    return total / num_items_in_batch
+
+
+def _batch_log(state) -> str | None:
+    prefix = os.environ.get("HYFT_BATCH_LOG")
+    return f"{prefix}.rank{state.process_index}" if prefix else None
+
+
 def train(config: TrainerConfig) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from .callbacks import CompleteMarker, StopOnSignal
     from .deepspeed_config import deepspeed_config
@@ -132,6 +165,7 @@ def train(config: TrainerConfig) -> int:
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
     train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
 
+    set_seed(config.seed)  # before the model: LoRA's A matrices are initialised randomly
     bf16, fp16 = (config.bf16, config.fp16) if on_gpu else (False, False)  # Trainer refuses bf16 on CPU
     dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
@@ -185,7 +219,8 @@ def train(config: TrainerConfig) -> int:
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+                      data_collator=PaddingCollator(tokenizer.pad_token_id, _batch_log(state)),
+                      processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
     resume = newest_complete(config.output_dir)
     started = time.time()
@@ -193,8 +228,11 @@ def train(config: TrainerConfig) -> int:
     if stop.stopped_at is not None:
         if state.is_main_process:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
-        return 0
-    export(trainer, config, tokenizer, state, report, result, started, resume)
+    else:
+        export(trainer, config, tokenizer, state, report, result, started, resume)
+    # Leave together: a rank that exits while another still talks to it makes gloo abort.
+    state.wait_for_everyone()
+    state.destroy_process_group()
     return 0
 
 

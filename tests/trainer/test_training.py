@@ -1,0 +1,268 @@
+"""Real training on CPU: tiny Hunyuan models, DeepSpeed ZeRO-3 with optimizer and
+parameter offload, two launcher processes as two "nodes" (NNODES=2, NODE_RANK=0/1,
+MASTER_ADDR=127.0.0.1). Every multi-process run has an outer timeout."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hyft_trainer.sample_data import make_samples
+
+RUN_TIMEOUT = 600
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from hyft_trainer.tiny import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny-small", "small")
+
+
+@pytest.fixture(scope="module")
+def memorisable(tmp_path_factory):
+    """Eight short chats: a tiny model can learn them by heart."""
+    path = tmp_path_factory.mktemp("data") / "memo.jsonl"
+    path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in make_samples(8, seed=21)))
+    return path
+
+
+def subdir(parent, name):
+    path = parent / name
+    path.mkdir()
+    return path
+
+
+def write_config(tmp_path, tiny, data, **overrides):
+    config = {
+        "model_name_or_path": str(tiny), "data_files": [{"path": str(data)}], "cutoff_len": 256,
+        "finetuning_type": "lora", "lora_rank": 8, "max_steps": 20, "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 1, "learning_rate": 5e-3, "lr_scheduler_type": "constant",
+        "logging_steps": 1, "save_steps": 1000, "output_dir": str(tmp_path / "out"), "zero_stage": 3,
+        "offload_optimizer": True, "offload_param": True, "metrics_port": None, "seed": 7,
+    }
+    config.update(overrides)
+    path = tmp_path / f"train-{len(list(tmp_path.glob('train-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def launch(config, nodes, tmp_path, port=None, extra_env=None):
+    port = port or free_port()
+    procs = []
+    for rank in range(nodes):
+        env = {**os.environ, "NNODES": str(nodes), "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "NPROC_PER_NODE": "1",
+               "HF_DATASETS_CACHE": str(tmp_path / f"hf-cache-{rank}"),  # each pod has its own
+               # one intra-op thread: float reductions then do not depend on the machine's load
+               "OMP_NUM_THREADS": "1",
+               "HYFT_BATCH_LOG": str(tmp_path / f"batches-{nodes}n"), **(extra_env or {})}
+        log = open(tmp_path / f"node{rank}-{port}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "train", str(config)],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def wait(procs, timeout=RUN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for proc, log in procs:
+            codes.append(proc.wait(max(1, deadline - time.monotonic())))
+            log.close()
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return codes
+
+
+def logs(tmp_path):
+    return "\n".join(p.read_text() for p in sorted(tmp_path.glob("node*.log")))
+
+
+def run(config, nodes, tmp_path, **kw):
+    codes = wait(launch(config, nodes, tmp_path, **kw))
+    assert codes == [0] * nodes, logs(tmp_path)[-5000:]
+    return json.loads((Path(yaml.safe_load(config.read_text())["output_dir"]) / "report.json").read_text())
+
+
+def falls(curve, by=0.4):
+    """The mean of the last five losses is clearly (in nats) below the first five's."""
+    return sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - by
+
+
+def losses(report):
+    return [h["loss"] for h in report["log_history"] if "loss" in h]
+
+
+def test_two_nodes_lora_zero3_offload_learns_and_ranks_see_different_data(tiny, memorisable, tmp_path):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    config = write_config(tmp_path, tiny, memorisable, max_steps=80, learning_rate=1e-2)
+    report = run(config, 2, tmp_path)
+    curve = losses(report)
+    assert report["world_size"] == 2 and report["steps"] == 80
+    assert falls(curve), curve
+
+    rank0, rank1 = ([tuple(json.loads(line)) for line in (tmp_path / f"batches-2n.rank{r}").read_text().splitlines()]
+                    for r in (0, 1))
+    assert len(rank0) == len(rank1) == 80
+    assert all(a != b for a, b in zip(rank0, rank1, strict=True)), "both ranks got the same batch in a step"
+    per_epoch = 8 // 2  # 8 samples, batch 1 per rank: each epoch splits them between the ranks
+    for start in range(0, 80, per_epoch):
+        epoch0, epoch1 = set(rank0[start:start + per_epoch]), set(rank1[start:start + per_epoch])
+        assert epoch0.isdisjoint(epoch1) and len(epoch0 | epoch1) == 8, "ranks overlap within an epoch"
+
+    export = tmp_path / "out" / "export"
+    base = AutoModelForCausalLM.from_pretrained(tiny)
+    original = load_file(tiny / "model.safetensors")
+    model = PeftModel.from_pretrained(base, export)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "LoRA weights did not change (B starts at zero)"
+    base_after = model.unload().state_dict()  # the base model without the adapter layers
+    for name, tensor in original.items():  # the frozen base is untouched
+        torch.testing.assert_close(base_after[name], tensor)
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+    assert (export / "hyft_config.yaml").exists() and (export / "tokenizer.json").exists()
+
+
+def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memorisable, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    config = write_config(tmp_path, tiny, memorisable, finetuning_type="full", learning_rate=1e-3, max_steps=20)
+    report = run(config, 2, tmp_path)
+    curve = losses(report)
+    assert falls(curve), curve
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "export")
+    original = load_file(tiny / "model.safetensors")
+    changed = [n for n, p in model.state_dict().items() if n in original and not torch.equal(p, original[n])]
+    assert changed, "full fine-tuning changed no weight"
+
+
+def test_two_nodes_match_one_process_with_the_same_global_batch(tiny, memorisable, tmp_path):
+    one = write_config(subdir(tmp_path, "one"), tiny, memorisable, per_device_train_batch_size=2,
+                       output_dir=str(tmp_path / "one" / "out"))
+    two = write_config(subdir(tmp_path, "two"), tiny, memorisable, per_device_train_batch_size=1,
+                       output_dir=str(tmp_path / "two" / "out"))
+    single = losses(run(one, 1, tmp_path / "one"))
+    double = losses(run(two, 2, tmp_path / "two"))
+    assert len(single) == len(double) == 20
+    for step, (a, b) in enumerate(zip(single, double, strict=True), 1):
+        assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 process {a} vs 2 nodes {b}"
+
+
+def scrape(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("hyft_train_") and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
+    return values
+
+
+def test_sigterm_saves_a_checkpoint_and_the_restart_continues_the_same_curve(tiny, memorisable, tmp_path):
+    reference = write_config(subdir(tmp_path, "ref"), tiny, memorisable, max_steps=40,
+                             output_dir=str(tmp_path / "ref" / "out"))
+    uninterrupted = losses(run(reference, 1, tmp_path / "ref"))
+
+    metrics_port = free_port()
+    interrupted = write_config(tmp_path, tiny, memorisable, max_steps=40, metrics_port=metrics_port)
+    procs = launch(interrupted, 1, tmp_path)
+    seen = []
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:  # the metrics endpoint, scraped over HTTP during the run
+        values = scrape(metrics_port)
+        if values and values.get("hyft_train_global_step", 0) >= 1:
+            seen.append(values)
+        if values and values.get("hyft_train_global_step", 0) >= 8:
+            break
+        time.sleep(0.05)
+    procs[0][0].send_signal(signal.SIGTERM)
+    assert wait(procs) == [0], logs(tmp_path)[-3000:]
+    assert "stopped by SIGTERM at step" in logs(tmp_path)
+
+    steps = [v["hyft_train_global_step"] for v in seen]
+    assert steps == sorted(steps) and steps[-1] > steps[0], "step did not rise"
+    assert all("hyft_train_loss" in v for v in seen[1:])
+    stamps = [v["hyft_train_last_step_timestamp_seconds"] for v in seen]
+    assert stamps[-1] > stamps[0], "last-step timestamp did not advance"
+    assert seen[-1]["hyft_train_total_steps"] == 40
+
+    from hyft_trainer.checkpoints import newest_complete, step_of
+
+    checkpoint = newest_complete(tmp_path / "out")
+    assert checkpoint is not None and not (tmp_path / "out" / "export").exists()
+    k = step_of(checkpoint)
+    assert 8 <= k < 40
+
+    resumed = run(interrupted, 1, tmp_path)
+    assert resumed["resumed_from"] == str(checkpoint)
+    history = [h for h in resumed["log_history"] if "loss" in h]
+    assert history[0]["step"] <= k + 1 and history[-1]["step"] == 40
+    assert abs(history[-1]["loss"] - uninterrupted[-1]) <= 1e-4 * abs(uninterrupted[-1])
+
+
+def test_a_half_written_checkpoint_is_never_resumed(tiny, memorisable, tmp_path):
+    from hyft_trainer.checkpoints import newest_complete
+
+    config = write_config(tmp_path, tiny, memorisable, max_steps=4, save_steps=2)
+    run(config, 1, tmp_path)
+    broken = tmp_path / "out" / "checkpoint-99"
+    broken.mkdir()
+    (broken / "trainer_state.json").write_text("{")
+    assert newest_complete(tmp_path / "out").name == "checkpoint-4"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lora_rnak": 8}, "lora_rnak: unknown key (did you mean 'lora_rank'?)"),
+    ({"quantization_bit": 4}, "quantization_bit: a LLaMA-Factory key hyft does not support"),
+    ({"data_files": [{"path": "/nope/data.jsonl"}]}, "data: /nope/data.jsonl: no such file or folder"),
+    ({"deepspeed": {"train_batch_size": 64, "zero_optimization": {"stage": 2}}},
+     "train_batch_size 64 != per_device_train_batch_size 1 x gradient_accumulation_steps 1 x world size 1"),
+])
+def test_bad_configs_fail_fast_with_exit_code_2(tiny, memorisable, tmp_path, change, message):
+    config = write_config(tmp_path, tiny, memorisable, **change)
+    started = time.monotonic()
+    codes = wait(launch(config, 1, tmp_path), timeout=300)
+    assert codes == [2], logs(tmp_path)[-2000:]
+    assert message in logs(tmp_path)
+    assert time.monotonic() - started < 120
+
+
+def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):
+    import shutil
+
+    gptq = tmp_path / "gptq-model"
+    shutil.copytree(tiny, gptq)
+    cfg = json.loads((gptq / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (gptq / "config.json").write_text(json.dumps(cfg))
+    config = write_config(tmp_path, gptq, memorisable)
+    assert wait(launch(config, 1, tmp_path), timeout=300) == [2]
+    assert "GPTQ-quantized: it cannot be sharded by ZeRO-3" in logs(tmp_path)
