@@ -23,6 +23,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
+from hyft_trainer.config import STOPPED_EARLY
+
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
 
@@ -221,6 +223,11 @@ class _Planner:
         for p in self.current:
             if p.phase == "Failed" and not p.deleting:  # pods we deleted (suspend) fail on SIGTERM
                 failure = classify(p, self.spec.runPolicy.permanentExitCodes)
+                break
+            if p.phase == "Succeeded" and p.message.startswith(STOPPED_EARLY) and not p.deleting:
+                # preempted or drained: the trainer saved a checkpoint and exited 0 without finishing
+                failure = FailureInfo(pod=p.name, exitCode=0, reason="Interrupted", message=p.message,
+                                      retryable=True)
                 break
         # Once the whole gang ran, a missing pod was deleted, preempted or lost with its node.
         if failure is None and self.old.phase == "Running":

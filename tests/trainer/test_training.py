@@ -193,7 +193,8 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_continues_the_same_curve(tin
 
     metrics_port = free_port()
     interrupted = write_config(tmp_path, tiny, memorisable, max_steps=40, metrics_port=metrics_port)
-    procs = launch(interrupted, 1, tmp_path)
+    termination_log = tmp_path / "termination-log"
+    procs = launch(interrupted, 1, tmp_path, extra_env={"HYFT_TERMINATION_LOG": str(termination_log)})
     seen = []
     deadline = time.monotonic() + RUN_TIMEOUT
     while time.monotonic() < deadline:  # the metrics endpoint, scraped over HTTP during the run
@@ -206,6 +207,8 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_continues_the_same_curve(tin
     procs[0][0].send_signal(signal.SIGTERM)
     assert wait(procs) == [0], logs(tmp_path)[-3000:]
     assert "stopped by SIGTERM at step" in logs(tmp_path)
+    # exit 0, and the pod's termination message tells the operator it was interrupted, not finished
+    assert termination_log.read_text().startswith("hyft: stopped early by SIGTERM")
 
     steps = [v["hyft_train_global_step"] for v in seen]
     assert steps == sorted(steps) and steps[-1] > steps[0], "step did not rise"

@@ -14,6 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# The trainer/operator protocol: exit code 2 is a permanent error (invalid config or data); exit 0 with
+# this termination message means SIGTERM stopped training after a checkpoint (restart, do not finish).
+EXIT_INVALID = 2
+STOPPED_EARLY = "hyft: stopped early by SIGTERM"
+
 ChatFamily = Literal["auto", "small", "7b"]
 DataFormat = Literal["auto", "sharegpt", "alpaca"]
 

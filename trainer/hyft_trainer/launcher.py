@@ -22,8 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .worker import EXIT_INVALID, INVALID_FILE_ENV, STOP_FILE_ENV
+from .config import EXIT_INVALID, STOPPED_EARLY, ConfigError, load_config
+from .worker import INVALID_FILE_ENV, STOP_FILE_ENV
 
 ENV_KEYS = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")
 
@@ -119,5 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     rc = proc.wait()
     if invalid_file.exists():
         print(f"hyft: {invalid_file.read_text()}", file=sys.stderr)
+        termination_message(invalid_file.read_text())
         return EXIT_INVALID
+    if rc == 0 and stop_file.exists():
+        # Exit 0 with a checkpoint; the message tells the operator this was an interruption, not the end.
+        termination_message(f"{STOPPED_EARLY}: a checkpoint was saved; a restart resumes from it")
     return rc
+
+
+def termination_message(text: str) -> None:
+    """Kubernetes puts /dev/termination-log into the pod status, where the operator reads it."""
+    path = os.environ.get("HYFT_TERMINATION_LOG") or (
+        "/dev/termination-log" if "KUBERNETES_SERVICE_HOST" in os.environ else None)
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(text[-4000:])
+    except OSError:
+        pass

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 from .checkpoints import newest_complete
-from .config import ConfigError, TrainerConfig, dump_config, load_config
+from .config import EXIT_INVALID, ConfigError, TrainerConfig, dump_config, load_config
 from .encode import IGNORE, MaskOptions
 from .loading import DataError, sources_for_config
 from .packing import first_fit_decreasing, pack
 
 STOP_FILE_ENV = "HYFT_STOP_FILE"
 INVALID_FILE_ENV = "HYFT_INVALID_FILE"
-EXIT_INVALID = 2  # permanent: the operator does not restart the gang for it
 
 
 def init_distributed(deepspeed: bool):
