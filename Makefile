@@ -45,8 +45,12 @@ crds: venv ## regenerate crds/ and docs/reference.md from the API models
 cluster: venv binaries ## start a local control plane with fake GPU nodes (Ctrl-C stops it)
 	$(PY) -m hyft_envtest
 
-demo: venv ## run examples/local-tiny.yaml on this machine (see README)
-	@echo "make demo: the local run is not built yet (issue: hyft run --local)"; exit 1
+DEMO := $(HYFT_CACHE)/demo
+demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + CPU offload, LoRA
+	$(PY) -m hyft_operator.cli tiny-model $(DEMO)/models/tiny-small --family small
+	rm -rf $(DEMO)/work/local-tiny
+	$(PY) -m hyft_operator.cli run examples/local-tiny.yaml --local \
+	  --volume models=$(DEMO)/models --volume data=examples/data --volume work=$(DEMO)/work
 
 bench: venv ## benchmarks: ratios against baselines measured in the same run
 	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }

@@ -46,6 +46,34 @@ def cmd_render(args: argparse.Namespace) -> None:
     sys.stdout.write(yaml.safe_dump_all(render_all(job, args.attempt, defaults), sort_keys=False))
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .local import LocalRunError, run, volume_folders
+
+    if not args.local:
+        sys.exit("hyft run needs --local (on a cluster: kubectl apply -f FILE, and watch kubectl get hft)")
+    job = _load_resource(args.file, "default")
+    job.metadata.setdefault("uid", "local")
+    overrides = {}
+    for item in args.volume or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            sys.exit(f"--volume {item!r}: expected NAME=PATH")
+        overrides[name] = path
+    try:
+        folders = volume_folders(job, overrides)
+    except LocalRunError as err:
+        sys.exit(f"{args.file}: {err}")
+    unknown = set(overrides) - set(folders)
+    if unknown:
+        sys.exit(f"--volume: {', '.join(sorted(unknown))} is not a volume of {args.file}")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hyft-local-"))
+    print(f"[hyft] running {job.metadata['name']}: {job.spec.nodes} node(s) as local processes; "
+          f"rendered configs in {workdir}", flush=True)
+    sys.exit(run(job, folders, workdir))
+
+
 def cmd_operator(args: argparse.Namespace) -> None:
     from kopf.cli import main as kopf_main
 
@@ -132,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int, default=0, help="gang attempt number for the pod labels (default: 0)")
     p.add_argument("--image", help="trainer image the operator is configured with")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser(
+        "run", help="run a HunyuanFineTune on this machine (--local)",
+        description="Run FILE on this machine: validated by the same API models, rendered by the same "
+                    "builders as the operator, each pod's trainer a local process with the pod's env "
+                    "(MASTER_ADDR 127.0.0.1). Logs are prefixed by pod name; a progress line comes from the "
+                    "master's metrics. Ctrl-C saves a checkpoint and stops (run again to resume); a second "
+                    "Ctrl-C kills. Exit code: the job's result.")
+    p.add_argument("file", help="a HunyuanFineTune YAML file")
+    p.add_argument("--local", action="store_true", help="run as local processes (required)")
+    p.add_argument("--volume", action="append", metavar="NAME=PATH",
+                   help="local folder for the volume NAME (repeatable); hostPath volumes default to their path")
+    p.add_argument("--workdir", help="where the rendered per-pod configs go (default: a temp folder)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("operator", help="run the operator (in a cluster, or against your kubeconfig)",
                        description="Run the HunyuanFineTune operator (Kopf). Several replicas elect one active "
