@@ -52,6 +52,6 @@ demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + 
 	$(PY) -m hyft_operator.cli run examples/local-tiny.yaml --local \
 	  --volume models=$(DEMO)/models --volume data=examples/data --volume work=$(DEMO)/work
 
-bench: venv ## benchmarks: ratios against baselines measured in the same run
-	@ls bench/*.py >/dev/null 2>&1 || { echo "no benchmarks yet"; exit 1; }
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: venv ## benchmarks: ratios against baselines measured in the same run (installs LLaMA-Factory aside)
+	bash bench/setup_llamafactory.sh
+	$(PY) bench/data_prep.py

@@ -17,6 +17,7 @@ def test_llamafactory_yaml_keys_are_accepted():
                         "template": "small", "finetuning_type": "lora", "lora_target": "q_proj,v_proj",
                         "cutoff_len": 1024, "learning_rate": 1e-4, "num_train_epochs": 2.0})
     assert cfg.dataset == ["a", "b"] and cfg.lora_target == "q_proj,v_proj"
+    assert parse_config({**BASE, "template": "hunyuan"}).template == "auto"  # detected from the tokenizer
 
 
 @pytest.mark.parametrize("data, message", [

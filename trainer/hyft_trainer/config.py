@@ -22,6 +22,8 @@ STOPPED_EARLY = "hyft: stopped early by SIGTERM"
 ChatFamily = Literal["auto", "small", "7b"]
 DataFormat = Literal["auto", "sharegpt", "alpaca"]
 
+LLAMAFACTORY_TEMPLATES = ("hunyuan", "hunyuan_small")
+
 # LLaMA-Factory keys that hyft knows but does not implement: named as such, not "unknown".
 UNSUPPORTED_LLAMAFACTORY_KEYS = {
     "stage": "hyft trains SFT only (stage: sft)",
@@ -145,6 +147,10 @@ def parse_config(data: Any, source: str = "config") -> TrainerConfig:
     data = dict(data)
     if isinstance(data.get("dataset"), str):  # LLaMA-Factory writes "a,b"
         data["dataset"] = [d.strip() for d in data["dataset"].split(",") if d.strip()]
+    if data.get("template") in LLAMAFACTORY_TEMPLATES:
+        # LLaMA-Factory maps its `hunyuan` template to every Hunyuan model, though the small models use
+        # other tokens; the tokenizer's own special tokens decide here.
+        data["template"] = "auto"
     if data.get("stage", "sft") == "sft":
         data.pop("stage", None)
     data.pop("do_train", None)
