@@ -135,6 +135,18 @@ def cmd_train(args: argparse.Namespace) -> None:
     sys.exit(train_main([args.config]))
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    from hyft_trainer.estimate import estimate, load_shape, render
+
+    try:
+        shape = load_shape(args.model)
+    except (OSError, KeyError, ValueError) as err:
+        sys.exit(f"--model {args.model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
+    results = estimate(shape, args.nodes, args.gpus_per_node, args.method, args.lora_rank, args.batch, args.seq,
+                       not args.no_checkpointing)
+    print(render(shape, results, args.gpu_memory))
+
+
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hyft_trainer.tiny import build
 
@@ -231,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true", help="convert the valid samples and report the others")
     p.add_argument("--max-errors", type=int, default=20)
     p.set_defaults(func=cmd_data_convert)
+
+    p = sub.add_parser(
+        "estimate", help="host RAM and GPU memory a fine-tuning needs, per ZeRO option",
+        description="Estimate host RAM per node and GPU memory per device for each ZeRO stage and offload "
+                    "option (DeepSpeed's own model-state formulas plus activations and logits), and which "
+                    "fit a given GPU.")
+    p.add_argument("--model", default="1.8B", help="size name (0.5B, 1.8B, 4B, 7B) or a model folder/config.json")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--method", choices=["full", "lora"], default="full")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--batch", type=int, default=1, help="micro-batch per GPU (default 1)")
+    p.add_argument("--seq", type=int, default=2048, help="sequence length, i.e. cutoff_len (default 2048)")
+    p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
+    p.add_argument("--gpu-memory", type=float, help="GPU memory in GiB: mark which options fit")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight Hunyuan model for tests and demos",
                        description="Write a tiny random-weight HunYuanDenseV1 model and a locally built tokenizer "

@@ -1,0 +1,147 @@
+"""`hyft estimate`: host RAM per node and GPU memory per device for a Hunyuan model,
+from DeepSpeed's own model-state estimators (deepspeed.runtime.zero.stage3 /
+stage_1_and_2 `estimate_zero*_model_states_mem_needs`, zero_init, 1.5x buffer)
+plus activations and logits. Pure arithmetic on the model config.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+GIB = 1024 ** 3
+BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
+
+# The published configs (../shared/hunyuan-chat-format.md).
+SIZES = {
+    "0.5B": dict(hidden=1024, layers=24, heads=16, kv_heads=8, head_dim=128, ffn=3584, vocab=120818, tied=True),
+    "1.8B": dict(hidden=2048, layers=32, heads=16, kv_heads=4, head_dim=128, ffn=6144, vocab=120818, tied=True),
+    "4B": dict(hidden=3072, layers=36, heads=32, kv_heads=8, head_dim=128, ffn=8192, vocab=120818, tied=True),
+    "7B": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=128167, tied=False),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    tied: bool
+
+    @property
+    def layer_params(self) -> int:
+        h, hd = self.hidden, self.head_dim
+        attention = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2  # q, o; k, v
+        return attention + 3 * h * self.ffn + 2 * h + 2 * hd  # SwiGLU, norms, q/k norms
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
+
+    @property
+    def params(self) -> int:
+        return self.embedding_params * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
+
+    @property
+    def largest_layer(self) -> int:
+        return max(self.embedding_params, self.layer_params)
+
+    def lora_params(self, rank: int) -> int:
+        """LoRA on every linear layer of every decoder layer (target 'all')."""
+        h, hd = self.hidden, self.head_dim
+        shapes = [(h, self.heads * hd), (h, self.kv_heads * hd), (h, self.kv_heads * hd), (self.heads * hd, h),
+                  (h, self.ffn), (h, self.ffn), (self.ffn, h)]
+        return self.layers * sum(rank * (i + o) for i, o in shapes)
+
+
+def load_shape(model: str) -> Shape:
+    if model.upper() in SIZES:
+        return Shape(**SIZES[model.upper()])
+    path = Path(model)
+    config_path = path / "config.json" if path.is_dir() else path
+    cfg = json.loads(config_path.read_text())
+    return Shape(hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=cfg["num_attention_heads"],
+                 kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+                 head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
+                 ffn=cfg["intermediate_size"], vocab=cfg["vocab_size"], tied=cfg.get("tie_word_embeddings", False))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    stage: int
+    offload: str  # none | optimizer | params+optimizer
+    host_bytes_per_node: float
+    gpu_bytes_per_device: float
+    activation_bytes: float
+
+    @property
+    def label(self) -> str:
+        return f"ZeRO-{self.stage}, offload {self.offload}"
+
+
+def model_states(trainable: int, largest: int, gpus_per_node: int, nodes: int, stage: int, offload_optimizer: bool,
+                 offload_params: bool) -> tuple[float, float]:
+    """(host bytes per node, GPU bytes per device) for the trainable parameters: DeepSpeed's formulas."""
+    total_gpus = gpus_per_node * nodes
+    if stage == 3:
+        largest_mem = 4 * largest
+        if offload_optimizer and offload_params:
+            return trainable * 18 / nodes * BUFFER, largest_mem
+        if offload_optimizer:
+            return trainable * 16 / nodes * BUFFER, largest_mem + 2 * trainable / total_gpus
+        return largest * 4 * gpus_per_node * BUFFER, largest_mem + 18 * trainable / total_gpus
+    if offload_optimizer:
+        return trainable * max(4 * total_gpus, 16) * BUFFER, 2 * trainable
+    return trainable * 4 * gpus_per_node * BUFFER, 4 * trainable + 16 * trainable / total_gpus
+
+
+def activations(shape: Shape, batch: int, seq: int, checkpointing: bool) -> float:
+    """bf16 activations with flash attention (Korthikanti et al.: 34·s·b·h per layer; full recompute keeps
+    2·s·b·h per layer plus one layer's worth), and the logits in bf16 + fp32 for the loss."""
+    per_layer = 34 * seq * batch * shape.hidden
+    body = shape.layers * 2 * seq * batch * shape.hidden + per_layer if checkpointing else shape.layers * per_layer
+    return body + batch * seq * shape.vocab * (2 + 4)
+
+
+def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full", lora_rank: int = 8,
+             batch: int = 1, seq: int = 2048, checkpointing: bool = True) -> list[Estimate]:
+    trainable = shape.params if method == "full" else shape.lora_params(lora_rank)
+    frozen = shape.params - trainable
+    act = activations(shape, batch, seq, checkpointing)
+    out = []
+    options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False)]
+    for stage, opt, par in options:
+        host, gpu = model_states(trainable, shape.largest_layer if method == "full" else trainable,
+                                 gpus_per_node, nodes, stage, opt, par)
+        # Frozen bf16 weights (LoRA/freeze): sharded by ZeRO-3 (in host memory when params are offloaded).
+        if frozen:
+            if stage == 3 and par:
+                host += 2 * frozen / nodes
+                gpu += 4 * shape.largest_layer
+            elif stage == 3:
+                gpu += 2 * frozen / (nodes * gpus_per_node)
+            else:
+                gpu += 2 * frozen
+        offload = "params+optimizer" if par else "optimizer" if opt else "none"
+        out.append(Estimate(stage, offload, host, gpu + act, act))
+    return out
+
+
+def render(shape: Shape, estimates: list[Estimate], gpu_memory_gib: float | None) -> str:
+    lines = [f"model: {shape.params / 1e9:.2f}B parameters, largest layer {shape.largest_layer / 1e6:.0f}M",
+             f"{'option':34s} {'host RAM/node':>14s} {'GPU/device':>11s} {'(activations)':>14s}"
+             + ("  fits" if gpu_memory_gib else "")]
+    for e in estimates:
+        fits = ""
+        if gpu_memory_gib:
+            fits = "  yes" if e.gpu_bytes_per_device <= gpu_memory_gib * GIB * 0.9 else "  no"
+        lines.append(f"{e.label:34s} {e.host_bytes_per_node / GIB:11.1f} GiB {e.gpu_bytes_per_device / GIB:7.1f} GiB "
+                     f"{e.activation_bytes / GIB:10.1f} GiB{fits}")
+    if gpu_memory_gib:
+        lines.append(f"(fits: within 90% of {gpu_memory_gib:g} GiB, leaving room for the CUDA context and "
+                     "fragmentation)")
+    return "\n".join(lines)
