@@ -1,6 +1,13 @@
 """hyft: fine-tune Tencent Hunyuan models on Kubernetes.
 
-One command for the whole project; each subcommand has its own --help.
+Write one HunyuanFineTune resource; the operator runs it as a gang of pods with
+DeepSpeed ZeRO-3. Each subcommand has its own --help. A typical path:
+
+  hyft data check data/ --tokenizer MODEL    is the data right, and how long is it?
+  hyft estimate --model 1.8B --gpu-memory 80  which ZeRO/offload option fits?
+  hyft run job.yaml --local --volume ...      try the job on this machine
+  hyft render job.yaml                        what the operator will create
+  kubectl apply -f job.yaml; kubectl get hft -w
 """
 from __future__ import annotations
 
