@@ -110,7 +110,7 @@ def test_applying_each_example_creates_service_config_and_pods(crds, api_client,
         assert env["NNODES"] == env["PET_NNODES"] == str(nodes)
         assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == master_addr
         assert env["MASTER_PORT"] == env["PET_MASTER_PORT"] == str(body["spec"].get("masterPort", 29500))
-        assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == str(body["spec"].get("gpusPerNode", 8))
+        assert env["NPROC_PER_NODE"] == env["PET_NPROC_PER_NODE"] == str(body["spec"].get("gpusPerNode", 8) or 1)
         assert "RANK" not in env and "WORLD_SIZE" not in env
         assert pod.spec.subdomain == name and pod.metadata.owner_references[0].kind == api.KIND
     assert found[0].spec.hostname == f"{name}-master-0"
