@@ -38,9 +38,10 @@ test-e2e: venv binaries ## the examples end to end
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 
-crds: venv ## regenerate crds/ and docs/reference.md from the API models
+crds: venv ## regenerate crds/, the chart's CRDs and docs/reference.md from the API models
 	$(PY) -m hyft_operator.crdgen crds/
 	$(PY) -m hyft_operator.docgen > docs/reference.md
+	cp crds/*.yaml charts/hyft-operator/crds/
 
 cluster: venv binaries ## start a local control plane with fake GPU nodes (Ctrl-C stops it)
 	$(PY) -m hyft_envtest

@@ -1,0 +1,131 @@
+"""The Helm chart with the helm built from Go modules, against the real API server:
+lint, template, install, server-side dry run, and RBAC proven both ways."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from kubernetes import client
+
+from hyft_envtest.paths import binary
+from tests.helpers import ROOT, wait_for
+from tests.k8s.test_operator import cpu_job, create, get
+
+CHART = ROOT / "charts" / "hyft-operator"
+ALL_FEATURES = ROOT / "charts" / "all-features-values.yaml"
+
+
+def helm(cp, *args, check=True):
+    proc = subprocess.run([str(binary("helm")), "--kubeconfig", str(cp.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def render(cp, *values):
+    return [d for d in yaml.safe_load_all(helm(cp, "template", "hyft", str(CHART), "-n", "hyft-system",
+                                                *values).stdout) if d]
+
+
+def test_chart_crds_match_the_generated_ones():
+    for crd in (ROOT / "crds").glob("*.yaml"):
+        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"{crd.name}: run `make crds`"
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(ALL_FEATURES)]], ids=["default", "all-features"])
+def test_helm_lint_and_template(crds, values):
+    assert "0 chart(s) failed" in helm(crds, "lint", str(CHART), *values).stdout
+    kinds = {d["kind"] for d in render(crds, *values)}
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} <= kinds
+    if values:
+        assert {"Role", "RoleBinding", "KopfPeering", "ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds
+    else:
+        assert "ClusterKopfPeering" in kinds and "ServiceMonitor" not in kinds
+
+
+def test_bad_values_fail_at_install_time(crds):
+    out = helm(crds, "template", "hyft", str(CHART), "--set", "replicaCount=0", check=False)
+    assert out.returncode != 0 and "replicaCount" in out.stderr
+    out = helm(crds, "template", "hyft", str(CHART), "--set", "metrics.podMonitor.interval=often", check=False)
+    assert out.returncode != 0 and "interval" in out.stderr
+
+
+def test_deployment_is_locked_down(crds):
+    deployment = next(d for d in render(crds) if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert deployment["spec"]["replicas"] == 2 and "--peering=hyft-operator" in container["args"]
+
+
+@pytest.fixture(scope="module")
+def installed(crds, api_client):
+    helm(crds, "install", "hyft", str(CHART), "-n", "hyft-system", "--create-namespace", "--wait=false")
+    return crds
+
+
+def test_helm_install_creates_every_object(installed, api_client):
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    assert apps.read_namespaced_deployment("hyft-hyft-operator", "hyft-system").spec.replicas == 2
+    assert core.read_namespaced_service_account("hyft-hyft-operator", "hyft-system")
+    assert core.read_namespaced_service("hyft-hyft-operator-metrics", "hyft-system")
+    assert rbac.read_cluster_role("hyft-hyft-operator-discovery")
+    assert client.CustomObjectsApi(api_client).get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                                         "hyft-operator")
+    # and the core objects pass the API server's own validation (server-side dry run)
+    core_groups = ("v1", "apps", "rbac.authorization.k8s.io")
+    core_docs = [d for d in render(installed) if d["apiVersion"].split("/")[0] in core_groups]
+    out = installed.kubectl("apply", "--dry-run=server", "-n", "hyft-system", "-f", "-",
+                            input="\n---\n".join(yaml.safe_dump(d) for d in core_docs))
+    assert "(server dry run)" in out.stdout
+
+
+def can_i(cp, verb, resource, namespace="default"):
+    who = "system:serviceaccount:hyft-system:hyft-hyft-operator"
+    return cp.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", who, check=False).stdout.strip()
+
+
+@pytest.mark.parametrize("verb, resource, allowed", [
+    ("create", "pods", "yes"), ("delete", "pods", "yes"), ("watch", "pods", "yes"),
+    ("patch", "hunyuanfinetunes.hyft.io", "yes"), ("patch", "hunyuanfinetunes.hyft.io/status", "yes"),
+    ("create", "events", "yes"), ("create", "configmaps", "yes"),
+    ("get", "secrets", "no"), ("list", "secrets", "no"), ("update", "hunyuanfinetunes.hyft.io", "no"),
+    ("delete", "services", "no"), ("delete", "configmaps", "no"), ("create", "deployments.apps", "no"),
+    ("delete", "hunyuanfinetunes.hyft.io", "no"), ("create", "clusterroles.rbac.authorization.k8s.io", "no"),
+])
+def test_operator_identity_has_exactly_what_it_uses(installed, verb, resource, allowed):
+    assert can_i(installed, verb, resource) == allowed
+
+
+def test_operator_reconciles_under_the_charts_service_account(installed, api_client, tmp_path, gpu_nodes):
+    token = installed.kubectl("create", "token", "hyft-hyft-operator", "-n", "hyft-system").stdout.strip()
+    config = yaml.safe_load(installed.kubeconfig.read_text())
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "operator"
+    kubeconfig = tmp_path / "operator-kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    namespace = "rbac-" + os.urandom(3).hex()
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HYFT_RESYNC_SECONDS": "1", "HYFT_SCRAPE_PROGRESS": "0"}
+    log = open(tmp_path / "operator.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "operator", "--standalone",
+                             "--namespace", namespace], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        create(api_client, namespace, cpu_job("rbac", nodes=2))
+        wait_for(lambda: (get(api_client, namespace, "rbac").get("status") or {}).get("phase") == "Running",
+                 timeout=90, what="job Running under the chart's identity")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+    text = (tmp_path / "operator.log").read_text()
+    assert "403" not in text and "Forbidden" not in text, text[-3000:]
