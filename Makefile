@@ -9,7 +9,7 @@ export HYFT_CACHE
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries test test-unit test-k8s test-trainer test-e2e lint crds cluster demo bench
+.PHONY: help venv binaries test test-unit test-k8s test-trainer test-e2e lint crds cluster demo images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + 
 	rm -rf $(DEMO)/work/local-tiny
 	$(PY) -m hyft_operator.cli run examples/local-tiny.yaml --local \
 	  --volume models=$(DEMO)/models --volume data=examples/data --volume work=$(DEMO)/work
+
+images: ## build the operator and trainer images (needs a running Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make images: no container engine here; build on a machine with Docker"; exit 1; }
+	docker build -f docker/operator.Dockerfile -t hyft-operator:0.1.0 .
+	docker build -f docker/trainer.Dockerfile -t hyft-trainer:0.1.0 .
 
 bench: venv ## benchmarks: ratios against baselines measured in the same run (installs LLaMA-Factory aside)
 	bash bench/setup_llamafactory.sh
