@@ -9,7 +9,7 @@ export HYFT_CACHE
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries test test-unit test-k8s test-trainer test-e2e lint crds cluster demo images bench
+.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster demo images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -20,10 +20,13 @@ venv: ## create/refresh the virtualenv ($(VENV)) with every extra installed
 binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm
 	$(PY) -m hyft_envtest.build
 
-test: venv binaries lint ## everything CI runs
+sysdeps: ## lua5.4 and promtool (Debian packages) for the chart tests
+	@bash .ci/system-deps.sh
+
+test: venv binaries sysdeps lint ## everything CI runs
 	$(PYTEST) tests
 
-test-unit: venv ## pure tests: no cluster, no heavy torch work
+test-unit: venv sysdeps ## pure tests: no cluster, no heavy torch work
 	$(PYTEST) -m unit tests
 
 test-k8s: venv binaries ## operator and control-plane tests against a real API server
@@ -61,3 +64,4 @@ images: ## build the operator and trainer images (needs a running Docker engine)
 bench: venv ## benchmarks: ratios against baselines measured in the same run (installs LLaMA-Factory aside)
 	bash bench/setup_llamafactory.sh
 	$(PY) bench/data_prep.py
+	$(PY) bench/train_step.py

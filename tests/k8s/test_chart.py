@@ -2,6 +2,7 @@
 lint, template, install, server-side dry run, and RBAC proven both ways."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,85 @@ def test_operator_reconciles_under_the_charts_service_account(installed, api_cli
         log.close()
     text = (tmp_path / "operator.log").read_text()
     assert "403" not in text and "Forbidden" not in text, text[-3000:]
+
+
+# ------------------------------------------------------------- Prometheus
+def promtool(*args, cwd=None):
+    import shutil
+
+    tool = shutil.which("promtool")
+    assert tool, "promtool missing: make sysdeps (Debian package prometheus)"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def rules_file(cp, tmp_path):
+    rule = next(d for d in render(cp, "-f", str(ALL_FEATURES)) if d["kind"] == "PrometheusRule")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    return path
+
+
+def test_alert_rules_pass_promtool_check(crds, tmp_path):
+    out = promtool("check", "rules", str(rules_file(crds, tmp_path)))
+    assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
+
+
+def dashboard_queries():
+    dashboard = json.loads((CHART / "dashboards" / "hyft-training.json").read_text())
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_every_dashboard_query_parses(tmp_path):
+    queries = dashboard_queries()
+    rules = [{"record": f"hyft:dashboard_query:{i}", "expr": q.replace("$hyft_job", ".*")}
+             for i, q in enumerate(queries)]
+    path = tmp_path / "dashboard.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = promtool("check", "rules", str(path))
+    assert out.returncode == 0 and f"SUCCESS: {len(queries)} rules found" in out.stdout, out.stdout + out.stderr
+
+
+def test_alert_rules_fire_when_they_should(crds, tmp_path):
+    rules_file(crds, tmp_path)
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'hyft_train_last_step_timestamp_seconds{hyft_job="stuck",node_rank="0"}',
+                 "values": "0x30"},
+                {"series": 'hyft_train_loss{hyft_job="nan",node_rank="0"}', "values": "5 4 NaN NaN"},
+                {"series": 'hyft_operator_jobs{phase="Failed"}', "values": "0 0 1 1 1"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "HyftJobStalled", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "HyftJobStalled", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "hyft_job": "stuck"},
+                    "exp_annotations": {"summary": "stuck made no training step for 10 minutes"}}]},
+                {"eval_time": "1m", "alertname": "HyftLossNotFinite", "exp_alerts": []},
+                {"eval_time": "3m", "alertname": "HyftLossNotFinite", "exp_alerts": [{
+                    "exp_labels": {"severity": "critical", "hyft_job": "nan", "node_rank": "0"},
+                    "exp_annotations": {"summary": "nan has a NaN or infinite training loss"}}]},
+                {"eval_time": "1m", "alertname": "HyftJobFailed", "exp_alerts": []},
+                {"eval_time": "4m", "alertname": "HyftJobFailed", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "phase": "Failed"},
+                    "exp_annotations": {"summary": "A HunyuanFineTune failed: kubectl get hft -A shows which and "
+                                                   "why"}}]},
+            ],
+        }],
+    }))
+    out = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dashboard_ships_for_the_grafana_sidecar_and_covers_training(crds):
+    cm = next(d for d in render(crds) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["hyft-training.json"])
+    titles = {p["title"] for p in dashboard["panels"]}
+    for needed in ("Jobs by phase", "Gang restarts (1h)", "Progress", "ETA", "Loss", "Learning rate",
+                   "Gradient norm", "Tokens per second", "Step time", "Host memory (peak RSS per node)",
+                   "GPU memory (peak per node)", "GPU utilisation (DCGM)"):
+        assert needed in titles
+    assert any("DCGM_FI_DEV_GPU_UTIL" in q for q in dashboard_queries())

@@ -1,4 +1,5 @@
-"""Training metrics for Prometheus (the names the operator and the dashboard read).
+"""Training metrics for Prometheus (the names the operator and the dashboard read), labelled
+hyft_job and node_rank.
 
 The master node's first process exports job-wide values; the first process of
 every other node exports the same metrics for its node (label node_rank).
@@ -17,7 +18,8 @@ PREFIX = "hyft_train_"
 class TrainingMetrics:
     def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.labels = {"job": job, "node_rank": str(node_rank)}
+        # not "job": Prometheus' own target label would rename it to exported_job
+        self.labels = {"hyft_job": job, "node_rank": str(node_rank)}
         names = list(self.labels)
 
         def gauge(name: str, doc: str) -> Gauge:

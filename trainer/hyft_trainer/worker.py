@@ -222,20 +222,29 @@ def train(config: TrainerConfig) -> int:
                       processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
     resume = newest_complete(config.output_dir)
+    rss_before = _peak_rss()
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.stopped_at is not None:
         if state.is_main_process:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
     else:
-        export(trainer, config, tokenizer, state, report, result, started, resume)
+        export(trainer, config, tokenizer, state, report, result, started, resume,
+               {"host_rss_before_training": rss_before, "peak_host_rss_bytes": _peak_rss()})
     # Leave together: a rank that exits while another still talks to it makes gloo abort.
     state.wait_for_everyone()
     state.destroy_process_group()
     return 0
 
 
-def export(trainer, config: TrainerConfig, tokenizer, state, report, result, started: float, resume) -> None:
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def export(trainer, config: TrainerConfig, tokenizer, state, report, result, started: float, resume,
+           memory: dict[str, int]) -> None:
     from .report import write_loss_curve
 
     out = Path(config.output_dir) / "export"
@@ -262,6 +271,7 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "world_size": state.num_processes,
         "finetuning_type": config.finetuning_type,
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors)},
+        **memory,
         "log_history": history,
     }
     (Path(config.output_dir) / "report.json").write_text(json.dumps(run, indent=2))
