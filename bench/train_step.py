@@ -32,7 +32,8 @@ MODES = {
 
 def run_mode(name: str, settings: dict, model: Path, work: Path, steps: int, batch: int) -> dict:
     out = work / name
-    config = {"model_name_or_path": str(model), "data_files": [{"path": str(ROOT / "examples/data/hunyuan_chat.jsonl")}],
+    data = ROOT / "examples" / "data" / "hunyuan_chat.jsonl"
+    config = {"model_name_or_path": str(model), "data_files": [{"path": str(data)}],
               "cutoff_len": 256, "finetuning_type": "full", "max_steps": steps, "per_device_train_batch_size": batch,
               "learning_rate": 1e-4, "logging_steps": 5, "save_steps": 100000, "output_dir": str(out),
               "metrics_port": None, "seed": 7, **settings}
