@@ -5,6 +5,8 @@ VENV ?= $(HYFT_CACHE)/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 export HYFT_CACHE
+# This checkout's code first: the shared venv holds only a copy (see .ci/venv.sh).
+export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)/envtest:$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # DeepSpeed compiles its CPU ops on first use: compile once, keep them.
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 

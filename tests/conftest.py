@@ -2,10 +2,18 @@
 hyft_envtest (etcd, kube-apiserver, kube-scheduler, kube-controller-manager, KWOK)."""
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
+
+# Subprocesses (hyft train, hyft operator, ...) must run this checkout's code too.
+_ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(_ROOT / d) for d in ("operator", "trainer", "envtest")] + [str(_ROOT)]
+    + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
 
 TIERS = ("unit", "k8s", "trainer", "e2e", "gpu")
 

@@ -282,11 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         config = load_config(argv[0])
-        return train(config)
+        code = train(config)
     except (ConfigError, DataError) as err:
         print(f"hyft: {err}", file=sys.stderr, flush=True)
         _termination_message(str(err))
         return EXIT_INVALID
+    # Everything is saved and the process group is gone. Skip interpreter teardown: a DeepSpeed/gloo
+    # thread still joinable at exit makes C++ abort ("terminate called without an active exception",
+    # SIGABRT), and the other node's launcher then waits 300 s on its exit barrier.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _termination_message(text: str) -> None:
