@@ -160,11 +160,15 @@ def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memor
     assert changed, "full fine-tuning changed no weight"
 
 
-def test_two_nodes_match_one_process_with_the_same_global_batch(tiny, memorisable, tmp_path):
+@pytest.mark.parametrize("engine", [
+    {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
+    {"zero_stage": 0, "offload_optimizer": False, "offload_param": False},  # plain DDP, no DeepSpeed
+], ids=["zero3-offload", "ddp"])
+def test_two_nodes_match_one_process_with_the_same_global_batch(tiny, memorisable, tmp_path, engine):
     one = write_config(subdir(tmp_path, "one"), tiny, memorisable, per_device_train_batch_size=2,
-                       output_dir=str(tmp_path / "one" / "out"))
+                       output_dir=str(tmp_path / "one" / "out"), **engine)
     two = write_config(subdir(tmp_path, "two"), tiny, memorisable, per_device_train_batch_size=1,
-                       output_dir=str(tmp_path / "two" / "out"))
+                       output_dir=str(tmp_path / "two" / "out"), **engine)
     single = losses(run(one, 1, tmp_path / "one"))
     double = losses(run(two, 2, tmp_path / "two"))
     assert len(single) == len(double) == 20

@@ -72,11 +72,6 @@ def deepspeed_config(config: TrainerConfig, world_size: int) -> dict[str, Any] |
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
     elif config.zero_stage == 0:
-        if world_size > 1:
-            # Plain DDP on our pre-configured accelerate state trains with wrong gradients here (seen on
-            # CPU: 1.6x grad norms vs one process). Until that is fixed, refuse rather than train wrong.
-            raise ConfigError("zero_stage 0 (plain DDP) is supported on one process only: use zero_stage 2 or 3 "
-                              "for multi-process training")
         return None
     else:
         ds = merge(generated(config), config.deepspeed_overrides)

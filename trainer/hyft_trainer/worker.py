@@ -29,7 +29,13 @@ def init_distributed(deepspeed: bool):
 
     if deepspeed:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # the state must be DeepSpeed's for the Trainer
-    return PartialState(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        return PartialState(backend="nccl")
+    if deepspeed:
+        return PartialState(backend="gloo")
+    # Plain DDP on CPU needs cpu=True: otherwise the state stays DistributedType.NO, the Trainer never
+    # wraps the model in DDP, and every rank steps alone (seen: 2x logged loss, larger grad norms).
+    return PartialState(cpu=True, backend="gloo")
 
 
 class PaddingCollator:
