@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from tests.helpers import ROOT
 
@@ -25,8 +26,8 @@ def models(tmp_path_factory):
     return folder
 
 
-def start(models, work, log):
-    cmd = [sys.executable, "-m", "hyft_operator.cli", "run", str(EXAMPLE), "--local",
+def start(models, work, log, resource=EXAMPLE):
+    cmd = [sys.executable, "-m", "hyft_operator.cli", "run", str(resource), "--local",
            "--volume", f"models={models}", "--volume", f"data={ROOT / 'examples' / 'data'}",
            "--volume", f"work={work}", "--workdir", str(work / "rendered")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -53,12 +54,21 @@ def test_local_run_trains_to_completion(models, tmp_path):
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
 
+def variant(tmp_path, name, **training):
+    """The example with other step counts (a fast machine finishes 30 steps before a signal lands)."""
+    resource = yaml.safe_load(EXAMPLE.read_text())
+    resource["spec"]["training"].update(training)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(resource))
+    return path
+
+
 def test_sigterm_leaves_a_resumable_checkpoint(models, tmp_path):
     from hyft_trainer.checkpoints import newest_complete, step_of
 
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
-        proc = start(models, tmp_path, log)
+        proc = start(models, tmp_path, log, variant(tmp_path, "long.yaml", maxSteps=100000))
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
             steps = [int(line.split()[2].split("/")[0]) for line in log_path.read_text().splitlines()
@@ -73,7 +83,8 @@ def test_sigterm_leaves_a_resumable_checkpoint(models, tmp_path):
     checkpoint = newest_complete(out)
     assert checkpoint is not None and step_of(checkpoint) >= 12 and not (out / "report.json").exists()
 
+    k = step_of(checkpoint)
     with open(tmp_path / "second.log", "w") as log:
-        assert start(models, tmp_path, log).wait(600) == 0
+        assert start(models, tmp_path, log, variant(tmp_path, "finish.yaml", maxSteps=k + 4)).wait(600) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["resumed_from"] == str(checkpoint) and report["steps"] == 30
+    assert report["resumed_from"] == str(checkpoint) and report["steps"] == k + 4
