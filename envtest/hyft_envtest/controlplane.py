@@ -88,7 +88,6 @@ class ControlPlane:
     processes: list[Process] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self._own_workdir = self.workdir is None
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="hyft-envtest-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = self.workdir / "kubeconfig"
@@ -289,11 +288,3 @@ current-context: envtest
             "--node-ip", "10.243.0.1",
         ])
         self._wait(proc, f"http://127.0.0.1:{port}/healthz", 60)
-
-    def cleanup(self) -> None:
-        """Stop everything and remove the work directory if this object made it."""
-        self.stop()
-        if self._own_workdir:
-            import shutil
-
-            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from hyft_trainer.launcher import free_port
+
 from . import builders
 from .api import HunyuanFineTune
 from .progress import parse_progress
@@ -29,11 +30,6 @@ from .progress import parse_progress
 class LocalRunError(ValueError):
     pass
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def volume_folders(job: HunyuanFineTune, overrides: dict[str, str]) -> dict[str, Path]:
@@ -80,7 +76,7 @@ class LocalPod:
 
 
 def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path) -> list[LocalPod]:
-    master_port = _free_port()
+    master_port = free_port()
     pods = []
     for pod in builders.gang(job, attempt=0):
         name = pod["metadata"]["name"]
@@ -96,7 +92,7 @@ def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path) -> 
             env[key] = "127.0.0.1"
         for key in ("MASTER_PORT", "PET_MASTER_PORT"):
             env[key] = str(master_port)
-        metrics_port = _free_port() if job.spec.metrics.enabled else None
+        metrics_port = free_port() if job.spec.metrics.enabled else None
         folder = workdir / name
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / builders.CONFIG_KEY

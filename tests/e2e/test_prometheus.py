@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import urllib.request
 import pytest
 import yaml
 
+from hyft_trainer.launcher import free_port
 from tests.helpers import ROOT
 
 EXAMPLE = ROOT / "examples" / "local-tiny.yaml"
@@ -23,11 +23,6 @@ DASHBOARD = ROOT / "charts" / "hyft-operator" / "dashboards" / "hyft-training.js
 # Panels fed by the operator or by NVIDIA's DCGM exporter have no source in a CPU run.
 NOT_FROM_THE_TRAINER = ("hyft_operator_", "DCGM_", "hyft_train_eval_loss", "peak_gpu_memory")
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(port, expr):

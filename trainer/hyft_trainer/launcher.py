@@ -37,7 +37,7 @@ class Rendezvous:
     nproc_per_node: int
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -54,7 +54,7 @@ def rendezvous_from_env(env: dict[str, str], gpus: int) -> Rendezvous:
             nnodes=int(values["NNODES"] or 1),
             node_rank=int(values["NODE_RANK"] or 0),
             master_addr=values["MASTER_ADDR"] or "127.0.0.1",
-            master_port=int(values["MASTER_PORT"] or 0) or _free_port(),
+            master_port=int(values["MASTER_PORT"] or 0) or free_port(),
             nproc_per_node=int(values["NPROC_PER_NODE"] or max(gpus, 1)),
         )
     except ValueError as err:

@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         code = train(config)
     except (ConfigError, DataError) as err:
         print(f"hyft: {err}", file=sys.stderr, flush=True)
-        _termination_message(str(err))
+        _mark_permanent_error(str(err))
         return EXIT_INVALID
     # Everything is saved and the process group is gone. Skip interpreter teardown: a DeepSpeed/gloo
     # thread still joinable at exit makes C++ abort ("terminate called without an active exception",
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)
 
 
-def _termination_message(text: str) -> None:
+def _mark_permanent_error(text: str) -> None:
     """Tell the launcher (torchrun reports any worker failure as 1) that the error is permanent."""
     path = os.environ.get(INVALID_FILE_ENV)
     if path:
