@@ -66,6 +66,7 @@ class Reconciler:
                 raise
 
     def _reconcile(self, namespace: str, name: str) -> float | None:
+        metrics.watch_namespace(namespace)
         try:
             obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
         except ApiException as err:
@@ -115,6 +116,7 @@ class Reconciler:
             metrics.GANG_CREATION.observe(max(0.0, (now - created).total_seconds()))
         if plan.status.restarts > job.status.restarts:
             metrics.GANG_RESTARTS.labels(namespace).inc()
+        metrics.count_transition(namespace, job.status.phase, plan.status.phase)
         for event in plan.events:
             self._event(obj, event)
         self.phases.observe((namespace, name), plan.status.phase)
@@ -182,6 +184,7 @@ class Reconciler:
         if status.phase == "Failed" and status.message == message:
             return
         now = dt.datetime.now(dt.UTC)
+        metrics.count_transition(obj["metadata"]["namespace"], status.phase, "Failed")
         status.phase, status.message = "Failed", message
         status.observedGeneration = obj["metadata"].get("generation")
         for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):

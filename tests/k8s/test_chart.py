@@ -11,25 +11,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from hyft_envtest.paths import binary
+from tests.chart import ALL_FEATURES, CHART, dashboard_queries, helm, promtool, render, rules_file
 from tests.helpers import ROOT, wait_for
-from tests.k8s.test_operator import cpu_job, create, get
-
-CHART = ROOT / "charts" / "hyft-operator"
-ALL_FEATURES = ROOT / "charts" / "all-features-values.yaml"
-
-
-def helm(cp, *args, check=True):
-    proc = subprocess.run([str(binary("helm")), "--kubeconfig", str(cp.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=120)
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def render(cp, *values):
-    return [d for d in yaml.safe_load_all(helm(cp, "template", "hyft", str(CHART), "-n", "hyft-system",
-                                                *values).stdout) if d]
+from tests.jobs import cpu_job, create, get
 
 
 def test_chart_crds_match_the_generated_ones():
@@ -133,35 +117,14 @@ def test_operator_reconciles_under_the_charts_service_account(installed, api_cli
 
 
 # ------------------------------------------------------------- Prometheus
-def promtool(*args, cwd=None):
-    import shutil
-
-    tool = shutil.which("promtool")
-    assert tool, "promtool missing: make sysdeps (Debian package prometheus)"
-    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
-
-
-def rules_file(cp, tmp_path):
-    rule = next(d for d in render(cp, "-f", str(ALL_FEATURES)) if d["kind"] == "PrometheusRule")
-    path = tmp_path / "rules.yaml"
-    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    return path
-
-
 def test_alert_rules_pass_promtool_check(crds, tmp_path):
     out = promtool("check", "rules", str(rules_file(crds, tmp_path)))
     assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
 
 
-def dashboard_queries():
-    dashboard = json.loads((CHART / "dashboards" / "hyft-training.json").read_text())
-    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-
-
 def test_every_dashboard_query_parses(tmp_path):
-    queries = dashboard_queries()
-    rules = [{"record": f"hyft:dashboard_query:{i}", "expr": q.replace("$hyft_job", ".*")}
-             for i, q in enumerate(queries)]
+    queries = [q for panel in dashboard_queries().values() for q in panel]
+    rules = [{"record": f"hyft:dashboard_query:{i}", "expr": q} for i, q in enumerate(queries)]
     path = tmp_path / "dashboard.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     out = promtool("check", "rules", str(path))
@@ -179,7 +142,15 @@ def test_alert_rules_fire_when_they_should(crds, tmp_path):
                 {"series": 'hyft_train_last_step_timestamp_seconds{hyft_job="stuck",node_rank="0"}',
                  "values": "0x30"},
                 {"series": 'hyft_train_loss{hyft_job="nan",node_rank="0"}', "values": "5 4 NaN NaN"},
-                {"series": 'hyft_operator_jobs{phase="Failed"}', "values": "0 0 1 1 1"},
+                {"series": 'hyft_operator_jobs_finished_total{namespace="team-a",phase="Failed"}',
+                 "values": "0 0 1 1 1"},
+                {"series": 'hyft_operator_jobs_finished_total{namespace="team-a",phase="Succeeded"}',
+                 "values": "0 1 2 3 4"},
+                # two operator replicas (after a failover): restarts add up per namespace
+                {"series": 'hyft_operator_gang_restarts_total{namespace="team-a",pod="op-a"}',
+                 "values": "0 2 2 2 2 2 2 2 2 2"},
+                {"series": 'hyft_operator_gang_restarts_total{namespace="team-a",pod="op-b"}',
+                 "values": "_ _ _ _ _ 0 0 0 0 1"},
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "HyftJobStalled", "exp_alerts": []},
@@ -192,9 +163,14 @@ def test_alert_rules_fire_when_they_should(crds, tmp_path):
                     "exp_annotations": {"summary": "nan has a NaN or infinite training loss"}}]},
                 {"eval_time": "1m", "alertname": "HyftJobFailed", "exp_alerts": []},
                 {"eval_time": "4m", "alertname": "HyftJobFailed", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "phase": "Failed"},
-                    "exp_annotations": {"summary": "A HunyuanFineTune failed: kubectl get hft -A shows which and "
-                                                   "why"}}]},
+                    "exp_labels": {"severity": "warning", "namespace": "team-a"},
+                    "exp_annotations": {"summary": "A HunyuanFineTune failed in team-a: kubectl get hft -n team-a "
+                                                   "shows which and why"}}]},
+                {"eval_time": "8m", "alertname": "HyftGangRestarts", "exp_alerts": []},
+                {"eval_time": "9m", "alertname": "HyftGangRestarts", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "namespace": "team-a"},
+                    "exp_annotations": {"summary": "HunyuanFineTune gangs restarted more than twice in an hour in "
+                                                   "team-a"}}]},
             ],
         }],
     }))
@@ -211,4 +187,4 @@ def test_dashboard_ships_for_the_grafana_sidecar_and_covers_training(crds):
                    "Gradient norm", "Tokens per second", "Step time", "Host memory (peak RSS per node)",
                    "GPU memory (peak per node)", "GPU utilisation (DCGM)"):
         assert needed in titles
-    assert any("DCGM_FI_DEV_GPU_UTIL" in q for q in dashboard_queries())
+    assert any("DCGM_FI_DEV_GPU_UTIL" in q for q in dashboard_queries()["GPU utilisation (DCGM)"])

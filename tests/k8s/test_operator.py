@@ -10,66 +10,15 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hyft_envtest.kwok import EXIT_CODE_ANNOTATION, REASON_ANNOTATION
 from hyft_operator import api, builders
 from hyft_operator.reconciler import Reconciler
 from hyft_trainer.config import parse_config
 from tests.helpers import EXAMPLES, wait_for
-
-GVP = (api.GROUP, api.VERSION)
+from tests.jobs import GVP, cpu_job, create, exit_pod, get, patch_spec, pods, wait_phase
 
 
 def load(path):
     return yaml.safe_load(path.read_text())
-
-
-def cpu_job(name="tiny", nodes=2, **spec_changes):
-    """A CPU-only job the fake GPU nodes accept (they are tainted, so it tolerates the taint)."""
-    spec = {
-        "model": {"volume": "shared", "path": "models/tiny"},
-        "data": {"files": [{"volume": "shared", "path": "data/chat.jsonl"}]},
-        "output": {"volume": "shared", "path": f"runs/{name}"},
-        "volumes": [{"name": "shared", "nfs": {"server": "nfs.example", "path": "/export"}}],
-        "nodes": nodes,
-        "gpusPerNode": 0,
-        "training": {"precision": "fp32"},
-        "scheduling": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-    }
-    spec.update(spec_changes)
-    return {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "metadata": {"name": name}, "spec": spec}
-
-
-def create(api_client, namespace, body):
-    return client.CustomObjectsApi(api_client).create_namespaced_custom_object(*GVP, namespace, api.PLURAL, body)
-
-
-def get(api_client, namespace, name):
-    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(*GVP, namespace, api.PLURAL, name)
-
-
-def patch_spec(api_client, namespace, name, spec):
-    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(*GVP, namespace, api.PLURAL, name,
-                                                                       {"spec": spec})
-
-
-def pods(api_client, namespace, name):
-    items = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"hyft.io/job-name={name}")
-    return sorted(items.items, key=lambda p: p.metadata.name)
-
-
-def wait_phase(api_client, namespace, name, phase, timeout=60):
-    def reached():
-        status = get(api_client, namespace, name).get("status") or {}
-        return status if status.get("phase") == phase else None
-
-    return wait_for(reached, timeout=timeout, what=f"{name} phase {phase}")
-
-
-def exit_pod(api_client, namespace, pod, code, reason=None):
-    annotations = {EXIT_CODE_ANNOTATION: str(code)}
-    if reason:
-        annotations[REASON_ANNOTATION] = reason
-    client.CoreV1Api(api_client).patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
 
 
 def env_of(pod):
@@ -166,6 +115,10 @@ def test_running_then_worker_failure_restarts_whole_gang_then_succeeds(api_clien
         op_namespace, field_selector="involvedObject.name=gang").items
     reasons = {e.reason for e in events}
     assert {"PodsCreated", "AllPodsRunning", "GangRestart", "Completed"} <= reasons
+    # counted once each, per namespace, for the restart and finished-job alerts
+    wait_finished_count(op_namespace, "Succeeded", 1)
+    assert metric("hyft_operator_jobs_finished_total", namespace=op_namespace, phase="Failed") == 0
+    assert metric("hyft_operator_gang_restarts_total", namespace=op_namespace) == 1
 
 
 def test_exhausted_backoff_fails_with_a_reason_naming_the_pod(api_client, op_namespace):
@@ -249,6 +202,7 @@ def test_two_node_job_with_a_read_write_once_output_is_refused(api_client, op_na
     status = wait_phase(api_client, op_namespace, "rwo-out", "Failed")
     assert "ReadWriteMany" in status["message"]
     assert pods(api_client, op_namespace, "rwo-out") == []
+    wait_finished_count(op_namespace, "Failed", 1)
 
 
 def test_pods_refused_by_admission_are_reported_not_crash_looped(api_client, op_namespace):
@@ -410,6 +364,18 @@ def test_kubectl_explain_teaches_the_spec(crds):
         assert f"\n  {field}\t" in text
     deep = " ".join(crds.kubectl("explain", "hft.spec.runPolicy.ttlSecondsAfterFinished").stdout.split())
     assert "The resource itself is kept (a GitOps tool would recreate it)" in deep
+
+
+def metric(name, **labels):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def wait_finished_count(namespace, phase, expected):
+    """The counter moves right after the status write the test waited for."""
+    wait_for(lambda: metric("hyft_operator_jobs_finished_total", namespace=namespace, phase=phase) == expected,
+             timeout=10, what=f"{phase} jobs counted {expected}")
 
 
 def test_operator_metrics_count_reconciles_and_gang_creation(api_client, op_namespace):

@@ -14,7 +14,7 @@ from kubernetes import client, config
 from hyft_envtest.controlplane import ControlPlane
 from hyft_envtest.kwok import EXIT_CODE_ANNOTATION, gpu_node
 from tests.helpers import ROOT, wait_for
-from tests.k8s.test_operator import cpu_job, create, get
+from tests.jobs import cpu_job, create, get
 
 
 @pytest.fixture
