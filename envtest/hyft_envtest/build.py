@@ -2,8 +2,9 @@
 
     python -m hyft_envtest.build [--force] [--only NAME ...]
 
-etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok and
-helm are compiled with the local Go toolchain from the Go module proxy into
+etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok,
+helm and flux-health (Flux's health-check evaluator, envtest/flux-health) are
+compiled with the local Go toolchain from the Go module proxy into
 ``${HYFT_CACHE:-~/.cache/hyft}/bin``. ``go install pkg@version`` refuses modules
 whose go.mod has replace directives (etcd's server, k8s.io/kubernetes), so each
 is built from a small helper module that requires it. A binary that already
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import os
 import re
 import shutil
@@ -166,6 +168,23 @@ def build_helm() -> None:
     go_build(mod, ["helm.sh/helm/v3/cmd/helm"], ldflags, bin_dir() / "helm")
 
 
+FLUX_HEALTH_SOURCE = Path(__file__).resolve().parent.parent / "flux-health"
+
+
+def flux_health_digest() -> str:
+    """Names the build of envtest/flux-health: a change to its source or pins rebuilds it."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((FLUX_HEALTH_SOURCE / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_flux_health() -> None:
+    # Our own module with a committed go.sum: build it as pinned, never re-resolve.
+    run(["go", "build", "-mod=readonly", "-trimpath", "-ldflags", f"-s -w -X main.version={flux_health_digest()}",
+         "-o", str(bin_dir() / "flux-health"), "."], cwd=FLUX_HEALTH_SOURCE)
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -183,6 +202,7 @@ TARGETS = (
     Target("kubernetes", KUBE_COMMANDS[:3], ["--version"], f"Kubernetes {KUBERNETES_VERSION}", build_kubernetes),
     Target("kwok", ("kwok",), ["--version"], KWOK_VERSION.lstrip("v"), build_kwok),
     Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
+    Target("flux-health", ("flux-health",), ["--version"], f"flux-health {flux_health_digest()}", build_flux_health),
 )
 
 
