@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)/envtest:$(CU
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster demo images bench
+.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e test-kind lint crds cluster demo images bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ test-trainer: venv ## tiny Hunyuan models, real DeepSpeed on CPU
 
 test-e2e: venv binaries ## the examples end to end
 	$(PYTEST) -m e2e tests
+
+test-kind: venv binaries ## opt-in: build both images, helm install on kind, run examples/local-tiny.yaml (needs Docker + kind)
+	HYFT_E2E_KIND=1 $(PYTEST) tests/e2e/test_kind.py
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .

@@ -57,3 +57,24 @@ def exit_pod(api_client, namespace, pod, code, reason=None):
     if reason:
         annotations[REASON_ANNOTATION] = reason
     client.CoreV1Api(api_client).patch_namespaced_pod(pod, namespace, {"metadata": {"annotations": annotations}})
+
+
+# examples/local-tiny.yaml names three claims (the folder each holds).
+LOCAL_TINY_CLAIMS = {"hyft-tiny-models": "models", "hyft-sample-data": "data", "hyft-work-rwx": "work"}
+
+
+def local_tiny_claims(namespace: str, node_folder: str) -> list[dict]:
+    """PersistentVolumes on one node's folder, pre-bound to the example's claims. On a
+    single node a hostPath is shared by every pod, so it can honestly be ReadWriteMany."""
+    docs = []
+    for claim, folder in LOCAL_TINY_CLAIMS.items():
+        volume = f"{namespace}-{claim}"
+        docs.append({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume},
+                     "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                              "storageClassName": "", "hostPath": {"path": f"{node_folder}/{folder}"},
+                              "claimRef": {"namespace": namespace, "name": claim}}})
+        docs.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": claim, "namespace": namespace},
+                     "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                              "resources": {"requests": {"storage": "1Gi"}}}})
+    return docs

@@ -13,8 +13,19 @@ from kubernetes.client.rest import ApiException
 from hyft_operator import api, builders
 from hyft_operator.reconciler import Reconciler
 from hyft_trainer.config import parse_config
-from tests.helpers import EXAMPLES, wait_for
-from tests.jobs import GVP, cpu_job, create, exit_pod, get, patch_spec, pods, wait_phase
+from tests.helpers import EXAMPLES, ROOT, wait_for
+from tests.jobs import (
+    GVP,
+    LOCAL_TINY_CLAIMS,
+    cpu_job,
+    create,
+    exit_pod,
+    get,
+    local_tiny_claims,
+    patch_spec,
+    pods,
+    wait_phase,
+)
 
 
 def load(path):
@@ -190,6 +201,21 @@ def test_deleting_the_resource_removes_every_child(api_client, op_namespace):
         return not left
 
     wait_for(all_gone, timeout=90, what="children garbage-collected")
+
+
+def test_local_tiny_example_runs_on_read_write_many_claims(crds, api_client, op_namespace):
+    """The volume setup the kind test (tests/e2e/test_kind.py) gives the unchanged example."""
+    for doc in local_tiny_claims(op_namespace, "/hyft-e2e"):
+        crds.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    crds.kubectl("apply", "-n", op_namespace, "-f", str(ROOT / "examples" / "local-tiny.yaml"))
+    core = client.CoreV1Api(api_client)
+    wait_for(lambda: all(c.status.phase == "Bound" for c in core.list_namespaced_persistent_volume_claim(
+        op_namespace).items), timeout=60, what="claims bound to the hostPath volumes")
+    created = wait_for(lambda: (p := pods(api_client, op_namespace, "local-tiny")) and len(p) == 2 and p,
+                       what="both pods created")
+    claims = {v.persistent_volume_claim.claim_name for v in created[0].spec.volumes if v.persistent_volume_claim}
+    assert claims == set(LOCAL_TINY_CLAIMS)
+    assert (get(api_client, op_namespace, "local-tiny").get("status") or {}).get("phase") != "Failed"
 
 
 def test_two_node_job_with_a_read_write_once_output_is_refused(api_client, op_namespace):
