@@ -100,8 +100,11 @@ def openapi_schema(model: type) -> dict[str, Any]:
 
 def crd() -> dict[str, Any]:
     spec_schema = openapi_schema(api.HunyuanFineTuneSpec)
-    status_schema = openapi_schema(api.HunyuanFineTuneStatus)
-    status_schema.pop("default", None)
+    # default {}: the API server fills status (phase Pending, ...) on every read, so
+    # kubectl, Argo CD and Flux see a phase from the moment a resource is created,
+    # before the operator writes one (the status subresource still drops a status
+    # sent with the create).
+    status_schema = {**openapi_schema(api.HunyuanFineTuneStatus), "default": {}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

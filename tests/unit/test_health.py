@@ -2,41 +2,11 @@
 interpreter, and the Flux healthCheckExprs run by Flux's own evaluator."""
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-
 import pytest
-import yaml
 
-from hyft_envtest.paths import binary
-from tests.helpers import ROOT
+from tests.gitops import flux_statuses, health
 
-HEALTH = ROOT / "charts" / "hyft-operator" / "health"
-SCRIPT = HEALTH / "argocd-health.lua"
-FLUX_KUSTOMIZATION = HEALTH / "flux-kustomization.yaml"
 PHASES = ("Succeeded", "Running", "Pending", "Restarting", "Failed", "Suspended")
-
-
-def lua_value(value) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"[{lua_value(k)}] = {lua_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def health(obj: dict) -> tuple[str, str]:
-    lua = shutil.which("lua5.4")
-    assert lua, "lua5.4 missing: make sysdeps"
-    program = (f"obj = {lua_value(obj)}\nlocal hs = dofile({lua_value(str(SCRIPT))})\n"
-               'io.write(hs.status, "\\n", hs.message)')
-    out = subprocess.run([lua, "-e", program], capture_output=True, text=True, timeout=10)
-    assert out.returncode == 0, out.stderr
-    status, message = out.stdout.split("\n", 1)
-    return status, message
 
 
 def job(phase=None, generation=2, observed=2):
@@ -59,17 +29,6 @@ def test_no_status_yet_and_a_stale_status_are_progressing():
     assert health(stale) == ("Progressing", "The operator has not observed the latest spec yet")
 
 
-def flux_statuses(objects: list[dict]) -> list[dict]:
-    """What kustomize-controller's status reader makes of each object, with the shipped expressions."""
-    tool = binary("flux-health")
-    assert tool.exists(), "flux-health missing: make binaries (or python -m hyft_envtest.build --only flux-health)"
-    exprs = yaml.safe_load(FLUX_KUSTOMIZATION.read_text())["spec"]["healthCheckExprs"]
-    out = subprocess.run([str(tool)], input=json.dumps({"healthCheckExprs": exprs, "objects": objects}),
-                         capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
 def test_flux_health_check_exprs_map_every_phase():
     statuses = flux_statuses([job(phase) for phase in PHASES])
     assert [s["status"] for s in statuses] == ["Current", "InProgress", "InProgress", "InProgress", "Failed",
@@ -82,6 +41,6 @@ def test_flux_waits_on_a_stale_or_unfilled_status():
     unfilled["status"] = {}
     statuses = flux_statuses([stale, unfilled, none_yet])
     assert [s["status"] for s in statuses[:2]] == ["InProgress", "InProgress"]
-    # Before the operator's first status write (a second after apply) CEL cannot name `status` at
-    # all: Flux reports Unknown with the error and keeps polling, which is waiting too.
+    # Without any status CEL cannot name `status` at all: Flux reports Unknown and keeps polling.
+    # (The API server never returns that: the CRD defaults status; tests/k8s/test_gitops_health.py.)
     assert statuses[2]["status"] == "Unknown" and "status" in statuses[2]["error"]
