@@ -15,6 +15,20 @@ from transformers import TrainerCallback
 PREFIX = "hyft_train_"
 
 
+class Series:
+    """One labelled series, exported from its first value on: a 0 before that would read
+    as a real loss, or as a last step in 1970 (the stall alert would fire during model load)."""
+
+    def __init__(self, metric: Gauge | Histogram, labels: dict[str, str]):
+        self._metric, self._labels = metric, labels
+
+    def set(self, value: float) -> None:
+        self._metric.labels(**self._labels).set(value)
+
+    def observe(self, value: float) -> None:
+        self._metric.labels(**self._labels).observe(value)
+
+
 class TrainingMetrics:
     def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -22,8 +36,8 @@ class TrainingMetrics:
         self.labels = {"hyft_job": job, "node_rank": str(node_rank)}
         names = list(self.labels)
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(PREFIX + name, doc, names, registry=self.registry).labels(**self.labels)
+        def gauge(name: str, doc: str) -> Series:
+            return Series(Gauge(PREFIX + name, doc, names, registry=self.registry), self.labels)
 
         self.loss = gauge("loss", "Training loss of the last logging step")
         self.learning_rate = gauge("learning_rate", "Current learning rate")
@@ -39,10 +53,10 @@ class TrainingMetrics:
         self.checkpoint_step = gauge("last_checkpoint_step", "Step of the newest complete checkpoint")
         self.peak_rss = gauge("peak_host_rss_bytes", "Peak resident memory of this process")
         self.peak_gpu = gauge("peak_gpu_memory_bytes", "Peak GPU memory allocated by this process")
-        self.step_seconds = Histogram(PREFIX + "step_duration_seconds", "Wall time of one optimizer step", names,
-                                      registry=self.registry,
-                                      buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-                                      ).labels(**self.labels)
+        self.step_seconds = Series(Histogram(PREFIX + "step_duration_seconds", "Wall time of one optimizer step",
+                                             names, registry=self.registry,
+                                             buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
+                                   self.labels)
 
     def serve(self, port: int) -> None:
         start_http_server(port, registry=self.registry)
