@@ -37,3 +37,28 @@ def test_the_operator_image_has_no_torch():
     assert not any(dep.startswith(("torch", "deepspeed")) for dep in extras["operator"])
     instructions = [line for line in DOCKERFILES["operator"].read_text().splitlines() if not line.startswith("#")]
     assert not any("torch" in line for line in instructions)
+
+
+def trainer_pins() -> dict[str, str]:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["trainer"]
+    return dict(dep.split("==") for dep in deps if "==" in dep)
+
+
+def test_trainer_image_installs_the_pinned_torch_and_deepspeed_in_the_order_deepspeed_needs():
+    text = DOCKERFILES["trainer"].read_text()
+    pins = trainer_pins()
+    torch_at = text.index(f'pip install --no-cache-dir "torch=={pins["torch"]}"')
+    # DeepSpeed's setup.py imports torch to prebuild ops: after torch, without build isolation, for "cuda"
+    deepspeed = re.search(r'DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation '
+                          rf'"deepspeed=={re.escape(pins["deepspeed"])}"', text)
+    assert deepspeed and torch_at < deepspeed.start() < text.index('".[trainer]"')
+
+
+def test_trainer_image_cuda_matches_the_pinned_torch():
+    """The PyPI torch wheel (this venv's, the same pin) names the CUDA it was built for."""
+    import torch
+
+    assert torch.__version__.split("+")[0] == trainer_pins()["torch"]
+    base = re.search(r"^FROM nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", DOCKERFILES["trainer"].read_text(), re.M)
+    assert base, "the trainer image must build FROM an nvidia/cuda:X.Y.Z-... tag"
+    assert f"{base.group(1)}.{base.group(2)}" == torch.version.cuda
