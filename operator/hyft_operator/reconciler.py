@@ -184,12 +184,13 @@ class Reconciler:
         if status.phase == "Failed" and status.message == message:
             return
         now = dt.datetime.now(dt.UTC)
-        metrics.count_transition(obj["metadata"]["namespace"], status.phase, "Failed")
+        old_phase = status.phase
         status.phase, status.message = "Failed", message
         status.observedGeneration = obj["metadata"].get("generation")
         for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):
             lifecycle.set_condition(status.conditions, type_, value, reason, message, now, status.observedGeneration)
         self._write_status(obj, status)
+        metrics.count_transition(obj["metadata"]["namespace"], old_phase, "Failed")
         self._event(obj, lifecycle.Event("Warning", reason, message))
 
     def _ensure(self, desired: dict[str, Any]) -> None:
