@@ -14,12 +14,12 @@ export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 .PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e test-kind lint crds cluster demo images bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 venv: ## create/refresh the virtualenv ($(VENV)) with every extra installed
 	@bash .ci/venv.sh "$(VENV)"
 
-binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm, flux-health
+binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm, flux-health, controller-gen
 	$(PY) -m hyft_envtest.build
 
 sysdeps: ## lua5.4 and promtool (Debian packages) for the chart tests

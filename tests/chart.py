@@ -23,8 +23,8 @@ def helm(cp, *args, check=True):
     return proc
 
 
-def render(cp, *values):
-    return [d for d in yaml.safe_load_all(helm(cp, "template", "hyft", str(CHART), "-n", "hyft-system",
+def render(cp, *values, namespace="hyft-system"):
+    return [d for d in yaml.safe_load_all(helm(cp, "template", "hyft", str(CHART), "-n", namespace,
                                                 *values).stdout) if d]
 
 

@@ -3,12 +3,14 @@
     python -m hyft_envtest.build [--force] [--only NAME ...]
 
 etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok,
-helm and flux-health (Flux's health-check evaluator, envtest/flux-health) are
-compiled with the local Go toolchain from the Go module proxy into
-``${HYFT_CACHE:-~/.cache/hyft}/bin``. ``go install pkg@version`` refuses modules
-whose go.mod has replace directives (etcd's server, k8s.io/kubernetes), so each
-is built from a small helper module that requires it. A binary that already
-reports the expected version is not rebuilt.
+helm, flux-health (Flux's health-check evaluator, envtest/flux-health) and
+controller-gen are compiled with the local Go toolchain from the Go module proxy
+into ``${HYFT_CACHE:-~/.cache/hyft}/bin``; controller-gen generates
+prometheus-operator's CRDs from its Go API types (``prometheus_operator_crds``).
+``go install pkg@version`` refuses modules whose go.mod has replace directives
+(etcd's server, k8s.io/kubernetes), so each is built from a small helper module
+that requires it. A binary that already reports the expected version is not
+rebuilt.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import (
+    CONTROLLER_TOOLS_VERSION,
     ETCD_VERSION,
     HELM_VERSION,
     KUBERNETES_VERSION,
     KWOK_VERSION,
+    PROMETHEUS_OPERATOR_VERSION,
     bin_dir,
     cache_dir,
 )
@@ -168,6 +172,27 @@ def build_helm() -> None:
     go_build(mod, ["helm.sh/helm/v3/cmd/helm"], ldflags, bin_dir() / "helm")
 
 
+MONITORING_API = "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"
+
+
+def monitoring_module() -> Path:
+    return helper_module("monitoring-" + PROMETHEUS_OPERATOR_VERSION, {
+        MONITORING_API: PROMETHEUS_OPERATOR_VERSION, "sigs.k8s.io/controller-tools": CONTROLLER_TOOLS_VERSION})
+
+
+def build_controller_gen() -> None:
+    go_build(monitoring_module(), ["sigs.k8s.io/controller-tools/cmd/controller-gen"], [], bin_dir() / "controller-gen")
+
+
+def prometheus_operator_crds() -> Path:
+    """ServiceMonitor, PodMonitor, PrometheusRule, ... CRDs: generated once, then cached."""
+    out = cache_dir() / "crds" / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}"
+    if not any(out.glob("*.yaml")):
+        run([str(bin_dir() / "controller-gen"), "crd:crdVersions=v1,maxDescLen=0", f"paths={MONITORING_API}/v1",
+             f"output:crd:dir={out}"], cwd=monitoring_module())
+    return out
+
+
 FLUX_HEALTH_SOURCE = Path(__file__).resolve().parent.parent / "flux-health"
 
 
@@ -202,6 +227,8 @@ TARGETS = (
     Target("kubernetes", KUBE_COMMANDS[:3], ["--version"], f"Kubernetes {KUBERNETES_VERSION}", build_kubernetes),
     Target("kwok", ("kwok",), ["--version"], KWOK_VERSION.lstrip("v"), build_kwok),
     Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
+    Target("controller-gen", ("controller-gen",), ["--version"], f"Version: {CONTROLLER_TOOLS_VERSION}",
+           build_controller_gen),
     Target("flux-health", ("flux-health",), ["--version"], f"flux-health {flux_health_digest()}", build_flux_health),
 )
 

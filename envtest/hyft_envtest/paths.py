@@ -9,6 +9,9 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+# prometheus-operator's CRDs, generated from its API types by controller-gen as upstream does
+PROMETHEUS_OPERATOR_VERSION = "v0.95.2"
+CONTROLLER_TOOLS_VERSION = "v0.23.0"
 
 
 def cache_dir() -> Path:

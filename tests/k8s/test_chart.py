@@ -117,6 +117,30 @@ def test_operator_reconciles_under_the_charts_service_account(installed, api_cli
 
 
 # ------------------------------------------------------------- Prometheus
+MONITORING_KINDS = {"ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors",
+                    "PrometheusRule": "prometheusrules"}
+
+
+def test_monitoring_objects_pass_the_prometheus_operator_schemas(crds, namespace):
+    """What kube-prometheus-stack's API server would say: the monitors and rules against
+    prometheus-operator's own CRDs (generated from its Go API types)."""
+    from hyft_envtest.build import prometheus_operator_crds
+
+    for plural in MONITORING_KINDS.values():
+        crd = prometheus_operator_crds() / f"monitoring.coreos.com_{plural}.yaml"
+        crds.kubectl("apply", "--server-side", "-f", str(crd))
+        crds.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
+    objects = [d for d in render(crds, "-f", str(ALL_FEATURES), namespace=namespace) if d["kind"] in MONITORING_KINDS]
+    assert sorted(d["kind"] for d in objects) == sorted(MONITORING_KINDS)
+    for obj in objects:
+        crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(obj))
+    # the check has teeth: a misspelt field is refused
+    pod_monitor = next(d for d in objects if d["kind"] == "PodMonitor")
+    pod_monitor["spec"]["podMetricEndpoints"] = pod_monitor["spec"].pop("podMetricsEndpoints")
+    out = crds.kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=json.dumps(pod_monitor),
+                       check=False)
+    assert out.returncode != 0 and "podMetricEndpoints" in out.stderr, out.stderr
+
 def test_alert_rules_pass_promtool_check(crds, tmp_path):
     out = promtool("check", "rules", str(rules_file(crds, tmp_path)))
     assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
