@@ -19,7 +19,7 @@ help: ## list the targets
 venv: ## create/refresh the virtualenv ($(VENV)) with every extra installed
 	@bash .ci/venv.sh "$(VENV)"
 
-binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm, flux-health, controller-gen
+binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm, controller-gen, flux-health, argocd-health
 	$(PY) -m hyft_envtest.build
 
 sysdeps: ## lua5.4 and promtool (Debian packages) for the chart tests
@@ -29,7 +29,7 @@ test: venv binaries sysdeps lint ## everything CI runs
 	$(PYTEST) tests
 
 test-unit: venv sysdeps ## pure tests: no cluster, no heavy torch work
-	$(PY) -m hyft_envtest.build --only flux-health
+	$(PY) -m hyft_envtest.build --only flux-health argocd-health
 	$(PYTEST) -m unit tests
 
 test-k8s: venv binaries ## operator and control-plane tests against a real API server

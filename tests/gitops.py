@@ -1,6 +1,7 @@
 """GitOps health of HunyuanFineTune objects as Argo CD and Flux compute it: the shipped
-Argo CD Lua script under a real Lua interpreter, and the shipped Flux healthCheckExprs
-under Flux's own status reader (flux-health, built from envtest/flux-health)."""
+Argo CD Lua script under Debian's Lua 5.4 and under gopher-lua set up as Argo CD runs
+it (argocd-health), and the shipped Flux healthCheckExprs under Flux's own status
+reader (flux-health); both tools are built from envtest/<name>."""
 from __future__ import annotations
 
 import json
@@ -45,5 +46,15 @@ def flux_statuses(objects: list[dict]) -> list[dict]:
     exprs = yaml.safe_load(FLUX_KUSTOMIZATION.read_text())["spec"]["healthCheckExprs"]
     out = subprocess.run([str(tool)], input=json.dumps({"healthCheckExprs": exprs, "objects": objects}),
                          capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def argocd_health(objects: list[dict]) -> list[dict]:
+    """Argo CD's interpreter (gopher-lua, Lua 5.1) with the libraries Argo CD opens."""
+    tool = binary("argocd-health")
+    assert tool.exists(), "argocd-health missing: make binaries (or python -m hyft_envtest.build --only argocd-health)"
+    out = subprocess.run([str(tool), str(SCRIPT)], input=json.dumps(objects), capture_output=True, text=True,
+                         timeout=30)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

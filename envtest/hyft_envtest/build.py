@@ -3,9 +3,10 @@
     python -m hyft_envtest.build [--force] [--only NAME ...]
 
 etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok,
-helm, flux-health (Flux's health-check evaluator, envtest/flux-health) and
-controller-gen are compiled with the local Go toolchain from the Go module proxy
-into ``${HYFT_CACHE:-~/.cache/hyft}/bin``; controller-gen generates
+helm, controller-gen and our own flux-health and argocd-health (Flux's and
+Argo CD's health evaluation, envtest/<name>) are compiled with the local Go
+toolchain from the Go module proxy into ``${HYFT_CACHE:-~/.cache/hyft}/bin``;
+controller-gen generates
 prometheus-operator's CRDs from its Go API types (``prometheus_operator_crds``).
 ``go install pkg@version`` refuses modules whose go.mod has replace directives
 (etcd's server, k8s.io/kubernetes), so each is built from a small helper module
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
@@ -193,21 +195,26 @@ def prometheus_operator_crds() -> Path:
     return out
 
 
-FLUX_HEALTH_SOURCE = Path(__file__).resolve().parent.parent / "flux-health"
+# Our own small Go tools (envtest/<name>: main.go with a committed go.mod and go.sum).
+OWN_TOOLS = ("flux-health", "argocd-health")
 
 
-def flux_health_digest() -> str:
-    """Names the build of envtest/flux-health: a change to its source or pins rebuilds it."""
+def own_tool_source(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / name
+
+
+def own_tool_digest(name: str) -> str:
+    """Names a build of an own tool: a change to its source or pins rebuilds it."""
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((FLUX_HEALTH_SOURCE / name).read_bytes())
+    for file in ("go.mod", "go.sum", "main.go"):
+        digest.update((own_tool_source(name) / file).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def build_flux_health() -> None:
-    # Our own module with a committed go.sum: build it as pinned, never re-resolve.
-    run(["go", "build", "-mod=readonly", "-trimpath", "-ldflags", f"-s -w -X main.version={flux_health_digest()}",
-         "-o", str(bin_dir() / "flux-health"), "."], cwd=FLUX_HEALTH_SOURCE)
+def build_own_tool(name: str) -> None:
+    # built as pinned by its go.sum, never re-resolved
+    run(["go", "build", "-mod=readonly", "-trimpath", "-ldflags", f"-s -w -X main.version={own_tool_digest(name)}",
+         "-o", str(bin_dir() / name), "."], cwd=own_tool_source(name))
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,8 @@ TARGETS = (
     Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
     Target("controller-gen", ("controller-gen",), ["--version"], f"Version: {CONTROLLER_TOOLS_VERSION}",
            build_controller_gen),
-    Target("flux-health", ("flux-health",), ["--version"], f"flux-health {flux_health_digest()}", build_flux_health),
+    *(Target(name, (name,), ["--version"], f"{name} {own_tool_digest(name)}", functools.partial(build_own_tool, name))
+      for name in OWN_TOOLS),
 )
 
 

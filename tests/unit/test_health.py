@@ -1,10 +1,11 @@
-"""GitOps health over sample statuses: the Argo CD script run by a real Lua
-interpreter, and the Flux healthCheckExprs run by Flux's own evaluator."""
+"""GitOps health over sample statuses: the Argo CD script run by Debian's Lua 5.4 and
+by gopher-lua as Argo CD sets it up, and the Flux healthCheckExprs run by Flux's own
+evaluator."""
 from __future__ import annotations
 
 import pytest
 
-from tests.gitops import flux_statuses, health
+from tests.gitops import argocd_health, flux_statuses, health
 
 PHASES = ("Succeeded", "Running", "Pending", "Restarting", "Failed", "Suspended")
 
@@ -21,12 +22,17 @@ def job(phase=None, generation=2, observed=2):
                                                          "Degraded", "Suspended"], strict=True)))
 def test_phases_map_to_argo_health(phase, expected):
     assert health(job(phase)) == (expected, f"it is {phase}")
+    assert argocd_health([job(phase)]) == [{"status": expected, "message": f"it is {phase}"}]
 
 
-def test_no_status_yet_and_a_stale_status_are_progressing():
-    assert health({"metadata": {"generation": 1}})[0] == "Progressing"
-    stale = {"metadata": {"generation": 3}, "status": {"phase": "Succeeded", "observedGeneration": 2}}
-    assert health(stale) == ("Progressing", "The operator has not observed the latest spec yet")
+def test_no_status_yet_a_fresh_one_and_a_stale_one_are_progressing():
+    fresh = job()
+    fresh["status"] = {"phase": "Pending", "message": ""}  # what the CRD's status default gives
+    stale = job("Succeeded", generation=3, observed=2)
+    expected = [("Progressing", "Waiting for the operator"), ("Progressing", "Pending"),
+                ("Progressing", "The operator has not observed the latest spec yet")]
+    assert [health(o) for o in (job(), fresh, stale)] == expected
+    assert [(h["status"], h["message"]) for h in argocd_health([job(), fresh, stale])] == expected
 
 
 def test_flux_health_check_exprs_map_every_phase():

@@ -11,7 +11,10 @@ if generation ~= nil and obj.status.observedGeneration ~= nil and obj.status.obs
   return hs
 end
 local phase = obj.status.phase
-local message = obj.status.message or phase
+local message = obj.status.message
+if message == nil or message == "" then -- "" is true in Lua: a fresh status has message ""
+  message = phase
+end
 if phase == "Succeeded" then
   hs.status = "Healthy"
 elseif phase == "Failed" then
