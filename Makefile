@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)/envtest:$(CU
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e test-kind lint crds cluster demo images bench
+.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster real-node demo images bench
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -19,13 +19,13 @@ help: ## list the targets
 venv: ## create/refresh the virtualenv ($(VENV)) with every extra installed
 	@bash .ci/venv.sh "$(VENV)"
 
-binaries: venv ## build/cache etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok, helm, controller-gen, flux-health, argocd-health
+binaries: venv sysdeps ## build/cache etcd, kube-apiserver/scheduler/controller-manager, kubectl, kubelet, containerd, runc, CoreDNS, kwok, helm, ...
 	$(PY) -m hyft_envtest.build
 
-sysdeps: ## lua5.4 and promtool (Debian packages) for the chart tests
+sysdeps: ## Debian packages the tests use: lua5.4, prometheus, docker.io, debootstrap, CNI plugins, libseccomp-dev
 	@bash .ci/system-deps.sh
 
-test: venv binaries sysdeps lint ## everything CI runs
+test: venv sysdeps binaries lint ## everything CI runs
 	$(PYTEST) tests
 
 test-unit: venv sysdeps ## pure tests: no cluster, no heavy torch work
@@ -38,11 +38,8 @@ test-k8s: venv binaries ## operator and control-plane tests against a real API s
 test-trainer: venv ## tiny Hunyuan models, real DeepSpeed on CPU
 	$(PYTEST) -m trainer tests
 
-test-e2e: venv binaries ## the examples end to end
+test-e2e: venv binaries sysdeps ## both images, a real node, the chart and the examples as real pods; local runs
 	$(PYTEST) -m e2e tests
-
-test-kind: venv binaries ## opt-in: build both images, helm install on kind, run examples/local-tiny.yaml (needs Docker + kind)
-	HYFT_E2E_KIND=1 $(PYTEST) tests/e2e/test_kind.py
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
@@ -55,6 +52,9 @@ crds: venv ## regenerate crds/, the chart's CRDs and docs/reference.md from the 
 cluster: venv binaries ## start a local control plane with fake GPU nodes (Ctrl-C stops it)
 	$(PY) -m hyft_envtest
 
+real-node: venv binaries sysdeps ## a control plane + one real node running the hyft images (root; Ctrl-C stops it)
+	$(PY) -m hyft_envtest --real-node
+
 DEMO := $(HYFT_CACHE)/demo
 demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + CPU offload, LoRA
 	$(PY) -m hyft_operator.cli tiny-model $(DEMO)/models/tiny-small --family small
@@ -62,10 +62,8 @@ demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + 
 	$(PY) -m hyft_operator.cli run examples/local-tiny.yaml --local \
 	  --volume models=$(DEMO)/models --volume data=examples/data --volume work=$(DEMO)/work
 
-images: ## build the operator and trainer images (needs a running Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "make images: no container engine here; build on a machine with Docker"; exit 1; }
-	docker build -f docker/operator.Dockerfile -t hyft-operator:0.1.0 .
-	docker build -f docker/trainer.Dockerfile -t hyft-trainer:0.1.0 .
+images: ## build hyft-operator and hyft-trainer:<version> with Docker (starts dockerd for the build if none runs)
+	python3 -m hyft_envtest.images
 
 bench: venv ## benchmarks: ratios against baselines measured in the same run (installs LLaMA-Factory aside)
 	bash bench/setup_llamafactory.sh

@@ -1,39 +1,58 @@
-# The hyft trainer: CUDA runtime, torch, DeepSpeed (CPU-Adam op prebuilt), transformers, peft.
-# Build from the repository root: docker build -f docker/trainer.Dockerfile -t hyft-trainer .
-#
-# torch 2.11.0 from PyPI is built for CUDA 13.0 (it brings its own CUDA libraries as
-# wheels); the base matches it, so GPU nodes need an NVIDIA driver >= 580. A test
-# keeps this tag's CUDA version equal to the pinned torch's.
-FROM nvidia/cuda:13.0.1-runtime-ubuntu24.04
-
-ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
-    TORCH_EXTENSIONS_DIR=/opt/torch-extensions HF_HOME=/tmp/hf
-# A C++ compiler stays in the image: DeepSpeed compiles its CPU ops on first use when
-# the prebuilt ones do not apply (on CPU-only nodes, where its accelerator is "cpu").
+# The hyft trainer: torch (PyPI's wheel brings its CUDA libraries), DeepSpeed with
+# CPU-Adam prebuilt for GPU nodes and its CPU ops prebuilt for CPU nodes, transformers, peft.
+# Build from the repository root: `make images`, or
+#   docker build --network host -f docker/trainer.Dockerfile -t hyft-trainer:0.1.0 .
+# torch 2.11.0 from PyPI is built for CUDA 13.0, so GPU nodes need an NVIDIA driver >= 580
+# and the NVIDIA container toolkit (or the GPU operator), which reads the NVIDIA_* variables.
+# DL3008: Debian stable's package versions move only for security fixes; take them.
+FROM debian:bookworm-slim AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.12=3.12.3-1ubuntu0.* python3.12-venv=3.12.3-1ubuntu0.* \
-       python3.12-dev=3.12.3-1ubuntu0.* build-essential=12.10ubuntu1 ninja-build=1.11.1-2 \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ ninja-build \
     && rm -rf /var/lib/apt/lists/* \
-    && python3.12 -m venv /opt/venv
+    && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /opt/hyft
+# docker/pip-ca: a proxy's CA for pip, if the build machine needs one; this stage only.
+COPY docker/pip-ca/ /tmp/pip-ca/
+# DeepSpeed's setup.py imports torch to prebuild CPU-Adam, so it is built after torch and
+# without build isolation (an isolated build has no torch and fails). DS_ACCELERATOR=cuda:
+# the build machine has no GPU, and ops prebuilt for another accelerator are rebuilt at
+# run time. Then the trainer's other dependencies, from pyproject.toml alone (empty
+# packages and README), so that no code or docs change reinstalls them. (DL3013: pinned
+# in pyproject.toml.)
+COPY pyproject.toml ./
+# hadolint ignore=DL3013
+RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt; fi \
+    && pip install --no-cache-dir "torch==2.11.0" "setuptools==80.9.0" \
+    && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8" \
+    && mkdir -p operator/hyft_operator trainer/hyft_trainer envtest/hyft_envtest && touch README.md \
+    && pip install --no-cache-dir ".[trainer]" \
+    && pip uninstall -y hyft
+
+FROM debian:bookworm-slim
+# A C++ compiler and ninja stay: DeepSpeed checks its JIT-built ops with them on load,
+# and rebuilds them on a CPU node whose SIMD width differs from the build machine's.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-dev g++ ninja-build \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid 1000 --create-home --shell /usr/sbin/nologin hyft
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/opt/torch-extensions HF_HOME=/tmp/hf \
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+# CPU nodes (tests, CI): DeepSpeed's accelerator there is "cpu", whose ops are built on
+# first use (minutes per pod). Build them once here, where the pods look for them.
+RUN python3 -c "from deepspeed.accelerator import get_accelerator as a; \
+[a().create_op_builder(op).load() for op in ('CPUAdamBuilder', 'ShareMemCommBuilder')]" \
+    && chown -R 1000:1000 /opt/torch-extensions
 WORKDIR /opt/hyft
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
 COPY envtest ./envtest
-# DeepSpeed's setup.py imports torch to prebuild CPU-Adam, so it is built after torch and
-# without build isolation (an isolated build has no torch and fails). DS_ACCELERATOR=cuda:
-# the build machine has no GPU, and ops prebuilt for another accelerator are rebuilt at
-# run time. Ubuntu 24.04 images come with a user "ubuntu" holding uid 1000, the uid the
-# operator runs trainer pods as. (DL3013: the versions are pinned in pyproject.toml.)
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir "torch==2.11.0" "setuptools==80.9.0" \
-    && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8" \
-    && pip install --no-cache-dir ".[trainer]" \
-    && (userdel --remove ubuntu 2>/dev/null || true) \
-    && useradd --uid 1000 --create-home --shell /usr/sbin/nologin hyft \
-    && mkdir -p /opt/torch-extensions && chown hyft /opt/torch-extensions
-
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --no-index . && rm -rf /opt/hyft/*
 USER 1000
 ENTRYPOINT ["hyft"]
 CMD ["train", "/etc/hyft/train.yaml"]

@@ -3,10 +3,11 @@
     python -m hyft_envtest.build [--force] [--only NAME ...]
 
 etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok,
-helm, controller-gen and our own flux-health and argocd-health (Flux's and
-Argo CD's health evaluation, envtest/<name>) are compiled with the local Go
-toolchain from the Go module proxy into ``${HYFT_CACHE:-~/.cache/hyft}/bin``;
-controller-gen generates
+helm, controller-gen, the real node's kubelet, containerd (+ its runc shim and
+ctr), runc (cgo, with seccomp) and CoreDNS, and our own flux-health,
+argocd-health (Flux's and Argo CD's health evaluation) and pause (the pod
+sandbox), envtest/<name>, are compiled with the local Go toolchain from the Go
+module proxy into ``${HYFT_CACHE:-~/.cache/hyft}/bin``; controller-gen generates
 prometheus-operator's CRDs from its Go API types (``prometheus_operator_crds``).
 ``go install pkg@version`` refuses modules whose go.mod has replace directives
 (etcd's server, k8s.io/kubernetes), so each is built from a small helper module
@@ -30,12 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import (
+    CONTAINERD_VERSION,
     CONTROLLER_TOOLS_VERSION,
+    COREDNS_VERSION,
     ETCD_VERSION,
     HELM_VERSION,
     KUBERNETES_VERSION,
     KWOK_VERSION,
     PROMETHEUS_OPERATOR_VERSION,
+    RUNC_VERSION,
     bin_dir,
     cache_dir,
 )
@@ -43,12 +47,12 @@ from .paths import (
 KUBE_COMMANDS = ("kube-apiserver", "kube-scheduler", "kube-controller-manager", "kubectl")
 
 
-def go_env() -> dict[str, str]:
+def go_env(cgo: bool = False) -> dict[str, str]:
     root = cache_dir() / "go"
     env = dict(os.environ)
     env.update(
         GOTOOLCHAIN="local",
-        CGO_ENABLED="0",
+        CGO_ENABLED="1" if cgo else "0",
         GOMODCACHE=str(root / "mod"),
         GOCACHE=str(root / "build"),
         GOPATH=str(root / "path"),
@@ -57,8 +61,8 @@ def go_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=go_env(), capture_output=True, text=True)
+def run(cmd: list[str], cwd: Path | None = None, cgo: bool = False) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=go_env(cgo), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -95,13 +99,14 @@ def helper_module(name: str, requires: dict[str, str], replaces: dict[str, str] 
     return mod_dir
 
 
-def go_build(mod_dir: Path, packages: list[str], ldflags: list[str], out: Path) -> None:
+def go_build(mod_dir: Path, packages: list[str], ldflags: list[str], out: Path, tags: tuple[str, ...] = (),
+             cgo: bool = False) -> None:
     # Several packages: -o names a folder; one package: -o names the binary.
     folder = out if len(packages) > 1 else out.parent
     folder.mkdir(parents=True, exist_ok=True)
     target = str(out) + "/" if len(packages) > 1 else str(out)
-    run(["go", "build", "-trimpath", "-ldflags", " ".join(["-s", "-w", *ldflags]), "-o", target, *packages],
-        cwd=mod_dir)
+    run(["go", "build", "-trimpath", "-tags", ",".join(tags), "-ldflags", " ".join(["-s", "-w", *ldflags]),
+         "-o", target, *packages], cwd=mod_dir, cgo=cgo)
 
 
 def module_gomod_path(module: str, version: str) -> Path:
@@ -134,7 +139,8 @@ def version_ldflags(pkg: str, version: str) -> list[str]:
     ]
 
 
-def build_kubernetes() -> None:
+def kubernetes_module() -> tuple[Path, list[str]]:
+    """The helper module that builds k8s.io/kubernetes commands, and their version ldflags."""
     mod = helper_module(
         "kubernetes-" + KUBERNETES_VERSION,
         {"k8s.io/kubernetes": KUBERNETES_VERSION},
@@ -142,7 +148,42 @@ def build_kubernetes() -> None:
     )
     ldflags = version_ldflags("k8s.io/component-base/version", KUBERNETES_VERSION)
     ldflags += version_ldflags("k8s.io/client-go/pkg/version", KUBERNETES_VERSION)
+    return mod, ldflags
+
+
+def build_kubernetes() -> None:
+    mod, ldflags = kubernetes_module()
     go_build(mod, [f"k8s.io/kubernetes/cmd/{c}" for c in KUBE_COMMANDS], ldflags, bin_dir())
+
+
+def build_kubelet() -> None:
+    mod, ldflags = kubernetes_module()
+    go_build(mod, ["k8s.io/kubernetes/cmd/kubelet"], ldflags, bin_dir() / "kubelet")
+
+
+CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
+
+
+def build_containerd() -> None:
+    module = "github.com/containerd/containerd/v2"
+    mod = helper_module("containerd-" + CONTAINERD_VERSION, {module: CONTAINERD_VERSION})
+    # No btrfs/devmapper/zfs snapshotters: overlayfs is what the real node uses, and
+    # those need C headers.
+    go_build(mod, [f"{module}/cmd/{c}" for c in CONTAINERD_COMMANDS],
+             [f"-X {module}/version.Version={CONTAINERD_VERSION}"], bin_dir(),
+             tags=("no_btrfs", "no_devmapper", "no_zfs"))
+
+
+def build_runc() -> None:
+    # seccomp needs cgo and Debian's libseccomp-dev (.ci/system-deps.sh installs it).
+    mod = helper_module("runc-" + RUNC_VERSION, {"github.com/opencontainers/runc": RUNC_VERSION})
+    go_build(mod, ["github.com/opencontainers/runc"], [f"-X main.version={RUNC_VERSION.lstrip('v')}"],
+             bin_dir() / "runc", tags=("seccomp",), cgo=True)
+
+
+def build_coredns() -> None:
+    mod = helper_module("coredns-" + COREDNS_VERSION, {"github.com/coredns/coredns": COREDNS_VERSION})
+    go_build(mod, ["github.com/coredns/coredns"], [], bin_dir() / "coredns")
 
 
 def build_etcd() -> None:
@@ -196,7 +237,8 @@ def prometheus_operator_crds() -> Path:
 
 
 # Our own small Go tools (envtest/<name>: main.go with a committed go.mod and go.sum).
-OWN_TOOLS = ("flux-health", "argocd-health")
+# pause: the real node's pod sandbox process (no registry here to pull one from).
+OWN_TOOLS = ("flux-health", "argocd-health", "pause")
 
 
 def own_tool_source(name: str) -> Path:
@@ -233,6 +275,11 @@ TARGETS = (
     Target("etcd", ("etcd",), ["--version"], f"etcd Version: {ETCD_VERSION.lstrip('v')}", build_etcd),
     Target("kubernetes", KUBE_COMMANDS[:3], ["--version"], f"Kubernetes {KUBERNETES_VERSION}", build_kubernetes),
     Target("kwok", ("kwok",), ["--version"], KWOK_VERSION.lstrip("v"), build_kwok),
+    Target("kubelet", ("kubelet",), ["--version"], f"Kubernetes {KUBERNETES_VERSION}", build_kubelet),
+    Target("containerd", CONTAINERD_COMMANDS[:1] + CONTAINERD_COMMANDS[2:], ["--version"], CONTAINERD_VERSION,
+           build_containerd),
+    Target("runc", ("runc",), ["--version"], f"runc version {RUNC_VERSION.lstrip('v')}", build_runc),
+    Target("coredns", ("coredns",), ["-version"], f"CoreDNS-{COREDNS_VERSION.lstrip('v')}", build_coredns),
     Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
     Target("controller-gen", ("controller-gen",), ["--version"], f"Version: {CONTROLLER_TOOLS_VERSION}",
            build_controller_gen),

@@ -64,8 +64,10 @@ def _cert(subject, issuer, public_key, signing_key, *, ca: bool, usages=(), sans
     return builder.sign(signing_key, hashes.SHA256())
 
 
-def generate(directory: Path, hosts: tuple[str, ...] = ("localhost", "kubernetes", "kubernetes.default",
-                                                       "kubernetes.default.svc")) -> Pki:
+API_HOSTS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+
+
+def generate(directory: Path, hosts: tuple[str, ...] = API_HOSTS, extra_ips: tuple[str, ...] = ()) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(*(directory / n for n in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key",
                                          "admin.crt", "admin.key", "sa.key", "sa.pub")))
@@ -77,6 +79,7 @@ def generate(directory: Path, hosts: tuple[str, ...] = ("localhost", "kubernetes
     sans = [x509.DNSName(h) for h in hosts] + [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # first IP of the service range
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
     ]
     serving = _cert(_name("kube-apiserver"), ca_name, serving_key.public_key(), ca_key, ca=False,
                     usages=[ExtendedKeyUsageOID.SERVER_AUTH], sans=sans)

@@ -4,6 +4,12 @@ etcd and kube-apiserver always; kube-scheduler, kube-controller-manager and KWOK
 (fake nodes and pod lifecycle stages) on request. Every child process dies with
 its parent (PR_SET_PDEATHSIG) and stop() kills whole process groups, so a
 crashed test run leaves nothing behind.
+
+With a ``namespace`` (netns.NodeNamespace) every component runs inside it, as on a
+real node's control plane: the API server listens on port 443 of every address there
+(the API service IP among them, so pods reach it without a kube-proxy), and
+``server``/``kubeconfig`` lead to it from this side through a forwarded port, while
+``inner_kubeconfig`` is what the components and the node inside use.
 """
 from __future__ import annotations
 
@@ -20,11 +26,16 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import certs
 from .paths import binary
 
+if TYPE_CHECKING:
+    from .netns import NodeNamespace
+
 SERVICE_CIDR = "10.0.0.0/24"
+API_SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: the first IP of SERVICE_CIDR
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,7 +55,7 @@ def _die_with_parent() -> None:
 class Process:
     name: str
     popen: subprocess.Popen
-    log: Path
+    log: Path | None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -85,14 +96,18 @@ class ControlPlane:
     controller_manager: bool = False
     kwok: bool = False
     extra_apiserver_flags: list[str] = field(default_factory=list)
+    namespace: NodeNamespace | None = None
+    node_ip: str | None = None  # with a namespace: the node's address, in the serving certificate
     processes: list[Process] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="hyft-envtest-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig = self.workdir / "kubeconfig"
-        self.api_port = free_port()
-        self.server = f"https://127.0.0.1:{self.api_port}"
+        self.inner_kubeconfig = self.workdir / "kubeconfig.inner" if self.namespace else self.kubeconfig
+        self.api_port = 443 if self.namespace else free_port()
+        self.inner_server = f"https://127.0.0.1:{self.api_port}"
+        self.server = self.inner_server  # from this side; a forwarded port once started in a namespace
 
     # ---- lifecycle ---------------------------------------------------------
     def __enter__(self) -> ControlPlane:
@@ -105,10 +120,13 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         started = time.monotonic()
         try:
-            self.pki = certs.generate(self.workdir / "pki")
+            self.pki = certs.generate(self.workdir / "pki", extra_ips=(self.node_ip,) if self.node_ip else ())
             self._start_etcd()
+            if self.namespace:
+                self.server = f"https://127.0.0.1:{self.namespace.forward('127.0.0.1', self.api_port)}"
+                self._write_kubeconfig(self.inner_kubeconfig, self.inner_server)
+            self._write_kubeconfig(self.kubeconfig, self.server)
             self._start_apiserver()
-            self._write_kubeconfig()
             if self.controller_manager:
                 self._start_controller_manager()
             if self.scheduler:
@@ -140,14 +158,17 @@ class ControlPlane:
         ctx.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return ctx
 
-    def _spawn(self, name: str, args: list[str]) -> Process:
-        path = binary(name)
+    def _spawn(self, name: str, args: list[str], executable: str | None = None,
+               env: dict[str, str] | None = None) -> Process:
+        path = Path(executable) if executable else binary(name)
         if not path.exists():
             raise StartupError(f"{path} is missing: build it first with `python -m hyft_envtest.build`")
         log = self.workdir / f"{name}.log"
+        prefix = self.namespace.prefix() if self.namespace else []
         with open(log, "ab") as out:
-            popen = subprocess.Popen([str(path), *args], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=_die_with_parent)
+            popen = subprocess.Popen([*prefix, str(path), *args], stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=self.workdir, preexec_fn=_die_with_parent,
+                                     env=env)
         proc = Process(name, popen, log)
         self.processes.append(proc)
         return proc
@@ -160,18 +181,25 @@ class ControlPlane:
             if not proc.alive():
                 raise StartupError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=2, context=context) as resp:
-                    body = resp.read().decode()
-                    if resp.status == 200 and (expect is None or expect in body):
-                        return
-                    last = body
+                status, body = self._get(url, context)
+                if status == 200 and (expect is None or expect in body):
+                    return
+                last = body
             except (urllib.error.URLError, OSError) as err:
                 last = str(err)
             time.sleep(0.2)
         raise StartupError(f"{proc.name} not ready after {timeout:.0f}s at {url}: {last}\n{proc.tail()}")
 
+    def _get(self, url: str, context: ssl.SSLContext | None = None) -> tuple[int, str]:
+        """GET url from where the components run (inside the namespace, if any)."""
+        def get() -> tuple[int, str]:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                return resp.status, resp.read().decode()
+
+        return self.namespace.call(get) if self.namespace else get()
+
     def _component_kubeconfig_flags(self) -> list[str]:
-        k = str(self.kubeconfig)
+        k = str(self.inner_kubeconfig)
         return ["--kubeconfig", k, "--authentication-kubeconfig", k, "--authorization-kubeconfig", k]
 
     # ---- components --------------------------------------------------------
@@ -193,11 +221,19 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         pki = self.pki
+        if self.namespace:
+            # Every address of the node's namespace: pods reach API_SERVICE_IP:443 there.
+            where = ["--bind-address", "0.0.0.0", "--advertise-address", self.node_ip,
+                     "--kubelet-preferred-address-types", "InternalIP"]
+        else:
+            # Loopback may not be published in the kubernetes Endpoints (as envtest does).
+            where = ["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+                     # No kubelet mounts tokens here; the plugin would only reject pods of
+                     # namespaces whose default ServiceAccount was not created yet.
+                     "--disable-admission-plugins", "ServiceAccount"]
         proc = self._spawn("kube-apiserver", [
             "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1",
-            "--advertise-address", "127.0.0.1",
-            # Loopback may not be published in the kubernetes Endpoints (as envtest does).
+            *where,
             "--endpoint-reconciler-type", "none",
             "--secure-port", str(self.api_port),
             "--cert-dir", str(self.workdir / "apiserver-certs"),
@@ -210,22 +246,19 @@ class ControlPlane:
             "--service-cluster-ip-range", SERVICE_CIDR,
             "--authorization-mode", "RBAC",
             "--allow-privileged=true",
-            # No kubelet mounts tokens here; the plugin would only reject pods of
-            # namespaces whose default ServiceAccount was not created yet.
-            "--disable-admission-plugins", "ServiceAccount",
             "--profiling=false",
             *self.extra_apiserver_flags,
         ])
-        self._wait(proc, f"{self.server}/readyz", 120, context=self.ssl_context())
+        self._wait(proc, f"{self.inner_server}/readyz", 120, context=self.ssl_context())
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path, server: str) -> None:
         pki = self.pki
-        self.kubeconfig.write_text(f"""apiVersion: v1
+        path.write_text(f"""apiVersion: v1
 kind: Config
 clusters:
 - name: envtest
   cluster:
-    server: {self.server}
+    server: {server}
     certificate-authority: {pki.ca_cert}
 users:
 - name: envtest-admin
@@ -280,7 +313,7 @@ current-context: envtest
         port = free_port()
         config = write_config(self.workdir / "kwok.yaml")
         proc = self._spawn("kwok", [
-            "--kubeconfig", str(self.kubeconfig),
+            "--kubeconfig", str(self.inner_kubeconfig),
             "--config", str(config),
             "--manage-all-nodes=true",
             "--server-address", f"127.0.0.1:{port}",

@@ -12,6 +12,11 @@ HELM_VERSION = "v3.22.0"
 # prometheus-operator's CRDs, generated from its API types by controller-gen as upstream does
 PROMETHEUS_OPERATOR_VERSION = "v0.95.2"
 CONTROLLER_TOOLS_VERSION = "v0.23.0"
+# The real node (kubelet comes from KUBERNETES_VERSION): Kubernetes 1.36+ needs containerd 2.x,
+# and containerd 2.x needs a runc newer than Debian's.
+CONTAINERD_VERSION = "v2.4.2"
+RUNC_VERSION = "v1.5.3"
+COREDNS_VERSION = "v1.15.0"
 
 
 def cache_dir() -> Path:

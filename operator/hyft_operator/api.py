@@ -106,7 +106,8 @@ class TrainingSpec(ApiModel):
     lrSchedulerType: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                              "polynomial", "inverse_sqrt"] = Field(
         "cosine", description="Learning-rate schedule.")
-    warmupRatio: float = Field(0.0, ge=0, le=1, description="Warm-up share of all steps.")
+    warmupRatio: float = Field(0.0, ge=0, lt=1,
+                               description="Warm-up share of all steps, below 1 (transformers reads 1 as one step).")
     weightDecay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     epochs: float = Field(3.0, gt=0, le=1000, description="Training epochs (ignored when maxSteps is set).")
     maxSteps: int | None = Field(None, ge=1, description="Total optimizer steps (overrides epochs).")

@@ -3,15 +3,11 @@ a running local training, the operator reconciling jobs on the real API server, 
 dcgm-exporter's format; every dashboard query returns data and the failed-job alert fires."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -22,46 +18,12 @@ from hyft_trainer.launcher import free_port
 from tests.chart import dashboard_queries, rules_file
 from tests.helpers import ROOT, wait_for
 from tests.jobs import cpu_job, create, exit_pod, get, wait_phase
+from tests.prometheus import Prometheus
 
 EXAMPLE = ROOT / "examples" / "local-tiny.yaml"
 OPERATOR_PANELS = ("Jobs by phase", "Gang restarts (1h)")
 # A CPU run has no GPU: torch reports no GPU memory (the DCGM series come from the stand-in below).
 NO_GPU_HERE = "hyft_train_peak_gpu_memory_bytes"
-
-
-class Prometheus:
-    """prometheus on a free port with a 1 s scrape and rule interval."""
-
-    def __init__(self, workdir, scrape_configs, rule_files=()):
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus missing: make sysdeps"
-        self.port = free_port()
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(f) for f in rule_files], "scrape_configs": scrape_configs}))
-        self.log = workdir / "prometheus.log"
-        self.proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-
-    def query(self, expr):
-        """The result vector, or [] while Prometheus is not serving yet."""
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        try:
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return json.loads(resp.read())["data"]["result"]
-        except OSError:
-            return []
-
-    def label_values(self, label, match):
-        url = (f"http://127.0.0.1:{self.port}/api/v1/label/{label}/values?"
-               + urllib.parse.urlencode({"match[]": match}))
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return json.loads(resp.read())["data"]
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def static_job(name, port, honor_labels=True, labels=None):

@@ -204,7 +204,7 @@ def test_deleting_the_resource_removes_every_child(api_client, op_namespace):
 
 
 def test_local_tiny_example_runs_on_read_write_many_claims(crds, api_client, op_namespace):
-    """The volume setup the kind test (tests/e2e/test_kind.py) gives the unchanged example."""
+    """The volume setup the real-node test (tests/e2e/test_real_node.py) gives the unchanged example."""
     for doc in local_tiny_claims(op_namespace, "/hyft-e2e"):
         crds.kubectl("apply", "-f", "-", input=json.dumps(doc))
     crds.kubectl("apply", "-n", op_namespace, "-f", str(ROOT / "examples" / "local-tiny.yaml"))

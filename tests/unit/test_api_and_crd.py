@@ -84,6 +84,7 @@ def _minimal():
     (lambda s: s.update(nodes=0), "nodes"),
     (lambda s: s["method"].update(type="qlora") if "method" in s else s.update(method={"type": "qlora"}), "method"),
     (lambda s: s.update(colour="red"), "colour"),
+    (lambda s: s.update(training={"warmupRatio": 1.0}), "warmupRatio"),
 ])
 def test_python_validation_names_the_field(mutate, message):
     spec = copy.deepcopy(_minimal())

@@ -8,8 +8,15 @@ import sys
 
 import pytest
 
+from hyft_trainer.config import DataFile, TrainerConfig
 from hyft_trainer.data_check import check
-from hyft_trainer.loading import DataError, load_checked, sources_from_dataset_info, sources_from_paths
+from hyft_trainer.loading import (
+    DataError,
+    load_checked,
+    sources_for_config,
+    sources_from_dataset_info,
+    sources_from_paths,
+)
 from tests.helpers import ROOT
 
 GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
@@ -114,3 +121,49 @@ def test_cli_passes_on_sample_data_and_fails_readably_on_planted_errors(tmp_path
     assert f"{planted} line 8 (sample 7):" in bad.stdout and "missing <answer>" in bad.stdout
     assert f"{planted} line 12 (sample 11): invalid JSON" in bad.stdout
     assert "FAILED" in bad.stdout
+
+
+def test_each_data_file_entry_gives_its_format_to_what_it_expands_to(tmp_path):
+    """A folder entry expands to several files: the entries after it keep their own formats."""
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [GOOD])
+    write_jsonl(folder / "b.jsonl", [GOOD])
+    alpaca = write_jsonl(tmp_path / "c.jsonl", [{"instruction": "q", "output": "a"}])
+    config = TrainerConfig(model_name_or_path="m", data_files=[DataFile(path=str(folder), format="sharegpt"),
+                                                                DataFile(path=str(alpaca), format="alpaca")])
+    formats = {s.path.name: s.format for s in sources_for_config(config)}
+    assert formats == {"a.jsonl": "sharegpt", "b.jsonl": "sharegpt", "c.jsonl": "alpaca"}
+
+
+def test_unreadable_lines_are_sample_errors_and_the_valid_samples_stay(tmp_path):
+    """Bytes that are not UTF-8, a lone surrogate escape, deep nesting and a BOM: no traceback,
+    each bad line counted with its line number, every valid sample kept."""
+    good = json.dumps(GOOD).encode()
+    lines = [b"\xef\xbb\xbf" + good,                      # 1: BOM, then a valid sample
+             b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',  # 2: Latin-1, not UTF-8
+             good,                                         # 3
+             json.dumps({"messages": [{"role": "user", "content": "\ud800"},
+                                      {"role": "assistant", "content": "a"}]}).encode(),  # 4: lone surrogate
+             b"[" * 100000 + b"]" * 100000,                # 5: deeper than the parser's recursion
+             good]                                         # 6
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes(b"\n".join(lines) + b"\n")
+    ds = load_checked(sources_from_paths([f]))
+    errors = [e for e in ds["error"] if e]
+    assert ds["reason"] == ["", "invalid_json", "", "invalid_text", "invalid_json", ""]
+    assert errors[0].startswith(f"{f} line 2 (sample 1): not UTF-8 text: byte ")
+    assert errors[1].startswith(f"{f} line 4 (sample 3): user content has a lone surrogate")
+    assert errors[2] == f"{f} line 5 (sample 4): invalid JSON: nested too deeply"
+    assert sum(1 for m in ds["messages"] if m) == 3
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not text", "not UTF-8"),                   # the whole file
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+])
+def test_an_unreadable_json_file_is_one_clear_error(tmp_path, content, message):
+    f = tmp_path / "data.json"
+    f.write_bytes(content)
+    ds = load_checked(sources_from_paths([f]))
+    assert ds.num_rows == 1 and message in ds["error"][0]

@@ -27,6 +27,7 @@ def test_llamafactory_yaml_keys_are_accepted():
     ({"model_name_or_path": "/m"}, "no data"),
     ({**BASE, "zero_stage": 2, "offload_param": True}, "offload_param needs zero_stage 3"),
     ({**BASE, "stage": "dpo"}, "stage: a LLaMA-Factory key hyft does not support"),
+    ({**BASE, "warmup_ratio": 1.0}, "warmup_ratio"),  # transformers would read 1.0 as one warm-up step
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_name_the_problem(data, message):

@@ -85,7 +85,7 @@ class TrainerConfig(BaseModel):
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                                "polynomial", "inverse_sqrt"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # transformers reads >= 1 as steps
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
     bf16: bool = False

@@ -79,10 +79,12 @@ def sources_from_paths(paths: list[str | Path], fmt: str = "auto") -> list[Sourc
 
 
 def sources_for_config(config) -> list[Source]:
-    sources = sources_from_paths([f.path for f in config.data_files]) if config.data_files else []
-    for data_file, source in zip(config.data_files, list(sources), strict=False):
-        if data_file.format != "auto" and source.format == "auto":
-            sources[sources.index(source)] = Source(source.path, data_file.format, source.columns, source.name)
+    # Each entry's format applies to what that entry expands to (a folder: all its files);
+    # a LLaMA-Factory folder's own dataset_info formats win over it.
+    sources = []
+    for data_file in config.data_files or []:
+        sources += [Source(s.path, data_file.format, s.columns, s.name) if s.format == "auto" else s
+                    for s in sources_from_paths([data_file.path])]
     if config.dataset:
         sources += sources_from_dataset_info(Path(config.dataset_dir), config.dataset)
     return sources
@@ -92,28 +94,37 @@ def raw_records(source: Source) -> Iterator[dict]:
     """Each record as JSON text, with its location; unreadable lines become error records."""
     base = {"file": str(source.path), "format": source.format}
     try:
-        handle = open(source.path, encoding="utf-8")
+        handle = open(source.path, "rb")
     except OSError as err:
         raise DataError(f"{source.path}: cannot read: {err}") from None
     with handle:
         if source.path.suffix == ".jsonl":
             index = 0
             for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    yield {**base, "index": index, "line": line_no, "raw": line}
-                    index += 1
+                if not line.strip():
+                    continue
+                try:  # a BOM may open the file
+                    text, error = line.decode("utf-8-sig" if line_no == 1 else "utf-8"), ""
+                except UnicodeDecodeError as err:
+                    text, error = "", f"not UTF-8 text: byte {err.start} is {line[err.start:err.start + 1]!r}"
+                yield {**base, "index": index, "line": line_no, "raw": text, "load_error": error}
+                index += 1
             return
         try:
-            data = json.load(handle)
-        except ValueError as err:
-            yield {**base, "index": -1, "line": getattr(err, "lineno", -1), "raw": "", "load_error": str(err)}
+            data = json.loads(handle.read().decode("utf-8-sig"))
+        except (ValueError, RecursionError) as err:
+            message = ("nested too deeply" if isinstance(err, RecursionError)
+                       else f"not UTF-8 text: byte {err.start} is {err.object[err.start:err.start + 1]!r}"
+                       if isinstance(err, UnicodeDecodeError) else str(err))
+            yield {**base, "index": -1, "line": getattr(err, "lineno", -1), "raw": "", "load_error": message}
             return
     if not isinstance(data, list):
         yield {**base, "index": -1, "line": -1, "raw": "",
                "load_error": f"a .json data file must hold a list of samples, got {type(data).__name__}"}
         return
     for index, record in enumerate(data):
-        yield {**base, "index": index, "line": -1, "raw": json.dumps(record, ensure_ascii=False)}
+        # ASCII escapes: a lone surrogate (valid JSON, not valid Unicode) must reach check_record as text
+        yield {**base, "index": index, "line": -1, "raw": json.dumps(record)}
 
 
 def _fingerprint(sources: list[Source]) -> str:
@@ -150,7 +161,15 @@ def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -
             record = json.loads(row["raw"])
         except ValueError as err:
             raise SampleError("invalid_json", f"invalid JSON: {err}") from None
+        except RecursionError:
+            raise SampleError("invalid_json", "invalid JSON: nested too deeply") from None
         conv = to_conversation(record, row["format"], columns.get(row["file"], Columns()), require_markup)
+        for message in conv.messages:
+            try:
+                message.content.encode("utf-8")
+            except UnicodeEncodeError as err:  # a \ud800-style escape: valid JSON, not text
+                raise SampleError("invalid_text", f"{message.role} content has a lone surrogate "
+                                                  f"{message.content[err.start]!r} at character {err.start}") from None
     except SampleError as err:
         return {**out, "reason": err.reason, "error": f"{location(row)}: {err.message}"}
     return {**out, "messages": [{"role": m.role, "content": m.content} for m in conv.messages],

@@ -1,0 +1,3 @@
+module hyft.local/tools/pause
+
+go 1.26
