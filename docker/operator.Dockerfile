@@ -23,8 +23,9 @@ RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt;
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
-COPY envtest ./envtest
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-index ".[operator]"
+# hyft_envtest (the test cluster) is part of the distribution but not of the images: an empty package.
+RUN mkdir -p envtest/hyft_envtest \
+    && /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-index ".[operator]"
 
 FROM debian:bookworm-slim
 # hadolint ignore=DL3008

@@ -51,8 +51,9 @@ WORKDIR /opt/hyft
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
-COPY envtest ./envtest
-RUN pip install --no-cache-dir --no-deps --no-build-isolation --no-index . && rm -rf /opt/hyft/*
+# hyft_envtest (the test cluster) is part of the distribution but not of the images: an empty package.
+RUN mkdir -p envtest/hyft_envtest \
+    && pip install --no-cache-dir --no-deps --no-build-isolation --no-index . && rm -rf /opt/hyft/*
 USER 1000
 ENTRYPOINT ["hyft"]
 CMD ["train", "/etc/hyft/train.yaml"]

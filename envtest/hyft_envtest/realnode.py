@@ -141,11 +141,26 @@ class RealNode:
             raise RuntimeError(f"importing {tag} into containerd failed: {proc.stderr.decode(errors='replace')}")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(image_id)
+        self._drop_replaced_images(name)
         return True
+
+    def _drop_replaced_images(self, name: str) -> None:
+        """Keep one copy: the CRI plugin also names each image by its ID (sha256:...), which
+        keeps a replaced image alive; remove those whose manifest no named image uses, then
+        run the garbage collector now (removing a throwaway tag with --sync waits for it)."""
+        refs = [line.split()[:3] for line in self.ctr("images", "ls").splitlines()[1:] if line.strip()]
+        named = {digest for ref, _, digest in refs if not ref.startswith("sha256:")}
+        for ref, _, digest in refs:
+            if ref.startswith("sha256:") and digest not in named:
+                self.ctr("images", "rm", ref)
+        throwaway = f"{name}-hyft-gc"
+        self.ctr("images", "tag", "--force", name, throwaway)
+        self.ctr("images", "rm", "--sync", throwaway, timeout=600)
 
     def _load_pause_image(self) -> None:
         """The sandbox image, built from envtest/pause: no registry to pull one from."""
         if SANDBOX_IMAGE in self.ctr("images", "ls", "-q").split():
+            self._drop_replaced_images(SANDBOX_IMAGE)  # whatever an earlier run left behind
             return
         layer = self.workdir / "pause-layer"
         layer.mkdir(exist_ok=True)
