@@ -65,6 +65,8 @@ def _cert(subject, issuer, public_key, signing_key, *, ca: bool, usages=(), sans
 
 
 API_HOSTS = ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc")
+SERVICE_CIDR = "10.0.0.0/24"
+API_SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: the first IP of SERVICE_CIDR
 
 
 def generate(directory: Path, hosts: tuple[str, ...] = API_HOSTS, extra_ips: tuple[str, ...] = ()) -> Pki:
@@ -78,7 +80,7 @@ def generate(directory: Path, hosts: tuple[str, ...] = API_HOSTS, extra_ips: tup
     serving_key = ec.generate_private_key(ec.SECP256R1())
     sans = [x509.DNSName(h) for h in hosts] + [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # first IP of the service range
+        x509.IPAddress(ipaddress.ip_address(API_SERVICE_IP)),
         *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
     ]
     serving = _cert(_name("kube-apiserver"), ca_name, serving_key.public_key(), ca_key, ca=False,

@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import certs
+from .certs import SERVICE_CIDR
 from .paths import binary
 
 if TYPE_CHECKING:
     from .netns import NodeNamespace
 
-SERVICE_CIDR = "10.0.0.0/24"
-API_SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: the first IP of SERVICE_CIDR
 _PR_SET_PDEATHSIG = 1
 
 

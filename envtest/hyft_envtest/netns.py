@@ -121,13 +121,15 @@ class NodeNamespace:
                         found.append(int(entry))
         return found
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15) -> None:
         for forwarder in self.forwarders:
             forwarder.close()
-        for pid in self.processes():
-            if pid != self.pid:
+        deadline = time.monotonic() + timeout
+        while (left := [pid for pid in self.processes() if pid != self.pid]) and time.monotonic() < deadline:
+            for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
+            time.sleep(0.1)  # gone once their parent (or init) has reaped them
         Process("namespace", self.holder, log=None).stop(grace=5)
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from .controlplane import API_SERVICE_IP, ControlPlane, Process, StartupError
+from .certs import API_SERVICE_IP
+from .controlplane import ControlPlane, Process, StartupError
 from .netns import NodeNamespace
 from .paths import bin_dir, binary, cache_dir
 
@@ -107,8 +108,24 @@ class RealNode:
             self.control_plane.stop()
         if self.namespace:
             self.namespace.stop()  # kills what is left inside (shims) and drops its mounts
-        for made in runtime_cgroups() - getattr(self, "cgroups_before", set()):
-            for folder, _, _ in os.walk(made, topdown=False):  # a cgroup goes once it is empty
+        self._remove_runtime_cgroups()
+
+    def _remove_runtime_cgroups(self, timeout: float = 15) -> None:
+        """The pod cgroups runc made: whatever still runs in them (a container whose shim was
+        killed) is killed, then they are removed, deepest first (a cgroup goes once empty)."""
+        made = runtime_cgroups() - getattr(self, "cgroups_before", set())
+        deadline = time.monotonic() + timeout
+        while made and time.monotonic() < deadline:
+            pids = {int(pid) for cgroup in made for procs in cgroup.rglob("cgroup.procs")
+                    for pid in procs.read_text().split()}
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            time.sleep(0.2)
+        for cgroup in made:
+            for folder, _, _ in os.walk(cgroup, topdown=False):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
 
