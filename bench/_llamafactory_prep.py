@@ -15,9 +15,9 @@ model_args, data_args, training_args, finetuning_args, _ = get_train_args({
     "overwrite_cache": True, "preprocessing_num_workers": int(workers), "output_dir": out,
     "report_to": "none", "trust_remote_code": False,
 })
-start = time.perf_counter()
-tokenizer_module = load_tokenizer(model_args)
+tokenizer_module = load_tokenizer(model_args)  # not timed: hyft's side loads its tokenizer untimed too
 template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+start = time.perf_counter()
 dataset_module = get_dataset(template, model_args, data_args, training_args, stage="sft", **tokenizer_module)
 seconds = time.perf_counter() - start
 train = dataset_module["train_dataset"]

@@ -1,12 +1,17 @@
 """Data preprocessing benchmark: hyft vs the raw tokenizer vs LLaMA-Factory 0.9.5,
-same data, same tokenizer, one run.
+same data, same tokenizer, alternating runs, medians of --repeats (default 3).
 
-    python bench/data_prep.py [--samples 20000] [--cutoff-len 1024] [--workers 2]
+    python bench/data_prep.py [--samples 20000] [--cutoff-len 1024] [--workers 2] [--repeats 3]
 
 Data: synthetic Hunyuan ShareGPT chats (half /no_think, a quarter multi-turn,
 Chinese and English). Tokenizer: the tiny 7b-family tokenizer, the family whose
 tokens LLaMA-Factory's `hunyuan` template emits. LLaMA-Factory runs in its own
-venv (bench/setup_llamafactory.sh). Last line:
+venv (bench/setup_llamafactory.sh). Timed on both sides: reading the files,
+validation/conversion, chat template, tokenization and labels; not the tokenizer
+load. The two sides tokenize different text: hyft renders multi-turn history as
+the official 7b template does (earlier turns reduced to their answer), LLaMA-
+Factory's `hunyuan` template keeps the full think markup, so tokens/s is printed
+next to samples/s. Last line:
 ratio_vs_llamafactory=<x> ratio_vs_raw_tokenizer=<y> packing_efficiency=<z>
 """
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,25 +37,25 @@ def make_data(folder: Path, samples: int) -> None:
     write(folder, samples, seed=1)
 
 
-def run_hyft(data: Path, model: Path, cutoff: int, workers: int) -> dict:
-    from transformers import AutoTokenizer
-
-    from hyft_trainer.data_check import prepare
+def run_hyft(data: Path, tokenizer, cutoff: int, workers: int) -> dict:
+    from hyft_trainer.chat_format import resolve_family
+    from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES, check_chat_template, prepare
     from hyft_trainer.loading import sources_from_paths
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    sources = sources_from_paths([data])
     start = time.perf_counter()
-    encoded, report = prepare(sources_from_paths([data]), tokenizer, cutoff_len=cutoff, num_proc=workers)
+    encoded, report = prepare(sources, tokenizer, cutoff_len=cutoff, num_proc=workers, template_check_samples=0)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "samples": encoded.num_rows, "tokens": sum(encoded["length"]), "report": report}
+    start = time.perf_counter()  # the start-up template check, timed apart: a fixed cost
+    check_chat_template(tokenizer, resolve_family("auto", tokenizer.get_vocab()), encoded, TEMPLATE_CHECK_SAMPLES,
+                        sources)
+    return {"seconds": seconds, "samples": encoded.num_rows, "tokens": sum(encoded["length"]), "report": report,
+            "template_check_seconds": time.perf_counter() - start}
 
 
-def run_raw_tokenizer(data: Path, model: Path) -> dict:
-    from transformers import AutoTokenizer
-
+def run_raw_tokenizer(data: Path, tokenizer) -> dict:
     from hyft_trainer.chat_format import FAMILIES, Message, render, text_of
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
     rows = [json.loads(line) for line in (data / "hunyuan_chat.jsonl").read_text().splitlines()]
     texts = [text_of(render(FAMILIES["7b"], [Message(m["role"], m["content"]) for m in r["messages"]]))
              for r in rows]
@@ -73,39 +79,63 @@ def run_llamafactory(data: Path, model: Path, cutoff: int, workers: int, work: P
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_run(runs: list[dict | str]) -> dict | str:
+    """The run with the median time (its samples and tokens with it); an error if any run failed."""
+    failed = [r for r in runs if isinstance(r, str)]
+    if failed:
+        return failed[0]
+    middle = statistics.median_low([r["seconds"] for r in runs])
+    return next(r for r in runs if r["seconds"] == middle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--cutoff-len", type=int, default=1024)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    # The same tokenizer threads on every side in every run: without this, the first fork of datasets'
+    # workers silently turns the Rust tokenizer's parallelism off for the rest of this process.
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
     from datasets import disable_caching, disable_progress_bars
+    from transformers import AutoTokenizer
 
     from hyft_trainer.tiny import build
 
     disable_caching()  # measure the work, not a cache hit
     disable_progress_bars()
+    runs: dict[str, list] = {"hyft": [], "raw": [], "lf": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_data(work / "data", args.samples)
         model = build(work / "tiny-7b", "7b")
-        ours = run_hyft(work / "data", model, args.cutoff_len, args.workers)
-        raw = run_raw_tokenizer(work / "data", model)
-        lf = run_llamafactory(work / "data", model, args.cutoff_len, args.workers, work)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        for _ in range(args.repeats):  # alternating, so that a load change hits every side
+            runs["hyft"].append(run_hyft(work / "data", tokenizer, args.cutoff_len, args.workers))
+            runs["raw"].append(run_raw_tokenizer(work / "data", tokenizer))
+            runs["lf"].append(run_llamafactory(work / "data", model, args.cutoff_len, args.workers, work))
+    ours, raw, lf = (median_run(runs[k]) for k in ("hyft", "raw", "lf"))
 
     def rate(r):
         return r["samples"] / r["seconds"], r["tokens"] / r["seconds"]
 
-    print(f"data: {args.samples} samples, cutoff_len {args.cutoff_len}, {args.workers} workers")
-    for name, result in (("hyft (validate + template + labels)", ours), ("raw fast tokenizer (the limit)", raw),
-                         ("LLaMA-Factory 0.9.5 get_dataset", lf)):
+    print(f"data: {args.samples} samples, cutoff_len {args.cutoff_len}, {args.workers} workers, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; medians of {args.repeats} runs")
+    for name, result, text in (
+            ("hyft (validate + template + labels)", ours, "official 7b template, history reduced"),
+            ("raw fast tokenizer (the limit)", raw, "hyft's rendered text"),
+            ("LLaMA-Factory 0.9.5 get_dataset", lf, "its `hunyuan` template, full history")):
         if isinstance(result, str):
             print(f"{name:40s} unavailable: {result}")
             continue
         s, t = rate(result)
-        print(f"{name:40s} {s:10,.0f} samples/s {t:12,.0f} tokens/s  ({result['seconds']:.2f} s)")
+        print(f"{name:40s} {s:10,.0f} samples/s {t:12,.0f} tokens/s  ({result['seconds']:.2f} s, "
+              f"{result['tokens']:,} tokens: {text})")
     report = ours["report"]
+    print(f"start-up chat_template check: {ours['template_check_seconds']:.2f} s (fixed: at most "
+          f"32 conversations, whatever the data size)")
     print(f"real-token share: {report.padded_efficiency:.1%} padded to the longest in batches of 8, "
           f"{report.packed_efficiency:.1%} packed to {args.cutoff_len}")
     vs_lf = rate(ours)[0] / rate(lf)[0] if not isinstance(lf, str) else float("nan")

@@ -22,11 +22,15 @@ COPY docker/pip-ca/ /tmp/pip-ca/
 # run time. Then the trainer's other dependencies, from pyproject.toml alone (empty
 # packages and README), so that no code or docs change reinstalls them. (DL3013: pinned
 # in pyproject.toml.)
-COPY pyproject.toml ./
+# torch and DeepSpeed (gigabytes) come first, in a layer of their own: a change to the
+# other dependencies in pyproject.toml then reinstalls only those.
 # hadolint ignore=DL3013
 RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt; fi \
     && pip install --no-cache-dir "torch==2.11.0" "setuptools==80.9.0" \
-    && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8" \
+    && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8"
+COPY pyproject.toml ./
+# hadolint ignore=DL3013
+RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt; fi \
     && mkdir -p operator/hyft_operator trainer/hyft_trainer envtest/hyft_envtest && touch README.md \
     && pip install --no-cache-dir ".[trainer]" \
     && pip uninstall -y hyft

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
+
 
 def _load_resource(path: str, namespace: str):
     from pydantic import ValidationError
@@ -103,32 +105,31 @@ def cmd_operator(args: argparse.Namespace) -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:
-    from hyft_trainer.data_check import check
+    from hyft_trainer.data_check import check, load_tokenizer
     from hyft_trainer.encode import MaskOptions
     from hyft_trainer.loading import DataError
 
-    tokenizer = None
-    if args.tokenizer:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     opts = MaskOptions(train_on_prompt=args.train_on_prompt, mask_history=args.mask_history)
     try:
-        report = check(args.paths, tokenizer, args.template, args.cutoff_len, args.require_markup, args.format, opts)
+        tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        report = check(args.paths, tokenizer, args.template, args.cutoff_len, args.require_markup, args.format, opts,
+                       template_check_samples=args.template_check)
     except DataError as err:
-        sys.exit(f"error: {err}")
-    print(report.render(args.max_errors))
-    sys.exit(1 if report.failed else 0)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(report.render(args.max_errors, skip_invalid=args.skip_invalid))
+    sys.exit(1 if report.failed and not (args.skip_invalid and report.valid) else 0)
 
 
 def cmd_data_convert(args: argparse.Namespace) -> None:
     from hyft_trainer.convert import convert_file
-    from hyft_trainer.samples import SampleError
+    from hyft_trainer.loading import DataError
 
     try:
         written, errors = convert_file(Path(args.input), Path(args.output), args.skip_invalid)
-    except (OSError, ValueError, SampleError) as err:
-        sys.exit(f"error: {err}")
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     for line in errors[:args.max_errors]:
         print(line, file=sys.stderr)
     if errors and not args.skip_invalid:
@@ -220,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Check ShareGPT/alpaca training data, or convert other formats to ShareGPT.")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = data_sub.add_parser(
-        "check", help="validate data and report on it; exits 1 on errors",
+        "check", help="validate data and report on it; exits 1 on invalid samples",
         description="Validate every sample (roles, order, content, Hunyuan <think>/<answer> markup and, with "
                     "--tokenizer, the length after the chat template) and print a report: samples, turns, "
                     "fast/slow ratio, token-length percentiles, packing efficiency, errors by reason with the "
-                    "file, line and sample of each. Exits 1 if any sample is invalid.")
+                    "file, line and sample of each. Exit codes: 0 all valid (with --skip-invalid: at least one "
+                    "valid); 1 invalid samples; 2 a file, folder or tokenizer that cannot be read.")
     p.add_argument("paths", nargs="+", help="JSON/JSONL files, folders of them, or LLaMA-Factory data folders "
                                             "(with dataset_info.json)")
     p.add_argument("--tokenizer", help="model or tokenizer folder: also check token lengths")
@@ -238,6 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-on-prompt", action="store_true", help="as in training: also train prompt tokens")
     p.add_argument("--mask-history", action="store_true", help="as in training: train the last turn only")
     p.add_argument("--max-errors", type=int, default=20, help="error lines to print (default 20)")
+    p.add_argument("--template-check", type=int, default=TEMPLATE_CHECK_SAMPLES, metavar="N",
+                   help="with --tokenizer: render N conversations with the tokenizer's own chat_template and "
+                        f"compare token ids with hyft's (default {TEMPLATE_CHECK_SAMPLES}; 0: off)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="report what training with skip_invalid_samples would use; exit 0 if any sample is valid")
     p.set_defaults(func=cmd_data_check)
 
     p = data_sub.add_parser(
@@ -247,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "thinking (/no_think and an empty think block). Writes JSONL atomically.")
     p.add_argument("input", help="JSON or JSONL file")
     p.add_argument("output", help="JSONL file to write")
+    p.add_argument("--template-check", type=int, default=TEMPLATE_CHECK_SAMPLES, metavar="N",
+                   help="with --tokenizer: render N conversations with the tokenizer's own chat_template and "
+                        f"compare token ids with hyft's (default {TEMPLATE_CHECK_SAMPLES}; 0: off)")
     p.add_argument("--skip-invalid", action="store_true", help="convert the valid samples and report the others")
     p.add_argument("--max-errors", type=int, default=20)
     p.set_defaults(func=cmd_data_convert)

@@ -243,7 +243,8 @@ def test_a_half_written_checkpoint_is_never_resumed(tiny, memorisable, tmp_path)
 
 @pytest.mark.parametrize("change, message", [
     ({"lora_rnak": 8}, "lora_rnak: unknown key (did you mean 'lora_rank'?)"),
-    ({"quantization_bit": 4}, "quantization_bit: a LLaMA-Factory key hyft does not support"),
+    ({"quantization_bit": 4}, "quantization_bit: QLoRA is not supported"),
+    ({"deepspeed": {"bf16": {"enabled": True}}, "bf16": False}, "deepspeed bf16.enabled is true but bf16 is false"),
     ({"data_files": [{"path": "/nope/data.jsonl"}]}, "data: /nope/data.jsonl: no such file or folder"),
     ({"deepspeed": {"train_batch_size": 64, "zero_optimization": {"stage": 2}}},
      "train_batch_size 64 != per_device_train_batch_size 1 x gradient_accumulation_steps 1 x world size 1"),
@@ -253,7 +254,7 @@ def test_bad_configs_fail_fast_with_exit_code_2(tiny, memorisable, tmp_path, cha
     started = time.monotonic()
     codes = wait(launch(config, 1, tmp_path), timeout=300)
     assert codes == [2], logs(tmp_path)[-2000:]
-    assert message in logs(tmp_path)
+    assert message in logs(tmp_path) and "Traceback" not in logs(tmp_path)
     assert time.monotonic() - started < 120
 
 
@@ -267,4 +268,95 @@ def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):
     (gptq / "config.json").write_text(json.dumps(cfg))
     config = write_config(tmp_path, gptq, memorisable)
     assert wait(launch(config, 1, tmp_path), timeout=300) == [2]
-    assert "GPTQ-quantized: it cannot be sharded by ZeRO-3" in logs(tmp_path)
+    assert "GPTQ-quantized: it cannot be sharded by ZeRO-3" in logs(tmp_path) and "Traceback" not in logs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def llamafactory_data(tmp_path_factory):
+    """A LLaMA-Factory data folder with the data sets the corpus YAMLs name."""
+    from tests.llamafactory_corpus import DATASET_INFO
+
+    folder = tmp_path_factory.mktemp("lf-data")
+    (folder / "dataset_info.json").write_text(json.dumps(DATASET_INFO))
+    chats = make_samples(8, seed=3)
+    (folder / "car_sft.json").write_text(json.dumps(chats, ensure_ascii=False))
+    alpaca = [{"instruction": s["messages"][-2]["content"], "input": "",
+               "output": s["messages"][-1]["content"].split("<answer>")[-1].split("</answer>")[0].strip()}
+              for s in make_samples(16, seed=4)]
+    (folder / "identity.json").write_text(json.dumps(alpaca[:8], ensure_ascii=False))
+    (folder / "alpaca_en_demo.json").write_text(json.dumps(alpaca[8:], ensure_ascii=False))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["hunyuan_full", "llama3_lora_sft", "llama3_lora_sft_ds3", "llama3_lora_sft_ray",
+                                  "llama3_full_sft", "qwen2_5vl_full_sft"])
+def test_llamafactory_yamls_train_as_brought(tiny, llamafactory_data, tmp_path, name):
+    """Tencent's guide YAML and LLaMA-Factory's SFT examples, paths substituted: each trains, and each
+    key without effect here is said once at start-up."""
+    from hyft_trainer.llamafactory_keys import NO_EFFECT
+    from tests.llamafactory_corpus import CORPUS
+
+    text, ds_json = CORPUS[name]
+    deepspeed = tmp_path / "ds_config.json"
+    deepspeed.write_text(json.dumps(ds_json or {}))
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(text.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
+                                  output=tmp_path / "out"))
+    report = run(config, 1, tmp_path)
+    log = logs(tmp_path)
+    assert report["steps"] > 0 and report["data"]["valid"] == report["data"]["samples"]
+    assert "match the model's chat_template token for token" in report["data"]["chat_template_check"]
+    for key in yaml.safe_load(config.read_text()):
+        if key in NO_EFFECT:
+            assert log.count(f"hyft: {key}: has no effect here") == 1, key
+    assert log.count("hyft: bf16: off, no GPU here: training in float32") == 1
+    assert "Traceback" not in log
+
+
+def test_training_skips_every_malformed_sample_and_says_so_at_start_up(tiny, tmp_path):
+    from collections import Counter
+
+    from tests import malformed
+
+    data, expected, valid = malformed.write(tmp_path / "mixed.jsonl")
+    config = write_config(tmp_path, tiny, data, skip_invalid_samples=True, max_steps=2, cutoff_len=1024,
+                          report_to="tensorboard")
+    report = run(config, 1, tmp_path)
+    assert report["data"]["valid"] == valid and report["data"]["invalid"] == dict(Counter(expected.values()))
+    assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))  # report_to: tensorboard
+    log = logs(tmp_path)
+    assert f"hyft: skipping {len(expected)} invalid of {valid + len(expected)} samples" in log
+    assert "Traceback" not in log
+
+
+def test_zero3_loads_each_process_shard_only(tmp_path, memorisable):
+    """DeepSpeed's config is live before from_pretrained (zero.Init): with 2 processes each holds
+    about half the model from the start, not a whole copy it partitions later."""
+    from hyft_trainer.tiny import build
+
+    big = build(tmp_path / "model", "small", hidden_size=2048, layers=6, dtype="bfloat16")  # ~230M params
+    model_bytes = json.loads((big / "hyft_tiny.json").read_text())["parameters"] * 4  # trained in float32
+    held = {}
+    for nodes in (1, 2):
+        config = write_config(subdir(tmp_path, f"n{nodes}"), big, memorisable, max_steps=1)
+        held[nodes] = run(config, nodes, tmp_path / f"n{nodes}")["host_model_bytes_at_load"]
+    assert held[1] > 0.9 * model_bytes
+    assert held[2] < 0.7 * held[1], held
+
+
+def test_a_chat_template_one_token_off_stops_training_with_a_diff(tiny, memorisable, tmp_path):
+    import shutil
+
+    changed = tmp_path / "model"
+    shutil.copytree(tiny, changed)
+    template = changed / "chat_template.jinja"
+    text = template.read_text()
+    eos = "<｜hy_place▁holder▁no▁2｜>"
+    assert text.count(eos) == 1
+    template.write_text(text.replace(eos, "<｜hy_place▁holder▁no▁3｜>"))  # the assistant turn's end token
+    config = write_config(tmp_path, changed, memorisable)
+    assert wait(launch(config, 1, tmp_path), timeout=300) == [2]
+    log = logs(tmp_path)
+    assert "the model's chat_template and hyft's small-family rendering differ at token" in log
+    assert "chat_template: '" in log and "hyft:          '" in log and "Traceback" not in log
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -115,3 +115,59 @@ def test_7b_trains_the_eos_and_not_the_reduced_history(tokenizers):
             Message("user", "Q2"), Message("assistant", "plain A2")]
     ids, labels = encode(tok, FAMILIES["7b"], msgs)
     assert trained_text(tok, ids, labels) == "plain A2<|eos|>"
+
+
+def official(tok, family, conv, **kwargs):
+    from tests.official_templates import OFFICIAL
+
+    return tok.apply_chat_template(conv, chat_template=OFFICIAL[family], tokenize=False, **kwargs)
+
+
+def messages_of(conv):
+    return [Message(m["role"], m["content"]) for m in conv]
+
+
+@pytest.mark.parametrize("family", ["small", "7b"])
+def test_fidelity_corpus_renders_exactly_as_the_official_templates(tokenizers, family):
+    """hyft's renderer, for training and for generation prompts, against the official templates'
+    text; the tiny tokenizers' shipped templates against them too, thinking switch included."""
+    from tests.official_templates import FIDELITY, FIDELITY_PROMPTS
+
+    tok = tokenizers[family]
+    for conv in FIDELITY:
+        assert text_of(render(FAMILIES[family], messages_of(conv))) == official(tok, family, conv)
+        assert tok.apply_chat_template(conv, tokenize=False) == official(tok, family, conv)
+    for conv in FIDELITY_PROMPTS:
+        ours = text_of(render(FAMILIES[family], messages_of(conv), add_generation_prompt=True))
+        assert ours == official(tok, family, conv, add_generation_prompt=True), conv
+        for thinking in (True, False):
+            assert tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True,
+                                           enable_thinking=thinking) == official(
+                tok, family, conv, add_generation_prompt=True, enable_thinking=thinking)
+
+
+def test_7b_history_keeps_the_official_templates_character_strip():
+    """`<answer>Sure</answer>` in history shows as `Su`: str.strip('</answer>') strips characters."""
+    from tests.official_templates import TIGHT
+
+    msgs = [Message("user", "Q1"), Message("assistant", TIGHT), Message("user", "Q2")]
+    text = text_of(render(FAMILIES["7b"], msgs, add_generation_prompt=True))
+    assert text == "<|startoftext|>Q1<|extra_0|>Su<|eos|><|startoftext|>Q2<|extra_0|>"
+
+
+@pytest.mark.parametrize("family", ["small", "7b"])
+def test_the_fast_path_gives_the_same_ids_and_labels_as_offsets(tokenizers, family, monkeypatch):
+    """Labels from char_to_token on the Rust tokenizer equal labels from the offset mapping, token for
+    token, for every mask option (multi-byte characters and emoji included)."""
+    import hyft_trainer.encode as enc
+    from tests.official_templates import FIDELITY
+
+    convs = CONVERSATIONS + [messages_of(c) for c in FIDELITY]
+    tok = tokenizers[family]
+    for opts in (MaskOptions(), MaskOptions(mask_history=True), MaskOptions(train_on_prompt=True),
+                 MaskOptions(train_assistant_header=True)):
+        fast = enc.encode_batch(tok, FAMILIES[family], convs, opts)
+        with monkeypatch.context() as m:
+            m.setattr(enc, "_backend", lambda _tokenizer: None)
+            slow = enc.encode_batch(tok, FAMILIES[family], convs, opts)
+        assert fast == slow

@@ -52,7 +52,20 @@ def test_cli_writes_nothing_when_a_sample_is_bad(tmp_path):
     cmd = [sys.executable, "-m", "hyft_operator.cli", "data", "convert", str(src), str(dst)]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and not dst.exists()
-    assert f"{src} line 2: turns[0]: requires_reasoning is true but 'thinking' is empty" in bad.stderr
+    assert f"{src} line 2 (sample 1): turns[0]: requires_reasoning is true but 'thinking' is empty" in bad.stderr
     ok = subprocess.run(cmd + ["--skip-invalid"], capture_output=True, text=True)
     assert ok.returncode == 0 and "wrote 1 ShareGPT samples" in ok.stdout
     assert len(dst.read_text().splitlines()) == 1
+
+
+def test_convert_survives_every_malformed_line_and_writes_only_whole_files(tmp_path):
+    from tests import malformed
+
+    src, expected, _ = malformed.write(tmp_path / "mixed.jsonl")
+    dst = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "hyft_operator.cli", "data", "convert", str(src), str(dst), "--max-errors", "200"]
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and not dst.exists()
+    assert not list(tmp_path.glob("*.tmp"))
+    # not `turns` samples, so every line is reported, each with its line
+    assert all(f"{src} line {line} (sample" in bad.stderr for line in expected)

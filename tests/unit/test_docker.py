@@ -52,6 +52,8 @@ def test_trainer_image_installs_the_pinned_torch_and_deepspeed_in_the_order_deep
     deepspeed = re.search(r'DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation '
                           rf'"deepspeed=={re.escape(pins["deepspeed"])}"', text)
     assert deepspeed and torch_at < deepspeed.start() < text.index('".[trainer]"')
+    # their layer comes before pyproject.toml's: another dependency changed does not reinstall them
+    assert deepspeed.end() < text.index("COPY pyproject.toml")
 
 
 def test_the_cuda_the_docs_promise_is_the_pinned_torch_wheels():

@@ -167,3 +167,66 @@ def test_an_unreadable_json_file_is_one_clear_error(tmp_path, content, message):
     f.write_bytes(content)
     ds = load_checked(sources_from_paths([f]))
     assert ds.num_rows == 1 and message in ds["error"][0]
+
+
+def test_every_kind_of_malformed_sample_is_counted_with_its_line_and_no_valid_one_is_lost(tokenizers, tmp_path):
+    from collections import Counter
+
+    from tests import malformed
+
+    assert len(malformed.MALFORMED) >= 40
+    folder = tmp_path / "tok"
+    tokenizers["small"].save_pretrained(folder)
+    path, expected, valid = malformed.write(tmp_path / "mixed.jsonl")
+    args = (str(path), "--tokenizer", str(folder), "--cutoff-len", "1024", "--max-errors", "100")
+
+    strict = run_cli(*args)
+    assert strict.returncode == 1 and "Traceback" not in strict.stderr, strict.stderr[-3000:]
+    total = valid + len(expected)
+    assert f"samples: {total}  valid: {valid}  invalid: {len(expected)}" in strict.stdout, strict.stdout
+    for reason, n in Counter(expected.values()).items():
+        assert f"  {reason}: {n}\n" in strict.stdout, reason
+    for line in expected:
+        assert f"{path} line {line} (sample " in strict.stdout, line
+    assert max(len(row) for row in strict.stdout.splitlines()) < 500  # long values are cut to an excerpt
+    assert strict.stdout.strip().endswith("set skip_invalid_samples to train without them")
+
+    skipping = run_cli(*args, "--skip-invalid")
+    assert skipping.returncode == 0, skipping.stdout[-2000:]
+    assert f"training uses the {valid} valid ones" in skipping.stdout
+
+
+def test_file_level_problems_are_one_clear_error_each(tokenizers, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    not_json = tmp_path / "broken.json"
+    not_json.write_bytes(b"\xff not json")
+    an_object = tmp_path / "object.json"
+    an_object.write_text('{"messages": []}')
+    report = check([str(empty), str(not_json), str(an_object)])
+    assert report.samples == 3 and report.valid == 0 and report.errors["invalid_json"] == 3
+    text = "\n".join(report.examples)
+    assert f"{empty}: empty file: no samples" in text
+    assert f"{not_json}: not UTF-8 text: byte 0" in text
+    assert f"{an_object}: a .json data file must hold a list of samples, got dict" in text
+    missing = run_cli(str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    not_a_tokenizer = run_cli(str(empty), "--tokenizer", str(tmp_path))
+    assert not_a_tokenizer.returncode == 2 and "Traceback" not in not_a_tokenizer.stderr
+    assert f"{tmp_path}: not a tokenizer folder" in not_a_tokenizer.stderr
+
+
+def test_data_check_compares_with_the_tokenizers_own_chat_template(tokenizers, tmp_path):
+    folder = tmp_path / "tok"
+    tokenizers["7b"].save_pretrained(folder)
+    data = str(ROOT / "examples" / "data")
+    intact = run_cli(data, "--tokenizer", str(folder))
+    assert intact.returncode == 0, intact.stdout[-2000:]
+    assert "chat template: 32 conversations match the model's chat_template token for token" in intact.stdout
+    template = folder / "chat_template.jinja"
+    template.write_text(template.read_text().replace("'<|extra_0|>'", "'<|extra_1|>'", 1))
+    changed = run_cli(data, "--tokenizer", str(folder))
+    assert changed.returncode == 1
+    assert "the model's chat_template and hyft's 7b-family rendering differ at token" in changed.stdout
+    assert "--template-check 0" in changed.stdout
+    assert run_cli(data, "--tokenizer", str(folder), "--template-check", "0").returncode == 0

@@ -6,10 +6,16 @@ import pytest
 
 from hyft_trainer.checkpoints import mark_complete, newest_complete
 from hyft_trainer.config import ConfigError, parse_config
-from hyft_trainer.deepspeed_config import deepspeed_config
+from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.launcher import rendezvous_from_env, torchrun_command
+from hyft_trainer.llamafactory_keys import NO_EFFECT
+from tests.llamafactory_corpus import CORPUS, render
 
 BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}]}
+
+
+def deepspeed_config(config, world_size, on_gpu=True):
+    return settle(config, world_size, on_gpu).deepspeed
 
 
 def test_llamafactory_yaml_keys_are_accepted():
@@ -20,19 +26,77 @@ def test_llamafactory_yaml_keys_are_accepted():
     assert parse_config({**BASE, "template": "hunyuan"}).template == "auto"  # detected from the tokenizer
 
 
+@pytest.mark.parametrize("name", CORPUS)
+def test_every_key_of_the_llamafactory_corpus_is_applied_or_reported_once(name):
+    text, _ = CORPUS[name]
+    data = render(text, model="/m", dataset_dir="/data", deepspeed="/ds.json", output="/out")
+    config = parse_config(data)
+    reported = [note.split(":")[0] for note in config.notes]
+    assert len(reported) == len(set(reported))  # once each
+    translated = {"stage", "do_train", "template", "dataset"}  # read as LLaMA-Factory means them
+    for key in data:
+        assert key in reported or key in config.model_fields_set or key in translated, key
+        if key in reported:
+            assert key in NO_EFFECT
+    assert "overwrite_output_dir" in reported  # it would mean "start over": hyft says why it resumes instead
+    assert config.trust_remote_code and config.max_samples == data["max_samples"] and config.ddp_timeout == 180000000
+    assert config.report_to == [] and config.resume_from_checkpoint is None
+
+
 @pytest.mark.parametrize("data, message", [
     ({**BASE, "learning_rat": 1e-4}, "learning_rat: unknown key (did you mean 'learning_rate'?)"),
-    ({**BASE, "use_unsloth": True}, "use_unsloth: a LLaMA-Factory key hyft does not support"),
+    ({**BASE, "preprocesing_num_workers": 4}, "did you mean 'preprocessing_num_workers'?"),
+    ({**BASE, "use_unsloth": True}, "use_unsloth: unsloth is not supported"),
     ({**BASE, "bf16": True, "fp16": True}, "bf16 and fp16 are mutually exclusive"),
     ({"model_name_or_path": "/m"}, "no data"),
     ({**BASE, "zero_stage": 2, "offload_param": True}, "offload_param needs zero_stage 3"),
-    ({**BASE, "stage": "dpo"}, "stage: a LLaMA-Factory key hyft does not support"),
+    ({**BASE, "stage": "dpo"}, "stage: hyft trains supervised fine-tuning only (stage: sft), not 'dpo'"),
+    ({**BASE, "do_train": False}, "do_train: hyft always trains"),
+    ({**BASE, "average_tokens_across_devices": False}, "average_tokens_across_devices: hyft's loss always"),
+    ({**BASE, "report_to": "wandb"}, "report_to: wandb is not in the hyft image; use tensorboard or none"),
+    ({**BASE, "eval_dataset": "x"}, "eval_dataset: separate evaluation datasets are not supported: use val_size"),
+    ({**BASE, "save_only_model": True, "early_stopping_steps": 2}, "save_only_model and early_stopping_steps"),
     ({**BASE, "warmup_ratio": 1.0}, "warmup_ratio"),  # transformers would read 1.0 as one warm-up step
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_name_the_problem(data, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         parse_config(data)
+
+
+@pytest.mark.parametrize("key", ["max_samples", "overwrite_output_dir", "overwrite_cache", "plot_loss"])
+def test_no_hint_for_a_key_that_only_shares_a_word(key):
+    """max_samples is not a typo of max_steps, nor overwrite_output_dir of output_dir."""
+    config = parse_config({**BASE, key: 5 if key == "max_samples" else True})
+    assert config is not None
+
+
+def test_off_values_of_refused_features_and_the_llamafactory_spellings_are_accepted():
+    config = parse_config({**BASE, "use_unsloth": False, "quantization_bit": None, "neat_packing": True,
+                           "report_to": ["none", "tensorboard"], "average_tokens_across_devices": True})
+    assert config.packing and config.report_to == ["tensorboard"] and not config.notes
+    assert parse_config({**BASE, "report_to": "all"}).report_to == ["tensorboard"]
+
+
+def test_a_deepspeed_value_set_in_one_place_is_taken_and_a_conflict_names_both_places():
+    brought = {"bf16": {"enabled": True}, "gradient_clipping": 0.5, "zero_optimization": {"stage": 3}}
+    settled = settle(parse_config({**BASE, "deepspeed": brought}), world_size=2, on_gpu=True)
+    assert settled.config.bf16 and settled.config.max_grad_norm == 0.5
+    assert "max_grad_norm: 0.5, from deepspeed gradient_clipping" in settled.notes
+    with pytest.raises(ConfigError, match=r'deepspeed bf16.enabled is true but bf16 is false: make them agree'):
+        settle(parse_config({**BASE, "deepspeed": brought, "bf16": False}), 2, on_gpu=True)
+    with pytest.raises(ConfigError, match=r"deepspeed train_micro_batch_size_per_gpu is 4 but "
+                                          r"per_device_train_batch_size is 2"):
+        settle(parse_config({**BASE, "per_device_train_batch_size": 2,
+                             "deepspeed": {"train_micro_batch_size_per_gpu": 4}}), 1, on_gpu=True)
+
+
+def test_half_precision_without_a_gpu_is_turned_off_in_both_places_with_one_note():
+    settled = settle(parse_config({**BASE, "bf16": True, "deepspeed": {"bf16": {"enabled": True}}}), 1, on_gpu=False)
+    assert not settled.config.bf16 and settled.deepspeed["bf16"]["enabled"] is False
+    assert settled.notes == ("bf16: off, no GPU here: training in float32 (config and DeepSpeed JSON)",)
+    on_gpu = settle(parse_config({**BASE, "bf16": True}), 1, on_gpu=True)
+    assert on_gpu.config.bf16 and on_gpu.deepspeed["bf16"]["enabled"] == "auto" and not on_gpu.notes
 
 
 def test_generated_zero3_offload_config_is_auto_and_gathers_weights():
@@ -83,3 +147,5 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     mark_complete(tmp_path / "checkpoint-10")
     assert newest_complete(tmp_path).name == "checkpoint-10"  # 15 was cut short
     assert newest_complete(tmp_path / "missing") is None
+    mark_complete(tmp_path / "checkpoint-15", resumable=False)  # save_only_model: no optimizer state
+    assert newest_complete(tmp_path).name == "checkpoint-10"

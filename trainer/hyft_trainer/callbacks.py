@@ -38,11 +38,12 @@ class StopOnSignal(TrainerCallback):
 class CompleteMarker(TrainerCallback):
     """After a save, once every rank's shards are on disk, global rank 0 marks the checkpoint complete."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, resumable: bool = True):
         self.output_dir = Path(output_dir)
+        self.resumable = resumable  # False for save_only_model checkpoints
 
     def on_save(self, args, state, control, **kwargs):
         if _distributed():
             dist.barrier()
         if state.is_world_process_zero:
-            mark_complete(self.output_dir / f"checkpoint-{state.global_step}")
+            mark_complete(self.output_dir / f"checkpoint-{state.global_step}", self.resumable)

@@ -6,23 +6,20 @@ Pure: no tokenizer here. `encode.py` turns pieces into ids and labels.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Role = Literal["system", "user", "assistant"]
 # What a piece of the rendered text is; labels are derived from it.
 Kind = Literal["prompt", "header", "content", "eos", "end", "history"]
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):  # tuples: made for every sample, and cheaper than frozen dataclasses
     role: Role
     content: str
 
 
-@dataclass(frozen=True)
-class Piece:
+class Piece(NamedTuple):
     text: str
     kind: Kind
     turn: int = -1  # index of the assistant turn this piece belongs to (-1: none)
@@ -91,13 +88,15 @@ def resolve_family(name: str, vocab: set[str] | dict[str, int]) -> Family:
 
 # ---------------------------------------------------------------- thinking markup
 THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE = "<think>", "</think>", "<answer>", "</answer>"
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
-def answer_part(text: str) -> str | None:
-    """The answer inside <answer>...</answer> (stripped), as the 7b template keeps for history."""
-    match = _ANSWER.search(text)
-    return match.group(1).strip() if match else None
+def history_text(content: str) -> str:
+    """An earlier 7b assistant turn as the official template shows it: the part after the last <answer>,
+    then Python's str.strip('</answer>') (a CHARACTER-SET strip: `<answer>Sure</answer>` keeps `Su`),
+    then strip(). The quirk is kept on purpose: the model sees exactly this at inference."""
+    if ANSWER_OPEN not in content:
+        return content
+    return content.split(ANSWER_OPEN)[-1].strip(ANSWER_CLOSE).strip()
 
 
 # --------------------------------------------------------------------- rendering
@@ -124,7 +123,6 @@ def _render_small(family: Family, messages: list[Message], add_generation_prompt
 
 def _render_7b(family: Family, messages: list[Message], add_generation_prompt: bool) -> list[Piece]:
     pieces = [Piece(family.bos, "prompt")]
-    last_assistant = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
     users = turn = 0
     for i, m in enumerate(messages):
         if m.role == "system":
@@ -135,12 +133,13 @@ def _render_7b(family: Family, messages: list[Message], add_generation_prompt: b
             pieces += [Piece(m.content, "prompt"), Piece(SEVEN_B_USER_END, "prompt")]
             users += 1
         else:
-            answer = answer_part(m.content) if i != last_assistant else None
-            if answer is not None:  # earlier turns are shown by their answer only: context, never generated
-                pieces += [Piece(answer, "history", turn), Piece(family.eos, "history", turn)]
+            if i != len(messages) - 1:  # every turn but the last message: context, never generated
+                pieces += [Piece(history_text(m.content), "history", turn), Piece(family.eos, "history", turn)]
             else:
                 pieces += [Piece(m.content, "content", turn), Piece(family.eos, "eos", turn)]
             turn += 1
+    if add_generation_prompt and messages and messages[-1].role != "user":
+        pieces.append(Piece(SEVEN_B_USER_END, "prompt"))  # a user turn already ends with it
     return pieces
 
 
@@ -149,31 +148,32 @@ def text_of(pieces: list[Piece]) -> str:
 
 
 # The same rules as Jinja chat templates, shipped with the tiny tokenizers (hyft tiny-model) so that
-# `tokenizer.apply_chat_template` behaves like the official templates.
+# `tokenizer.apply_chat_template` behaves like the official templates (tests/official_templates.py
+# holds the reference they are checked against).
+_NO_THINK = "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n' }}{% endif %}"
+_SYSTEM = ("{% set ns = namespace(system='', users=0) %}"
+           "{% for m in messages if m['role'] == 'system' %}"
+           "{% set ns.system = ns.system + ('\\n\\n' if not loop.first else '') + m['content'] %}{% endfor %}")
 CHAT_TEMPLATES = {
     "small": (
-        "{{ '<｜hy_begin▁of▁sentence｜>' }}"
+        _SYSTEM + "{{ bos_token + ns.system }}{% if ns.system %}{{ '<｜hy_place▁holder▁no▁3｜>' }}{% endif %}"
         "{% for m in messages %}"
-        "{% if m['role'] == 'system' %}{{ m['content'] + '<｜hy_place▁holder▁no▁3｜>' }}"
-        "{% elif m['role'] == 'user' %}{{ '<｜hy_User｜>' + m['content'] }}"
+        "{% if m['role'] == 'user' %}{{ '<｜hy_User｜>' + m['content'] }}"
         "{% elif m['role'] == 'assistant' %}{{ '<｜hy_Assistant｜>' + m['content'] + '<｜hy_place▁holder▁no▁2｜>' }}"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<｜hy_Assistant｜>' }}"
-        "{% else %}{{ '<｜hy_place▁holder▁no▁8｜>' }}{% endif %}"
+        "{% else %}{{ '<｜hy_place▁holder▁no▁8｜>' }}{% endif %}" + _NO_THINK
     ),
     "7b": (
-        "{{ '<|startoftext|>' }}"
-        "{% set ns = namespace(users=0, last=-1) %}"
-        "{% for m in messages %}{% if m['role'] == 'assistant' %}{% set ns.last = loop.index0 %}{% endif %}"
-        "{% endfor %}"
+        _SYSTEM + "{{ bos_token + ns.system }}{% if ns.system %}{{ '<|extra_4|>' }}{% endif %}"
         "{% for m in messages %}"
-        "{% if m['role'] == 'system' %}{{ m['content'] + '<|extra_4|>' }}"
-        "{% elif m['role'] == 'user' %}{% if ns.users > 0 %}{{ '<|startoftext|>' }}{% endif %}"
+        "{% if m['role'] == 'user' %}{% if ns.users > 0 %}{{ bos_token }}{% endif %}"
         "{{ m['content'] + '<|extra_0|>' }}{% set ns.users = ns.users + 1 %}"
-        "{% elif m['role'] == 'assistant' %}"
-        "{% if loop.index0 != ns.last and '<answer>' in m['content'] and '</answer>' in m['content'] %}"
-        "{{ m['content'].split('<answer>')[1].split('</answer>')[0].strip() + '<|eos|>' }}"
-        "{% else %}{{ m['content'] + '<|eos|>' }}{% endif %}"
+        "{% elif m['role'] == 'assistant' %}{% set content = m['content'] %}"
+        "{% if '<answer>' in content and not loop.last %}"
+        "{% set content = content.split('<answer>')[-1].strip('</answer>').strip() %}{% endif %}"
+        "{{ content + '<|eos|>' }}"
         "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt and messages[-1]['role'] != 'user' %}{{ '<|extra_0|>' }}{% endif %}" + _NO_THINK
     ),
 }

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 MARKER = "COMPLETE"
+MODEL_ONLY = "model-only"  # marker text of a save_only_model checkpoint: no optimizer state to resume
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -19,15 +20,21 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def is_resumable(checkpoint: Path) -> bool:
+    marker = checkpoint / MARKER
+    return marker.exists() and marker.read_text().strip() != MODEL_ONLY
+
+
 def newest_complete(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint training can resume from (complete, with optimizer state)."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    complete = [p for p in folder.iterdir() if step_of(p) is not None and (p / MARKER).exists()]
+    complete = [p for p in folder.iterdir() if step_of(p) is not None and is_resumable(p)]
     return max(complete, key=step_of, default=None)
 
 
-def mark_complete(checkpoint: Path) -> None:
+def mark_complete(checkpoint: Path, resumable: bool = True) -> None:
     tmp = checkpoint / (MARKER + ".tmp")
-    tmp.write_text("ok\n")
+    tmp.write_text("ok\n" if resumable else MODEL_ONLY + "\n")
     tmp.replace(checkpoint / MARKER)

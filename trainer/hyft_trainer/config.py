@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .data_check import TEMPLATE_CHECK_SAMPLES
+from .llamafactory_keys import known_keys, translate
 
 # The trainer/operator protocol: exit code 2 is a permanent error (invalid config or data); exit 0 with
 # this termination message means SIGTERM stopped training after a checkpoint (restart, do not finish).
@@ -21,29 +24,6 @@ STOPPED_EARLY = "hyft: stopped early by SIGTERM"
 
 ChatFamily = Literal["auto", "small", "7b"]
 DataFormat = Literal["auto", "sharegpt", "alpaca"]
-
-LLAMAFACTORY_TEMPLATES = ("hunyuan", "hunyuan_small")
-
-# LLaMA-Factory keys that hyft knows but does not implement: named as such, not "unknown".
-UNSUPPORTED_LLAMAFACTORY_KEYS = {
-    "stage": "hyft trains SFT only (stage: sft)",
-    "do_train": "hyft always trains",
-    "quantization_bit": "QLoRA is not supported",
-    "quantization_method": "QLoRA is not supported",
-    "use_unsloth": "unsloth is not supported",
-    "flash_attn": "the attention implementation is chosen automatically",
-    "rope_scaling": "use the model's own RoPE settings",
-    "neat_packing": "hyft's packing never attends across samples",
-    "preprocessing_num_workers": "hyft picks the worker count itself",
-    "overwrite_cache": "hyft caches by content hash",
-    "plot_loss": "hyft always writes the loss curve",
-    "report_to": "hyft exports Prometheus metrics",
-    "ddp_timeout": "set HYFT_DIST_TIMEOUT instead",
-    "use_dora": "DoRA is not supported",
-    "pissa_init": "PiSSA is not supported",
-    "lora_rank_pattern": "per-module LoRA ranks are not supported",
-}
-
 
 class DataFile(BaseModel):
     """A data file or folder read directly (without dataset_info.json)."""
@@ -58,6 +38,7 @@ class TrainerConfig(BaseModel):
 
     # model
     model_name_or_path: str = Field(description="model folder (HF layout)")
+    trust_remote_code: bool = Field(False, description="run the model folder's own Python code (auto_map)")
     template: ChatFamily = Field("auto", description="chat family: small (0.5B/1.8B/4B), 7b, or auto")
     # method
     finetuning_type: Literal["lora", "full", "freeze"] = "lora"
@@ -76,12 +57,18 @@ class TrainerConfig(BaseModel):
     mask_history: bool = False
     train_assistant_header: bool = False
     skip_invalid_samples: bool = False
+    template_check_samples: int = Field(TEMPLATE_CHECK_SAMPLES, ge=0, description="conversations rendered by the "
+                                        "model's own chat_template at start-up and compared token for token (0: off)")
+    max_samples: int | None = Field(None, ge=1, description="use at most the first N samples of each dataset")
+    preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for validation and "
+                                                  "tokenization (default: up to 8, by data size)")
     val_size: float = Field(0.0, ge=0)
     # training
     learning_rate: float = Field(1e-4, gt=0)
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, ge=-1)
     per_device_train_batch_size: int = Field(1, ge=1)
+    per_device_eval_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                                "polynomial", "inverse_sqrt"] = "cosine"
@@ -92,9 +79,17 @@ class TrainerConfig(BaseModel):
     fp16: bool = False
     gradient_checkpointing: bool = False
     seed: int = 42
+    dataloader_num_workers: int = Field(0, ge=0)
+    ddp_timeout: int = Field(1800, ge=1, description="seconds a collective may wait for the other ranks")
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(500, ge=1)
     save_total_limit: int | None = Field(None, ge=1)
+    save_only_model: bool = Field(False, description="checkpoints without optimizer state: smaller, but a restart "
+                                  "cannot resume from them and starts over")
+    resume_from_checkpoint: str | bool | None = Field(None, description="a checkpoint to start from when output_dir "
+                                                      "has none of its own (hyft always resumes its own)")
+    eval_strategy: Literal["no", "steps"] | None = Field(None, description="steps: evaluate the val_size split "
+                                                         "every eval_steps (default logging_steps)")
     eval_steps: int | None = Field(None, ge=1)
     early_stopping_steps: int | None = Field(None, ge=1, description="stop after N evals without improvement")
     output_dir: str = "output"
@@ -107,6 +102,21 @@ class TrainerConfig(BaseModel):
     # observability
     metrics_port: int | None = Field(9090, ge=1, le=65535)
     job_name: str | None = None
+    report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="also log to TensorBoard "
+                                                    "(output_dir/runs)")
+    plot_loss: bool = Field(True, description="write output_dir/loss.png")
+
+    # keys accepted without effect, said once at start-up (not part of the schema)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def notes(self) -> list[str]:
+        return self._notes
+
+    @property
+    def evaluating(self) -> bool:
+        return bool(self.val_size) and self.eval_strategy != "no" and (
+            self.eval_steps is not None or self.eval_strategy == "steps")
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
@@ -118,6 +128,9 @@ class TrainerConfig(BaseModel):
             raise ValueError("dataset names need dataset_dir (the folder with dataset_info.json)")
         if self.offload_param and self.zero_stage != 3:
             raise ValueError("offload_param needs zero_stage 3")
+        if self.save_only_model and self.early_stopping_steps and (self.deepspeed or self.zero_stage):
+            raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
+                             "checkpoint could not be reloaded at the end; drop one of them")
         return self
 
 
@@ -127,43 +140,36 @@ class ConfigError(ValueError):
 
 def _unknown_key_messages(data: dict[str, Any]) -> list[str]:
     known = set(TrainerConfig.model_fields)
+    candidates = known | known_keys()
     messages = []
     for key in data:
         if key in known:
             continue
-        if key in UNSUPPORTED_LLAMAFACTORY_KEYS:
-            messages.append(f"{key}: a LLaMA-Factory key hyft does not support ({UNSUPPORTED_LLAMAFACTORY_KEYS[key]})")
-            continue
-        close = difflib.get_close_matches(key, known, n=1)
+        # a hint only for a real near-miss (a typo), not for a different key that shares a word
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.85)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         messages.append(f"{key}: unknown key{hint}")
     return messages
 
 
 def parse_config(data: Any, source: str = "config") -> TrainerConfig:
-    """Validate a mapping into a TrainerConfig; errors name every bad key."""
+    """Validate a mapping into a TrainerConfig; errors name every bad key. LLaMA-Factory keys are
+    read as llamafactory_keys says; those without effect end up in config.notes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    data = dict(data)
-    if isinstance(data.get("dataset"), str):  # LLaMA-Factory writes "a,b"
-        data["dataset"] = [d.strip() for d in data["dataset"].split(",") if d.strip()]
-    if data.get("template") in LLAMAFACTORY_TEMPLATES:
-        # LLaMA-Factory maps its `hunyuan` template to every Hunyuan model, though the small models use
-        # other tokens; the tokenizer's own special tokens decide here.
-        data["template"] = "auto"
-    if data.get("stage", "sft") == "sft":
-        data.pop("stage", None)
-    data.pop("do_train", None)
-    problems = _unknown_key_messages(data)
+    data, problems, notes = translate(data)
+    problems += _unknown_key_messages(data)
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     try:
-        return TrainerConfig.model_validate(data)
+        config = TrainerConfig.model_validate(data)
     except ValidationError as err:
         details = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
         )
         raise ConfigError(f"{source}: {details}") from None
+    config._notes.extend(notes)
+    return config
 
 
 def load_config(path: str | Path) -> TrainerConfig:

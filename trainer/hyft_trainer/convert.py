@@ -14,9 +14,11 @@ that already carries <think>/<answer> markup is kept as written.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .loading import MAX_ERROR_CHARS, Source, check_text, location, parse_record, raw_records
 from .samples import FAST_PREFIX, SampleError
 
 ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant"}
@@ -60,7 +62,8 @@ def convert_sample(record: Any) -> dict:
         return {"messages": messages}
     pending_user = None
     for i, turn in enumerate(turns):
-        role = ROLES.get(turn.get("role") or turn.get("from")) if isinstance(turn, dict) else None
+        raw_role = (turn.get("role") or turn.get("from")) if isinstance(turn, dict) else None
+        role = ROLES.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise SampleError("unknown_role", f"turns[{i}]: expected role human or assistant")
         if role == "user":
@@ -77,38 +80,32 @@ def convert_sample(record: Any) -> dict:
     return {"messages": messages}
 
 
-def read_records(path: Path) -> list[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append((f"{path} line {n}", json.loads(line)))
-                except ValueError as err:
-                    out.append((f"{path} line {n}", SampleError("invalid_json", f"invalid JSON: {err}")))
-        return out
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise SampleError("invalid_json", f"{path}: a .json file must hold a list of samples")
-    return [(f"{path} sample {i}", r) for i, r in enumerate(data)]
+def read_records(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, JSON value or SampleError) per sample, read as training reads data (loading.raw_records)."""
+    for row in raw_records(Source(path)):
+        try:
+            yield location(row), parse_record(row)
+        except SampleError as err:
+            yield location(row), err
 
 
 def convert_file(src: Path, dst: Path, skip_invalid: bool = False) -> tuple[int, list[str]]:
     """Write dst atomically; with errors and not skip_invalid, write nothing."""
-    converted, errors = [], []
+    lines, errors = [], []
     for where, record in read_records(src):
         try:
             if isinstance(record, SampleError):
                 raise record
-            converted.append(convert_sample(record))
+            sample = convert_sample(record)
+            for message in sample["messages"]:
+                check_text(message["role"], message["content"])
+            lines.append(json.dumps(sample, ensure_ascii=False) + "\n")
         except SampleError as err:
-            errors.append(f"{where}: {err.message}")
+            errors.append(f"{where}: {err.message}"[:MAX_ERROR_CHARS])
     if errors and not skip_invalid:
         return 0, errors
     tmp = dst.with_name(dst.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for sample in converted:
-            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+        f.writelines(lines)
     tmp.replace(dst)
-    return len(converted), errors
+    return len(lines), errors

@@ -1,14 +1,15 @@
-"""The DeepSpeed JSON, generated from the trainer config (pure).
+"""The DeepSpeed JSON: generated from the trainer config, or brought (pure).
 
-"auto" values are filled by transformers from the training arguments, so batch
-sizes, learning rate and precision can never disagree. User overrides are merged
-on top; a raw DeepSpeed JSON (path or dict, like LLaMA-Factory's
-ds_z3_offload_config.json) replaces the generated one.
+"auto" values are filled by transformers from the training arguments. User
+overrides are merged on top; a raw DeepSpeed JSON (path or dict, like
+LLaMA-Factory's ds_z3_offload_config.json) replaces the generated one, and
+`settle` reconciles its concrete values with the training arguments.
 """
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,31 +68,75 @@ def load_raw(value: str | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def deepspeed_config(config: TrainerConfig, world_size: int) -> dict[str, Any] | None:
-    """None for plain DDP (zero_stage 0 and no raw JSON)."""
+@dataclass(frozen=True)
+class Settled:
+    """What a run uses: the config with values taken from the DeepSpeed JSON and the device, the JSON
+    itself (None for plain DDP), and one line for each change made."""
+
+    config: TrainerConfig
+    deepspeed: dict[str, Any] | None
+    notes: tuple[str, ...] = ()
+
+
+# DeepSpeed keys that must agree with a training argument (transformers refuses a mismatch at step 0).
+AGREEING = (
+    (("train_micro_batch_size_per_gpu",), "per_device_train_batch_size"),
+    (("gradient_accumulation_steps",), "gradient_accumulation_steps"),
+    (("gradient_clipping",), "max_grad_norm"),
+    (("bf16", "enabled"), "bf16"),
+    (("fp16", "enabled"), "fp16"),
+    (("optimizer", "params", "lr"), "learning_rate"),
+    (("optimizer", "params", "weight_decay"), "weight_decay"),
+)
+
+
+def _get(ds: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        ds = ds.get(key) if isinstance(ds, dict) else None
+    return ds
+
+
+def settle(config: TrainerConfig, world_size: int, on_gpu: bool) -> Settled:
+    """Reconcile the DeepSpeed JSON with the training arguments before transformers sees either: a
+    value set in one place only is taken by the other, a value set differently in both is an error
+    naming both, and half precision without a GPU is turned off in both (with a note)."""
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
     elif config.zero_stage == 0:
-        return None
+        ds = None
     else:
         ds = merge(generated(config), config.deepspeed_overrides)
-    check_batch_sizes(ds, config, world_size)
-    return ds
+    notes: list[str] = []
+    update: dict[str, Any] = {}
+    for path, field in AGREEING if ds is not None else ():
+        value, ours = _get(ds, path), getattr(config, field)
+        if value is None or value == "auto" or value == ours:
+            continue
+        where = f"deepspeed {'.'.join(path)}"
+        if field in config.model_fields_set:
+            raise ConfigError(f"{where} is {json.dumps(value)} but {field} is {json.dumps(ours)}: make them "
+                              f"agree, or write \"auto\" in the DeepSpeed JSON to use {field}")
+        update[field] = value
+        notes.append(f"{field}: {json.dumps(value)}, from {where}")
+    config = config.model_copy(update=update)
+    if config.bf16 and config.fp16:
+        raise ConfigError("bf16 and fp16 are both on (between the config and the DeepSpeed JSON): choose one")
+    if not on_gpu and (config.bf16 or config.fp16):
+        precision = "bf16" if config.bf16 else "fp16"
+        config = config.model_copy(update={"bf16": False, "fp16": False})
+        if ds is not None:
+            ds = merge(ds, {"bf16": {"enabled": False}, "fp16": {"enabled": False}})
+        notes.append(f"{precision}: off, no GPU here: training in float32"
+                     + (" (config and DeepSpeed JSON)" if ds is not None else ""))
+    if ds is not None:
+        check_batch_sizes(ds, config, world_size)
+    return Settled(config, ds, tuple(notes))
 
 
 def check_batch_sizes(ds: dict[str, Any], config: TrainerConfig, world_size: int) -> None:
     """DeepSpeed asserts train_batch_size == micro x accumulation x world; say it in our words first."""
-    micro = ds.get("train_micro_batch_size_per_gpu", "auto")
-    accumulation = ds.get("gradient_accumulation_steps", "auto")
     total = ds.get("train_batch_size", "auto")
-    micro = config.per_device_train_batch_size if micro == "auto" else micro
-    accumulation = config.gradient_accumulation_steps if accumulation == "auto" else accumulation
-    if micro != config.per_device_train_batch_size:
-        raise ConfigError(f"deepspeed: train_micro_batch_size_per_gpu {micro} != per_device_train_batch_size "
-                          f"{config.per_device_train_batch_size}")
-    if accumulation != config.gradient_accumulation_steps:
-        raise ConfigError(f"deepspeed: gradient_accumulation_steps {accumulation} != "
-                          f"gradient_accumulation_steps {config.gradient_accumulation_steps} in the config")
+    micro, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
     if total != "auto" and total != micro * accumulation * world_size:
         raise ConfigError(f"deepspeed: train_batch_size {total} != per_device_train_batch_size {micro} x "
                           f"gradient_accumulation_steps {accumulation} x world size {world_size} "

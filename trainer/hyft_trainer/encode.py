@@ -61,12 +61,44 @@ def labels_from_offsets(ids: list[int], offsets: list[tuple[int, int]], spans: l
     return labels
 
 
+def labels_from_spans(ids: list[int], encoding, spans: list[tuple[int, int]]) -> list[int] | None:
+    """Labels from a tokenizers Encoding: each trained span's tokens, found with char_to_token (a few
+    calls per sample, not one per token). None when a span edge maps to no token."""
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        first, last = encoding.char_to_token(start), encoding.char_to_token(end - 1)
+        if first is None or last is None:
+            return None
+        labels[first:last + 1] = ids[first:last + 1]
+    return labels
+
+
+def _backend(tokenizer):
+    """The Rust tokenizer behind a fast tokenizer, when calling it directly gives what tokenizer(...)
+    gives (no truncation or padding configured in it); else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return None
+    return backend
+
+
 def encode_batch(tokenizer, family: Family, conversations: list[list[Message]], opts: MaskOptions
                  ) -> dict[str, list[list[int]]]:
     pieces = [render(family, conv) for conv in conversations]
-    enc = tokenizer([text_of(p) for p in pieces], add_special_tokens=False, return_offsets_mapping=True)
-    labels = [labels_from_offsets(ids, offs, trained_spans(p, opts))
-              for ids, offs, p in zip(enc["input_ids"], enc["offset_mapping"], pieces, strict=True)]
+    texts = [text_of(p) for p in pieces]
+    spans = [trained_spans(p, opts) for p in pieces]
+    backend = _backend(tokenizer)
+    if backend is not None:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        input_ids = [e.ids for e in encodings]
+        labels = [labels_from_spans(ids, e, s) for ids, e, s in zip(input_ids, encodings, spans, strict=True)]
+        for i, row in enumerate(labels):
+            if row is None:
+                labels[i] = labels_from_offsets(input_ids[i], encodings[i].offsets, spans[i])
+        return {"input_ids": input_ids, "labels": labels}
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    labels = [labels_from_offsets(ids, offs, s)
+              for ids, offs, s in zip(enc["input_ids"], enc["offset_mapping"], spans, strict=True)]
     return {"input_ids": enc["input_ids"], "labels": labels}
 
 

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,8 @@ def preflight(config_path: str):
     config = load_config(config_path)
     if not Path(config.model_name_or_path).is_dir():
         raise ConfigError(f"model_name_or_path: {config.model_name_or_path} is not a folder")
+    if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
+        raise ConfigError(f"resume_from_checkpoint: {config.resume_from_checkpoint} is not a folder")
     from .loading import DataError, sources_for_config
 
     try:
@@ -89,13 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: hyft train CONFIG.yaml", file=sys.stderr)
         return EXIT_INVALID
     try:
-        preflight(argv[0])
+        config = preflight(argv[0])
         import torch
 
+        from .deepspeed_config import settle
+
         rdzv = rendezvous_from_env(dict(os.environ), torch.cuda.device_count())
+        settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, torch.cuda.is_available())
     except ConfigError as err:
         print(f"hyft: {err}", file=sys.stderr, flush=True)
         return EXIT_INVALID
+    for note in (*config.notes, *settled.notes):  # once per node, before any process starts
+        print(f"hyft: {note}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
     stop_file, invalid_file = workdir / "stop", workdir / "invalid"
@@ -104,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
           f"master {rdzv.master_addr}:{rdzv.master_port}", flush=True)
     # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers
     # after 30 s instead of letting them checkpoint.
-    proc = subprocess.Popen(torchrun_command(rdzv, argv[0]), env=env, start_new_session=True)
+    proc = subprocess.Popen(torchrun_command(rdzv, argv[0]), env=env, start_new_session=True, stderr=subprocess.PIPE)
+    relay = threading.Thread(target=relay_stderr, args=(proc.stderr, sys.stderr.buffer, invalid_file), daemon=True)
+    relay.start()
 
     def on_signal(signum, _frame):
         if stop_file.exists():
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     rc = proc.wait()
+    relay.join(timeout=10)
     if invalid_file.exists():
         print(f"hyft: {invalid_file.read_text()}", file=sys.stderr)
         termination_message(invalid_file.read_text())
@@ -125,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
         # Exit 0 with a checkpoint; the message tells the operator this was an interruption, not the end.
         termination_message(f"{STOPPED_EARLY}: a checkpoint was saved; a restart resumes from it")
     return rc
+
+
+def relay_stderr(source, sink, invalid_file: Path) -> None:
+    """Pass the workers' and torchrun's stderr through as it comes, except torchrun's own traceback for
+    a worker that stopped on a configuration or data error (it wrote invalid_file first): that error
+    is reported once, in plain words, and a traceback would suggest a crash."""
+    swallowing = False
+    for line in iter(source.readline, b""):
+        if line.startswith(b"Traceback (most recent call last):") and invalid_file.exists():
+            swallowing = True
+        if not swallowing:
+            sink.write(line)
+            sink.flush()
+    source.close()
 
 
 def termination_message(text: str) -> None:

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .samples import Columns, SampleError, to_conversation
+from .samples import Columns, SampleError, excerpt, to_conversation
 
 DATA_SUFFIXES = (".jsonl", ".json")
+RECORDS_VERSION = 2  # part of the cache key: bump when _all_records' output changes
 
 
 class DataError(ValueError):
@@ -29,6 +30,7 @@ class Source:
     format: str = "auto"
     columns: Columns = field(default_factory=Columns)
     name: str = ""
+    dataset: str = ""  # the entry it came from (a folder's files share one): max_samples counts per dataset
 
 
 def _columns(entry: dict) -> Columns:
@@ -56,7 +58,7 @@ def sources_from_dataset_info(folder: Path, names: list[str] | None = None) -> l
         fmt = entry.get("formatting", "alpaca")  # LLaMA-Factory's default
         if fmt not in ("alpaca", "sharegpt"):
             raise DataError(f"{info_path}: {name}: formatting {fmt!r} is not supported")
-        sources.append(Source(folder / entry["file_name"], fmt, _columns(entry), name))
+        sources.append(Source(folder / entry["file_name"], fmt, _columns(entry), name, f"{info_path}:{name}"))
     return sources
 
 
@@ -70,9 +72,9 @@ def sources_from_paths(paths: list[str | Path], fmt: str = "auto") -> list[Sourc
             files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
             if not files:
                 raise DataError(f"{path}: no .json or .jsonl files")
-            sources += [Source(p, fmt, name=p.name) for p in files]
+            sources += [Source(p, fmt, name=p.name, dataset=str(path)) for p in files]
         elif path.exists():
-            sources.append(Source(path, fmt, name=path.name))
+            sources.append(Source(path, fmt, name=path.name, dataset=str(path)))
         else:
             raise DataError(f"{path}: no such file or folder")
     return sources
@@ -83,7 +85,7 @@ def sources_for_config(config) -> list[Source]:
     # a LLaMA-Factory folder's own dataset_info formats win over it.
     sources = []
     for data_file in config.data_files or []:
-        sources += [Source(s.path, data_file.format, s.columns, s.name) if s.format == "auto" else s
+        sources += [Source(s.path, data_file.format, s.columns, s.name, s.dataset) if s.format == "auto" else s
                     for s in sources_from_paths([data_file.path])]
     if config.dataset:
         sources += sources_from_dataset_info(Path(config.dataset_dir), config.dataset)
@@ -109,6 +111,8 @@ def raw_records(source: Source) -> Iterator[dict]:
                     text, error = "", f"not UTF-8 text: byte {err.start} is {line[err.start:err.start + 1]!r}"
                 yield {**base, "index": index, "line": line_no, "raw": text, "load_error": error}
                 index += 1
+            if not index:
+                yield {**base, "index": -1, "line": -1, "raw": "", "load_error": "empty file: no samples"}
             return
         try:
             data = json.loads(handle.read().decode("utf-8-sig"))
@@ -118,9 +122,10 @@ def raw_records(source: Source) -> Iterator[dict]:
                        if isinstance(err, UnicodeDecodeError) else str(err))
             yield {**base, "index": -1, "line": getattr(err, "lineno", -1), "raw": "", "load_error": message}
             return
-    if not isinstance(data, list):
+    if not isinstance(data, list) or not data:
+        what = "an empty list" if isinstance(data, list) else type(data).__name__
         yield {**base, "index": -1, "line": -1, "raw": "",
-               "load_error": f"a .json data file must hold a list of samples, got {type(data).__name__}"}
+               "load_error": f"a .json data file must hold a list of samples, got {what}"}
         return
     for index, record in enumerate(data):
         # ASCII escapes: a lone surrogate (valid JSON, not valid Unicode) must reach check_record as text
@@ -129,18 +134,37 @@ def raw_records(source: Source) -> Iterator[dict]:
 
 def _fingerprint(sources: list[Source]) -> str:
     """Changes whenever a file changes, so the datasets cache never serves stale data."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"records v{RECORDS_VERSION}".encode())
     for s in sources:
         st = os.stat(s.path)
         h.update(f"{s.path}|{st.st_size}|{st.st_mtime_ns}|{s.format}|{s.columns}".encode())
     return h.hexdigest()
 
 
-def _all_records(sources: list[Source], fingerprint: str) -> Iterator[dict]:
+def _all_records(sources: list[Source], fingerprint: str, max_samples: int | None = None) -> Iterator[dict]:
+    """Every source's records; with max_samples, the first N of each dataset (LLaMA-Factory's meaning)."""
     del fingerprint  # part of the generator's cache key only
+    taken: dict[str, int] = {}
+    row = 0
     for source in sources:
         for record in raw_records(source):
-            yield {"load_error": "", **record}
+            if max_samples is not None:
+                if taken.get(source.dataset, 0) >= max_samples:
+                    break
+                taken[source.dataset] = taken.get(source.dataset, 0) + 1
+            yield {"load_error": "", **record, "row": row}
+            row += 1
+
+
+def records_at(sources: list[Source], rows: set[int], max_samples: int | None = None) -> dict[int, dict]:
+    """The raw records with these row numbers (read again from the files, up to the last one wanted)."""
+    found: dict[int, dict] = {}
+    for record in _all_records(sources, "", max_samples):
+        if record["row"] in rows:
+            found[record["row"]] = record
+            if len(found) == len(rows):
+                break
+    return found
 
 
 def location(row: dict) -> str:
@@ -152,42 +176,76 @@ def location(row: dict) -> str:
     return where
 
 
-def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
-    out = {"messages": [], "reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0}
+def parse_record(row: dict):
+    """The JSON value of one raw record (raw_records' row); SampleError when it is not JSON."""
+    if row["load_error"]:
+        raise SampleError("invalid_json", row["load_error"])
     try:
-        if row["load_error"]:
-            raise SampleError("invalid_json", row["load_error"])
-        try:
-            record = json.loads(row["raw"])
-        except ValueError as err:
-            raise SampleError("invalid_json", f"invalid JSON: {err}") from None
-        except RecursionError:
-            raise SampleError("invalid_json", "invalid JSON: nested too deeply") from None
+        return json.loads(row["raw"])
+    except ValueError as err:
+        raise SampleError("invalid_json", f"invalid JSON: {err} (line starts {excerpt(row['raw'][:40])})") from None
+    except RecursionError:
+        raise SampleError("invalid_json", "invalid JSON: nested too deeply") from None
+
+
+def check_text(role: str, content: str) -> None:
+    """Text a tokenizer can take: no lone surrogates (valid JSON escapes, not Unicode), no NUL characters."""
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SampleError("invalid_text", f"{role} content has a lone surrogate {content[err.start]!r} at character "
+                                          f"{err.start}") from None
+    if "\x00" in content:
+        raise SampleError("invalid_text", f"{role} content has a NUL character at character {content.index(chr(0))}")
+
+
+MAX_ERROR_CHARS = 400
+
+
+def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
+    out = {"messages": [], "reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0, "turns": 0, "system": False}
+    try:
+        record = parse_record(row)
         conv = to_conversation(record, row["format"], columns.get(row["file"], Columns()), require_markup)
         for message in conv.messages:
-            try:
-                message.content.encode("utf-8")
-            except UnicodeEncodeError as err:  # a \ud800-style escape: valid JSON, not text
-                raise SampleError("invalid_text", f"{message.role} content has a lone surrogate "
-                                                  f"{message.content[err.start]!r} at character {err.start}") from None
+            check_text(message.role, message.content)
     except SampleError as err:
-        return {**out, "reason": err.reason, "error": f"{location(row)}: {err.message}"}
+        error = f"{location(row)}: {err.message}"
+        return {**out, "reason": err.reason, "error": error[:MAX_ERROR_CHARS]}
     return {**out, "messages": [{"role": m.role, "content": m.content} for m in conv.messages],
-            "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns}
+            "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns,
+            "turns": len(conv.messages), "system": conv.messages[0].role == "system"}
 
 
-def load_checked(sources: list[Source], require_markup: bool = False, num_proc: int | None = None):
-    """A datasets.Dataset with one row per sample: messages, or reason + error for a bad one."""
+def load_checked(sources: list[Source], require_markup: bool = False, num_proc: int | None = None,
+                 max_samples: int | None = None, encoder=None, features=None):
+    """A datasets.Dataset with one row per sample: messages, or reason + error for a bad one. With an
+    encoder (conversations -> columns), its columns replace messages, in the same pass."""
     from datasets import Dataset
 
     if not sources:
         raise DataError("no data sources")
     columns = {str(s.path): s.columns for s in sources}
-    raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": sources,
-                                                           "fingerprint": _fingerprint(sources)})
-    return raw.map(check_record, fn_kwargs={"columns": columns, "require_markup": require_markup},
-                   remove_columns=["raw", "load_error"], num_proc=procs(num_proc, len(raw)),
-                   desc="validating samples")
+    raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": sources, "fingerprint": _fingerprint(sources),
+                                                           "max_samples": max_samples})
+    return raw.map(check_batch, fn_kwargs={"columns": columns, "require_markup": require_markup, "encoder": encoder},
+                   batched=True, batch_size=1000, remove_columns=["raw", "load_error"], features=features,
+                   num_proc=procs(num_proc, len(raw)), desc="validating and tokenizing" if encoder else "validating")
+
+
+def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_markup: bool,
+                encoder=None) -> dict[str, list]:
+    """check_record over a batch of rows (a batched map: no per-row formatting by datasets); with an
+    encoder (each row's messages, None for an invalid row -> columns), its columns replace messages."""
+    names = list(batch)
+    checked = [check_record(dict(zip(names, values, strict=True)), columns, require_markup)
+               for values in zip(*batch.values(), strict=True)]
+    out = {key: [row[key] for row in checked] for key in checked[0]} if checked else {}
+    if encoder is not None:
+        out.update(encoder([None if reason else messages for reason, messages in zip(out["reason"], out["messages"],
+                                                                                      strict=True)]))
+        del out["messages"]
+    return out
 
 
 def procs(num_proc: int | None, rows: int) -> int | None:

@@ -10,6 +10,7 @@ starting with /no_think) an empty one. Whitespace is kept as written.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,12 @@ from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Mes
 FAST_PREFIX, SLOW_PREFIX = "/no_think", "/think"
 SHAREGPT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
                   "model": "assistant", "system": "system"}
+
+
+def excerpt(value: Any, limit: int = 60) -> str:
+    """A value as it appears in an error message: repr, cut to a short excerpt."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 class SampleError(ValueError):
@@ -91,19 +98,36 @@ def from_sharegpt(record: Any, cols: Columns = Columns()) -> list[Message]:
         where = f"{key}[{i}]"
         if not isinstance(turn, dict):
             raise SampleError("bad_message", f"{where}: must be an object, got {type(turn).__name__}")
-        role_key = cols.role_tag or ("role" if "role" in turn else "from")
-        content_key = cols.content_tag or ("content" if "content" in turn else "value")
+        role_key, content_key = _vocabulary(turn, key, cols)
         if role_key not in turn:
-            raise SampleError("missing_role", f"{where}: no '{role_key}'")
+            raise SampleError("missing_role", f"{where}: no '{role_key}'{_stray(turn, role_key, content_key)}")
         raw_role = turn[role_key]
         role = _role(raw_role, cols)
         if role is None:
-            raise SampleError("unknown_role", f"{where}: unknown role {raw_role!r} (expected system, user/human, "
-                                              "assistant/gpt)")
+            raise SampleError("unknown_role", f"{where}: unknown role {excerpt(raw_role)} (expected system, "
+                                              "user/human, assistant/gpt)")
         if content_key not in turn:
-            raise SampleError("bad_content", f"{where}: no '{content_key}'")
+            raise SampleError("missing_content", f"{where}: no '{content_key}'{_stray(turn, role_key, content_key)}")
         messages.append(Message(role, _text(turn[content_key], where)))
     return messages
+
+
+def _vocabulary(turn: dict, list_key: str, cols: Columns) -> tuple[str, str]:
+    """The turn's own key names: role/content (OpenAI style) or from/value (ShareGPT style); a turn that
+    shows neither is read in its list's usual style (messages: role/content, conversations: from/value)."""
+    if "role" in turn or "content" in turn:
+        names = ("role", "content")
+    elif "from" in turn or "value" in turn:
+        names = ("from", "value")
+    else:
+        names = ("from", "value") if list_key == "conversations" else ("role", "content")
+    return cols.role_tag or names[0], cols.content_tag or names[1]
+
+
+def _stray(turn: dict, role_key: str, content_key: str) -> str:
+    """A hint for a turn that mixes the two vocabularies."""
+    stray = [k for k in ("role", "content", "from", "value") if k in turn and k not in (role_key, content_key)]
+    return f" (it has {', '.join(map(repr, stray))}: write role/content or from/value)" if stray else ""
 
 
 def _role(raw: Any, cols: Columns) -> str | None:
@@ -157,9 +181,16 @@ def check_order(messages: list[Message]) -> None:
         raise SampleError("no_assistant_reply", "the conversation ends with a user turn: nothing to train on")
 
 
+_WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
+_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+
 def thinking(content: str, user: str, where: str) -> str:
     """'slow', 'fast' or 'plain' for one assistant turn; SampleError for broken markup."""
-    counts = {tag: content.count(tag) for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)}
+    match = _WELL_FORMED.fullmatch(content)  # the common case in one pass; anything else is diagnosed below
+    if match and not any(tag in match.group(1) or tag in match.group(2) for tag in _TAGS):
+        return _kind(match.group(1), match.group(2), user, where)
+    counts = {tag: content.count(tag) for tag in _TAGS}
     if not any(counts.values()):
         return "plain"
     for tag, n in counts.items():
@@ -176,8 +207,12 @@ def thinking(content: str, user: str, where: str) -> str:
                content[i_answer_end + len(ANSWER_CLOSE):])
     if any(part.strip() for part in outside):
         raise SampleError("think_markup", f"{where}: text outside the <think>/<answer> tags")
-    reasoning = content[i_think + len(THINK_OPEN):i_think_end]
-    if not content[i_answer + len(ANSWER_OPEN):i_answer_end].strip():
+    return _kind(content[i_think + len(THINK_OPEN):i_think_end], content[i_answer + len(ANSWER_OPEN):i_answer_end],
+                 user, where)
+
+
+def _kind(reasoning: str, answer: str, user: str, where: str) -> str:
+    if not answer.strip():
         raise SampleError("empty_answer", f"{where}: empty <answer> block")
     fast = user.lstrip().startswith(FAST_PREFIX)
     if fast and reasoning.strip():

@@ -40,7 +40,8 @@ def build_tokenizer(family_name: str, vocab_size: int = 1024):
     )
 
 
-def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers: int = 2, seed: int = 0,
+          dtype: str = "float32") -> Path:
     import torch
     from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
 
@@ -63,7 +64,7 @@ def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers:
     torch.manual_seed(seed)
     model = HunYuanDenseV1ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
+    model.to(getattr(torch, dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "hyft_tiny.json").write_text(json.dumps({"family": family, "seed": seed,
                                                      "parameters": sum(p.numel() for p in model.parameters())}))

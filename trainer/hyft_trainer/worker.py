@@ -21,21 +21,24 @@ STOP_FILE_ENV = "HYFT_STOP_FILE"
 INVALID_FILE_ENV = "HYFT_INVALID_FILE"
 
 
-def init_distributed(deepspeed: bool):
+def init_distributed(deepspeed: bool, timeout_s: int):
     """Trap: with no GPU accelerate would find no backend and report world size 1 on every rank
     (each rank then trains on the same batches). Configure the state explicitly first."""
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
+    timeout = timedelta(seconds=timeout_s)
     if deepspeed:
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # the state must be DeepSpeed's for the Trainer
     if torch.cuda.is_available():
-        return PartialState(backend="nccl")
+        return PartialState(backend="nccl", timeout=timeout)
     if deepspeed:
-        return PartialState(backend="gloo")
+        return PartialState(backend="gloo", timeout=timeout)
     # Plain DDP on CPU needs cpu=True: otherwise the state stays DistributedType.NO, the Trainer never
     # wraps the model in DDP, and every rank steps alone (seen: 2x logged loss, larger grad norms).
-    return PartialState(cpu=True, backend="gloo")
+    return PartialState(cpu=True, backend="gloo", timeout=timeout)
 
 
 class PaddingCollator:
@@ -75,12 +78,18 @@ def build_datasets(config: TrainerConfig, tokenizer, state):
     opts = MaskOptions(config.train_on_prompt, config.mask_history, config.train_assistant_header)
     with state.main_process_first():  # rank 0 preprocesses, the others read its cache
         encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
-                                  opts=opts)
+                                  opts=opts, num_proc=config.preprocessing_num_workers,
+                                  max_samples=config.max_samples,
+                                  template_check_samples=config.template_check_samples)
+    if report.template_mismatch:
+        raise ConfigError(report.template_mismatch)
     if report.failed and not config.skip_invalid_samples:
         raise DataError("invalid training data (set skip_invalid_samples to train without these):\n"
                         + report.render())
     if encoded is None or not encoded.num_rows:
-        raise DataError("no valid training samples")
+        raise DataError("no valid training samples" + (":\n" + report.render() if report.failed else ""))
+    if report.failed and state.is_main_process:
+        print(f"hyft: {report.skipped_summary()}", flush=True)
     encoded = encoded.select_columns(["input_ids", "labels"])
     eval_ds = None
     if config.val_size:
@@ -145,37 +154,94 @@ def _batch_log(state) -> str | None:
     return f"{prefix}.rank{state.process_index}" if prefix else None
 
 
+def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
+    """The Trainer's arguments. With a ZeRO-3 DeepSpeed config, creating them makes every later
+    from_pretrained load the model partitioned (zero.Init): each process holds its shard only."""
+    from transformers import TrainingArguments
+
+    evaluating = config.evaluating
+    try:
+        args = TrainingArguments(
+            output_dir=config.output_dir,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            per_device_eval_batch_size=config.per_device_eval_batch_size or config.per_device_train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_train_epochs,
+            max_steps=config.max_steps,
+            lr_scheduler_type=config.lr_scheduler_type,
+            warmup_steps=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            bf16=config.bf16,
+            fp16=config.fp16,
+            gradient_checkpointing=config.gradient_checkpointing,
+            logging_steps=config.logging_steps,
+            save_steps=config.save_steps,
+            save_total_limit=config.save_total_limit,
+            save_only_model=config.save_only_model,
+            eval_strategy="steps" if evaluating else "no",
+            eval_steps=(config.eval_steps or config.logging_steps) if evaluating else None,
+            load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
+            metric_for_best_model="eval_loss",
+            greater_is_better=False,
+            seed=config.seed,
+            data_seed=config.seed,
+            deepspeed=ds,
+            ddp_backend=None if on_gpu else "gloo",
+            ddp_timeout=config.ddp_timeout,
+            dataloader_num_workers=config.dataloader_num_workers,
+            accelerator_config={"use_configured_state": True},
+            include_num_input_tokens_seen="non_padding",
+            remove_unused_columns=False,
+            report_to=list(config.report_to),
+            disable_tqdm=True,
+        )
+    except ValueError as err:  # transformers' own checks of argument combinations
+        raise ConfigError(f"training arguments: {err}") from None
+    mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", None)
+    if mismatches:
+        raise ConfigError("the DeepSpeed JSON disagrees with the training arguments (write \"auto\" there):\n"
+                          + "\n".join(mismatches))
+    return args
+
+
+def starting_point(config: TrainerConfig) -> Path | None:
+    """This run's own newest resumable checkpoint; else the one resume_from_checkpoint names."""
+    own = newest_complete(config.output_dir)
+    if own is not None or not isinstance(config.resume_from_checkpoint, str):
+        return own
+    return Path(config.resume_from_checkpoint)
+
+
 def train(config: TrainerConfig) -> int:
     import torch
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        EarlyStoppingCallback,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
     from .callbacks import CompleteMarker, StopOnSignal
-    from .deepspeed_config import deepspeed_config
+    from .deepspeed_config import settle
     from .metrics import MetricsCallback, TrainingMetrics
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    model_config = AutoConfig.from_pretrained(config.model_name_or_path)
+    remote = config.trust_remote_code
+    model_config = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     check_model(config, model_config)
-    ds = deepspeed_config(config, world_size)
-    state = init_distributed(ds is not None)
     on_gpu = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
+    settled = settle(config, world_size, on_gpu)  # the launcher printed its notes
+    config, ds = settled.config, settled.deepspeed
+    state = init_distributed(ds is not None, config.ddp_timeout)
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
+    args = training_arguments(config, ds, on_gpu)
 
     set_seed(config.seed)  # before the model: LoRA's A matrices are initialised randomly
-    bf16, fp16 = (config.bf16, config.fp16) if on_gpu else (False, False)  # Trainer refuses bf16 on CPU
-    dtype = torch.bfloat16 if bf16 else torch.float16 if fp16 else torch.float32
+    dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
+    before_load = _anon_rss()
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
-                                                 attn_implementation="sdpa")
+                                                 attn_implementation="sdpa", trust_remote_code=remote)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
+    # the model's own memory in this process: under ZeRO-3 its shard only
+    memory = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
     model = apply_method(model, config)
 
     node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
@@ -183,52 +249,19 @@ def train(config: TrainerConfig) -> int:
     if config.metrics_port and state.local_process_index == 0:
         metrics.serve(config.metrics_port)
 
-    evaluating = eval_ds is not None and config.eval_steps is not None
-    args = TrainingArguments(
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        bf16=bf16,
-        fp16=fp16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        logging_steps=config.logging_steps,
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if evaluating else "no",
-        eval_steps=config.eval_steps if evaluating else None,
-        load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        seed=config.seed,
-        data_seed=config.seed,
-        deepspeed=ds,
-        ddp_backend=None if on_gpu else "gloo",
-        accelerator_config={"use_configured_state": True},
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        report_to=[],
-        disable_tqdm=True,
-    )
     stop = StopOnSignal(os.environ.get(STOP_FILE_ENV))
-    callbacks = [stop, CompleteMarker(config.output_dir),
+    callbacks = [stop, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
                  MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
                                  * state.num_processes)]
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds if evaluating else None,
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+                      eval_dataset=eval_ds if config.evaluating else None,
                       data_collator=PaddingCollator(tokenizer.pad_token_id, _batch_log(state)),
                       processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
-    resume = newest_complete(config.output_dir)
-    rss_before = _peak_rss()
+    resume = starting_point(config)
+    memory["host_rss_before_training"] = _peak_rss()
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.stopped_at is not None:
@@ -236,7 +269,7 @@ def train(config: TrainerConfig) -> int:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
     else:
         export(trainer, config, tokenizer, state, report, result, started, resume,
-               {"host_rss_before_training": rss_before, "peak_host_rss_bytes": _peak_rss()})
+               {**memory, "peak_host_rss_bytes": _peak_rss()})
     # Leave together: a rank that exits while another still talks to it makes gloo abort.
     state.wait_for_everyone()
     state.destroy_process_group()
@@ -247,6 +280,17 @@ def _peak_rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _anon_rss() -> int | None:
+    """This process's own memory now (RssAnon: without the model file's pages, which are shared page cache)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def export(trainer, config: TrainerConfig, tokenizer, state, report, result, started: float, resume,
@@ -276,12 +320,14 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "resumed_from": str(resume) if resume else None,
         "world_size": state.num_processes,
         "finetuning_type": config.finetuning_type,
-        "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors)},
+        "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),
+                 "invalid_examples": report.examples[:20], "chat_template_check": report.template_check},
         **memory,
         "log_history": history,
     }
     (Path(config.output_dir) / "report.json").write_text(json.dumps(run, indent=2))
-    write_loss_curve(history, Path(config.output_dir) / "loss.png")
+    if config.plot_loss:
+        write_loss_curve(history, Path(config.output_dir) / "loss.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,114 @@
+"""LLaMA-Factory (0.9.5) keys in a trainer config: which hyft reads with the same
+meaning (those are TrainerConfig fields), which have no effect here (accepted and
+reported once at start-up, with the reason), and which it refuses because ignoring
+them would silently change the result (the message says what to do).
+
+Pure and torch-free: the operator image imports it through config.py.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+LLAMAFACTORY_TEMPLATES = ("hunyuan", "hunyuan_small")
+
+_MEDIA = "Hunyuan's text models take no images, audio or video"
+_RAY = "hyft places processes with its operator's pods and torch's launcher, not Ray"
+
+# Accepted; has no effect here, because ...
+NO_EFFECT = {
+    "overwrite_cache": "the preprocessing cache is keyed by the data files' size, modification time and the "
+                       "settings, so it is never stale",
+    "overwrite_output_dir": "hyft resumes from the newest complete checkpoint in output_dir (that is how a restarted "
+                            "gang continues); to start over, use a new output_dir",
+    "flash_attn": "the attention implementation is chosen automatically (PyTorch SDPA)",
+    "tokenized_path": "hyft caches the tokenized data itself, keyed by content, and always goes on to train",
+    "enable_thinking": "each assistant turn is rendered with the thinking markup its sample has (slow, fast or none)",
+    "print_param_status": "the trainable parameter count is in the log",
+    **dict.fromkeys(("image_max_pixels", "image_min_pixels", "video_max_pixels", "video_min_pixels", "video_fps",
+                     "video_maxlen", "audio_sampling_rate", "media_dir", "image_dir", "freeze_vision_tower",
+                     "freeze_multi_modal_projector", "freeze_language_model", "use_audio_in_video"), _MEDIA),
+    **dict.fromkeys(("ray_run_name", "ray_storage_path", "ray_storage_filesystem", "ray_num_workers",
+                     "resources_per_worker", "placement_strategy", "ray_init_kwargs"), _RAY),
+}
+
+# Refused when set to anything but off (False, None, 0, ""); the text says what to do.
+REFUSED = {
+    "quantization_bit": "QLoRA is not supported: train LoRA on the 16-bit model (finetuning_type: lora)",
+    "quantization_method": "QLoRA is not supported: train LoRA on the 16-bit model (finetuning_type: lora)",
+    "use_unsloth": "unsloth is not supported: remove the key",
+    "use_dora": "DoRA is not supported: remove the key for plain LoRA",
+    "pissa_init": "PiSSA is not supported: remove the key for plain LoRA initialisation",
+    "use_rslora": "rank-stabilised LoRA is not supported: remove the key (and check lora_alpha)",
+    "lora_rank_pattern": "per-module LoRA ranks are not supported: one lora_rank applies to every target",
+    "rope_scaling": "RoPE scaling is not supported: the model's own RoPE settings are used",
+    "eval_dataset": "separate evaluation datasets are not supported: use val_size to split one off",
+    "streaming": "streaming datasets are not supported: the data is read from local files",
+    "use_galore": "GaLore is not supported: remove the key",
+    "use_badam": "BAdam is not supported: remove the key",
+    "use_adam_mini": "Adam-mini is not supported: remove the key",
+    "use_llama_pro": "LLaMA Pro is not supported: remove the key",
+    "train_from_scratch": "hyft fine-tunes pretrained weights only",
+    "adapter_name_or_path": "starting from an existing adapter is not supported: merge it into the model first",
+}
+
+
+def _off(value: Any) -> bool:
+    return value is None or value is False or value == 0 or value == ""
+
+
+def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """(TrainerConfig input, problems, notes): LLaMA-Factory spellings turned into hyft's, refused keys
+    as problems, keys without effect as notes for the start-up log."""
+    data = dict(data)
+    problems: list[str] = []
+    notes: list[str] = []
+    if isinstance(data.get("dataset"), str):  # LLaMA-Factory writes "a,b"
+        data["dataset"] = [d.strip() for d in data["dataset"].split(",") if d.strip()]
+    if data.get("template") in LLAMAFACTORY_TEMPLATES:
+        # LLaMA-Factory maps its `hunyuan` template to every Hunyuan model, though the small models use
+        # other tokens; the tokenizer's own special tokens decide here.
+        data["template"] = "auto"
+    stage = data.pop("stage", "sft")
+    if stage != "sft":
+        problems.append(f"stage: hyft trains supervised fine-tuning only (stage: sft), not {stage!r}")
+    if data.pop("do_train", True) is not True:
+        problems.append("do_train: hyft always trains; remove the key")
+    if data.pop("average_tokens_across_devices", True) is not True:
+        problems.append("average_tokens_across_devices: hyft's loss always averages over the target tokens of the "
+                        "whole global batch (every device, every accumulation step); remove the key")
+    if data.pop("neat_packing", False):
+        data["packing"] = True  # hyft's packing never attends across samples: it is neat packing
+    report_to = data.get("report_to")
+    if report_to is not None:
+        data["report_to"] = _report_to(report_to, problems)
+    for key in list(data):
+        if key in NO_EFFECT:
+            data.pop(key)
+            notes.append(f"{key}: has no effect here: {NO_EFFECT[key]}")
+        elif key in REFUSED:
+            if not _off(data.pop(key)):
+                problems.append(f"{key}: {REFUSED[key]}")
+    return data, problems, notes
+
+
+REPORTERS = ("tensorboard",)
+
+
+def _report_to(value: Any, problems: list[str]) -> list[str]:
+    """transformers' report_to: "none", "all", one name or a list; hyft ships TensorBoard's writer."""
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        problems.append(f"report_to: expected a name or a list of names, got {value!r}")
+        return []
+    names = [n for n in names if n != "none"]
+    if "all" in names:
+        return list(REPORTERS)
+    unknown = [n for n in names if n not in REPORTERS]
+    if unknown:
+        problems.append(f"report_to: {', '.join(unknown)} is not in the hyft image; use tensorboard or none "
+                        "(hyft also exports Prometheus metrics)")
+    return [n for n in names if n in REPORTERS]
+
+
+def known_keys() -> set[str]:
+    return {*NO_EFFECT, *REFUSED, "stage", "do_train", "average_tokens_across_devices", "neat_packing"}
