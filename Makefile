@@ -67,5 +67,7 @@ images: ## build hyft-operator and hyft-trainer:<version> with Docker (starts do
 
 bench: venv ## benchmarks: ratios against baselines measured in the same run (installs LLaMA-Factory aside)
 	bash bench/setup_llamafactory.sh
-	$(PY) bench/data_prep.py
+	$(PY) bench/data_prep.py --workers 2
+	$(PY) bench/data_prep.py --workers 1
 	$(PY) bench/train_step.py
+	$(PY) bench/estimate_vs_measured.py

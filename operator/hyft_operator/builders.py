@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyft_trainer.config import DataFile, TrainerConfig, dump_config
+from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
 
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
 
@@ -158,8 +159,7 @@ def rendezvous_env(nnodes: int, node_rank: int, master_addr: str, master_port: i
                    nproc_per_node: int) -> list[dict[str, str]]:
     """The pod contract's env, with torchrun's PET_* twins. Never RANK/WORLD_SIZE: torchrun
     derives those per process."""
-    values = {"NNODES": nnodes, "NODE_RANK": node_rank, "MASTER_ADDR": master_addr,
-              "MASTER_PORT": master_port, "NPROC_PER_NODE": nproc_per_node}
+    values = dict(zip(RENDEZVOUS_ENV, (nnodes, node_rank, master_addr, master_port, nproc_per_node), strict=True))
     env = [{"name": k, "value": str(v)} for k, v in values.items()]
     return env + [{"name": f"PET_{k}", "value": str(v)} for k, v in values.items()]
 
@@ -207,10 +207,9 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
     env = rendezvous_env(spec.nodes, rank, master_address(name, namespace), spec.masterPort,
                          spec.gpusPerNode or 1)
     env += [
-        {"name": "HYFT_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_KEY}"},
-        {"name": "HYFT_JOB_NAME", "value": name},
-        {"name": "HYFT_ATTEMPT", "value": str(attempt)},
-        {"name": "HYFT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": CONFIG_ENV, "value": f"{CONFIG_DIR}/{CONFIG_KEY}"},
+        {"name": ATTEMPT_ENV, "value": str(attempt)},
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
     env += [{"name": s.name, "valueFrom": {"secretKeyRef": {"name": s.secretName, "key": s.key}}}
             for s in spec.secretEnv]

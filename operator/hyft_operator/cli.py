@@ -12,12 +12,14 @@ DeepSpeed ZeRO-3. Each subcommand has its own --help. A typical path:
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from pathlib import Path
 
 import yaml
 
+from hyft_trainer.contract import CONFIG_ENV
 from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
 
 
@@ -140,7 +142,7 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from hyft_trainer.launcher import main as train_main
 
-    sys.exit(train_main([args.config]))
+    sys.exit(train_main([args.config] if args.config else []))
 
 
 def cmd_estimate(args: argparse.Namespace) -> None:
@@ -214,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "workers with torch.distributed.run; without them, trains on this machine. SIGTERM saves a "
                     "checkpoint and exits 0; a restart resumes from the newest complete checkpoint. Exit 2: "
                     "invalid config or data.")
-    p.add_argument("config", help="trainer config YAML (the operator's ConfigMap holds one)")
+    p.add_argument("config", nargs="?", default=os.environ.get(CONFIG_ENV),
+                   help=f"trainer config YAML (the operator's ConfigMap holds one; default ${CONFIG_ENV})")
     p.set_defaults(func=cmd_train)
 
     data = sub.add_parser("data", help="check or convert training data",

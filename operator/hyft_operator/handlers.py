@@ -1,14 +1,21 @@
-"""Kopf glue: thin handlers that call the Reconciler.
+"""Kopf glue: thin handlers around the Reconciler.
 
     kopf run -m hyft_operator.handlers --all-namespaces      (or: hyft operator)
 
-Reconciles on every change of a HunyuanFineTune, on every event of a pod it owns,
-and on a timer (deadlines, TTL, progress). Settings come from the environment:
-HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
-HYFT_RESYNC_SECONDS, HYFT_SCRAPE_PROGRESS, HYFT_PEERING_LIFETIME.
+One async daemon per HunyuanFineTune runs its reconciles, one at a time: at once
+when the job or one of its pods changes (the event handlers only wake it), when
+the last plan asked for it (a deadline, a TTL, a retry: lifecycle's
+requeue_after, to the second), and otherwise every HYFT_RESYNC_SECONDS. The
+blocking reconcile runs in a worker thread, so a slow API call or progress scrape
+holds up only its own job. Kopf stops the daemons while peering pauses this
+replica. Settings come from the environment: HYFT_TRAINER_IMAGE,
+HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off), HYFT_RESYNC_SECONDS,
+HYFT_SCRAPE_PROGRESS, HYFT_PEERING_LIFETIME.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 
 import kopf
@@ -57,21 +64,42 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         start_http_server(port)
 
 
-def _reconcile(namespace: str, name: str) -> None:
-    _state["reconciler"].reconcile(namespace, name)
+_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+log = logging.getLogger("hyft.operator")
+ERROR_RETRY_SECONDS = 5.0
+
+
+def _wakeup(namespace: str, name: str) -> asyncio.Event:
+    return _wakeups.setdefault((namespace, name), asyncio.Event())
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def job_changed(type: str, name: str, namespace: str, **_) -> None:
+async def job_changed(type: str, name: str, namespace: str, **_) -> None:
     if type != "DELETED":
-        _reconcile(namespace, name)
+        _wakeup(namespace, name).set()
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
-def pod_changed(labels: dict, namespace: str, **_) -> None:
-    _reconcile(namespace, labels[builders.LABEL_JOB])
+async def pod_changed(labels: dict, namespace: str, **_) -> None:
+    _wakeup(namespace, labels[builders.LABEL_JOB]).set()
 
 
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=RESYNC_SECONDS, sharp=False)
-def resync(name: str, namespace: str, **_) -> None:
-    _reconcile(namespace, name)
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10)
+async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, **_) -> None:
+    wakeup = _wakeup(namespace, name)
+    try:
+        while not stopped:
+            wakeup.clear()  # an event during the reconcile below sets it again: one more pass
+            try:
+                requeue = await asyncio.to_thread(_state["reconciler"].reconcile, namespace, name)
+            except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
+                log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name, ERROR_RETRY_SECONDS)
+                requeue = ERROR_RETRY_SECONDS
+            wait = RESYNC_SECONDS if requeue is None else min(max(requeue, 0.0), RESYNC_SECONDS)
+            woken = asyncio.ensure_future(wakeup.wait())
+            stopping = asyncio.ensure_future(stopped.wait())
+            await asyncio.wait([woken, stopping], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            stopping.cancel()
+    finally:
+        _wakeups.pop((namespace, name), None)

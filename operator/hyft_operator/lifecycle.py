@@ -23,13 +23,14 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyft_trainer.config import STOPPED_EARLY
+from hyft_trainer.contract import STOPPED_EARLY
 
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
 
 PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
 STALE_REQUEUE = 2.0
+CREATION_FAILED = "PodCreationFailed"  # the Created condition's reason when admission refused a pod
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class PodView:
     rank: int
     attempt: int
     phase: str = "Pending"
+    uid: str = ""  # deletes carry it as a precondition: pod names repeat across attempts
     ready: bool = False
     deleting: bool = False
     exit_code: int | None = None
@@ -64,6 +66,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     unschedulable = scheduled.get("message", "") if scheduled.get("reason") == "Unschedulable" else ""
     return PodView(
         name=meta["name"],
+        uid=meta.get("uid", ""),
         rank=int(labels.get(LABEL_RANK, -1)),
         attempt=int(labels.get(LABEL_ATTEMPT, -1)),
         phase=status.get("phase") or "Pending",
@@ -147,6 +150,10 @@ class _Planner:
         reason_from = self.st.phase if self.st.phase in PHASE_CONDITIONS else "Reconciling"
         self.reason = next((c.reason for c in self.st.conditions if c.type == reason_from and c.status == "True"),
                            "")
+        # Admission refused a pod on an earlier pass (the reconciler wrote why): the plan keeps saying so
+        # while pods are missing, instead of rewriting the status back and forth on every retry.
+        self.creation_failure = next((c.message for c in self.st.conditions if c.type == "Created"
+                                      and c.status == "False" and c.reason == CREATION_FAILED), None)
 
     # -- helpers -------------------------------------------------------------
     def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
@@ -267,8 +274,10 @@ class _Planner:
         self.plan.create = [r for r in range(self.total) if r not in present]
         if any(p.deleting for p in self.current):
             self.plan.requeue_after = STALE_REQUEUE  # recreate those once they are gone
+        retrying = bool(self.plan.create and self.creation_failure)
         if self.plan.create:
             self.st.startTime = self.st.startTime or _timestamp(self.now)
+        if self.plan.create and not retrying:  # a retry of a refused creation was announced as a Warning
             self.plan.events.append(Event("Normal", "PodsCreated", f"creating {len(self.plan.create)} of "
                                                                    f"{self.total} pods (attempt {self.st.attempt})"))
         if self.current and self.current[0].rank == 0 and self.current[0].phase == "Succeeded":
@@ -283,7 +292,8 @@ class _Planner:
             self.transition("Pending", "Resumed", f"resumed: recreating the pods as attempt {self.st.attempt}")
         else:
             reason = self.reason if self.st.phase == "Pending" and self.reason else "PodsStarting"
-            self.transition("Pending", reason, f"{running}/{self.total} pods running")
+            message = self.creation_failure if retrying else f"{running}/{self.total} pods running"
+            self.transition("Pending", reason, message)
 
     def count(self) -> None:
         gone = self.st.attempt != self.old.attempt or self.st.phase == "Suspended" or self.st.podsDeletedAfterTtl
@@ -308,9 +318,12 @@ class _Planner:
             set_condition(conds, type_, "True" if active else "False", self.reason if active else f"Not{type_}",
                           st.message if active else "", now, gen)
         created = st.nodes.created == self.total and st.phase not in ("Suspended",)
-        set_condition(conds, "Created", "True" if created or st.phase in TERMINAL_PHASES else "False",
-                      "PodsCreated" if created else "PodsNotCreated",
-                      f"{st.nodes.created}/{self.total} pods of attempt {st.attempt} exist", now, gen)
+        if self.plan.create and self.creation_failure:
+            set_condition(conds, "Created", "False", CREATION_FAILED, self.creation_failure, now, gen)
+        else:
+            set_condition(conds, "Created", "True" if created or st.phase in TERMINAL_PHASES else "False",
+                          "PodsCreated" if created else "PodsNotCreated",
+                          f"{st.nodes.created}/{self.total} pods of attempt {st.attempt} exist", now, gen)
         waiting = [p for p in self.current if p.unschedulable and p.phase == "Pending" and not p.deleting]
         if waiting:
             msg = f"{waiting[0].name}: {waiting[0].unschedulable}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from hyft_trainer.contract import CONFIG_ENV
 from hyft_trainer.launcher import free_port
 
 from . import builders
@@ -97,7 +98,7 @@ def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path) -> 
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / builders.CONFIG_KEY
         config_path.write_text(yaml.safe_dump(local_trainer_config(job, folders, metrics_port), sort_keys=False))
-        env["HYFT_CONFIG"] = str(config_path)
+        env[CONFIG_ENV] = str(config_path)
         env["HF_DATASETS_CACHE"] = str(folder / "datasets-cache")  # like a pod: a cache of its own
         pods.append(LocalPod(name, env, config_path, metrics_port))
     return pods

@@ -3,15 +3,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from .api import Progress
+from hyft_trainer.contract import CHECKPOINT_STEP, ETA, LOSS, STEP, TOKENS_PER_SECOND, TOTAL_STEPS
 
-# Metric names the trainer exports (hyft_trainer.metrics) that the status shows.
-STEP = "hyft_train_global_step"
-TOTAL_STEPS = "hyft_train_total_steps"
-LOSS = "hyft_train_loss"
-TOKENS_PER_SECOND = "hyft_train_tokens_per_second"
-ETA = "hyft_train_eta_seconds"
-CHECKPOINT_STEP = "hyft_train_last_checkpoint_step"
+from .api import Progress
 
 
 def parse_progress(text: str) -> Progress | None:

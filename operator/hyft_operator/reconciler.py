@@ -100,8 +100,9 @@ class Reconciler:
         if plan.create:  # the pods mount the ConfigMap and resolve MASTER_ADDR through the Service
             self._ensure(builders.service(job))
             self._ensure(builders.config_map(job))
+        uids = {view.name: view.uid for view in views}
         for pod_name in plan.delete:
-            self._delete_pod(namespace, pod_name)
+            self._delete_pod(namespace, pod_name, uids[pod_name])
         for rank in plan.create:
             try:
                 self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults))
@@ -172,12 +173,12 @@ class Reconciler:
         obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
         now = dt.datetime.now(dt.UTC)
-        lifecycle.set_condition(status.conditions, "Created", "False", "PodCreationFailed", message, now,
+        lifecycle.set_condition(status.conditions, "Created", "False", lifecycle.CREATION_FAILED, message, now,
                                 obj["metadata"].get("generation"))
         if status.message != message:
             status.message = message
             self._write_status(obj, status)
-            self._event(obj, lifecycle.Event("Warning", "PodCreationFailed", message))
+            self._event(obj, lifecycle.Event("Warning", lifecycle.CREATION_FAILED, message))
 
     def _write_invalid(self, obj: dict[str, Any], message: str, reason: str = "InvalidSpec") -> None:
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
@@ -204,11 +205,14 @@ class Reconciler:
             if err.status != 409:
                 raise
 
-    def _delete_pod(self, namespace: str, name: str) -> None:
+    def _delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete exactly the pod observed: under the same name the next attempt's pod may already
+        exist (a stale view), and the UID precondition leaves it alone (409)."""
         try:
-            self.core.delete_namespaced_pod(name, namespace)
+            self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(uid=uid)))
         except ApiException as err:
-            if err.status != 404:
+            if err.status not in (404, 409):
                 raise
 
     def _event(self, obj: dict[str, Any], event: lifecycle.Event) -> None:

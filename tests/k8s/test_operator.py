@@ -367,6 +367,30 @@ def test_operator_killed_between_restart_status_and_pod_deletion_converges(crds,
     assert (status["restarts"], status["attempt"]) == (1, 1)
 
 
+def test_a_stale_delete_cannot_remove_the_next_attempts_pod(crds, api_client, namespace):
+    """Pod names repeat across attempts: a delete planned from an old view carries the old pod's UID,
+    and the API server refuses it for the new pod of the same name."""
+    core = client.CoreV1Api(api_client)
+    body = {"metadata": {"name": "same-name"}, "spec": {"containers": [{"name": "c", "image": "hyft.local/x"}]}}
+    old = core.create_namespaced_pod(namespace, body)
+    core.delete_namespaced_pod("same-name", namespace, grace_period_seconds=0)
+
+    def gone():
+        try:
+            core.read_namespaced_pod("same-name", namespace)
+        except ApiException as err:
+            return err.status == 404
+        return False
+
+    wait_for(gone, what="the old pod gone")
+    new = core.create_namespaced_pod(namespace, body)
+    reconciler = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    reconciler._delete_pod(namespace, "same-name", old.metadata.uid)
+    assert core.read_namespaced_pod("same-name", namespace).metadata.uid == new.metadata.uid
+    reconciler._delete_pod(namespace, "same-name", new.metadata.uid)
+    wait_for(gone, what="the new pod deleted by its own UID")
+
+
 # ------------------------------------------------------------------ kubectl
 def test_kubectl_get_hft_shows_phase_nodes_and_restarts(crds, api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("shown"))

@@ -1,5 +1,6 @@
-"""Two operator processes (`hyft operator`) with Kopf peering: one acts, the other
-stands by, and takes over when the active one is killed."""
+"""`hyft operator` processes against a control plane of their own: with Kopf peering
+one acts, the other stands by and takes over when the active one is killed; and
+a deadline fires on time, not on the next resync."""
 from __future__ import annotations
 
 import json
@@ -30,9 +31,9 @@ def cluster(tmp_path, control_plane):  # control_plane: binaries are built
         yield cp
 
 
-def start_operator(cp, priority, log):
+def start_operator(cp, priority, log, resync_seconds=1):
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig), "HYFT_PEERING_LIFETIME": "4",
-           "HYFT_RESYNC_SECONDS": "1", "HYFT_SCRAPE_PROGRESS": "0"}
+           "HYFT_RESYNC_SECONDS": str(resync_seconds), "HYFT_SCRAPE_PROGRESS": "0"}
     return subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "operator", "--priority", str(priority),
                              "--verbose"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -69,4 +70,32 @@ def test_standby_operator_takes_over_when_the_active_one_dies(cluster, tmp_path)
             proc.wait(10)
         for log in logs.values():
             log.close()
+        api_client.close()
+
+
+def test_a_deadline_fires_within_two_seconds_of_its_time_not_on_the_next_resync(cluster, tmp_path):
+    """activeDeadlineSeconds 6 with a 60 s resync: the plan's requeue time reaches the daemon."""
+    import datetime as dt
+
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    log = open(tmp_path / "operator.log", "w")
+    proc = start_operator(cluster, 100, log, resync_seconds=60)
+    try:
+        create(api_client, "default", cpu_job("deadline", nodes=1, runPolicy={"activeDeadlineSeconds": 6}))
+        wait_for(lambda: (get(api_client, "default", "deadline").get("status") or {}).get("startTime"),
+                 timeout=90, what="the job to start")
+        wait_for(lambda: get(api_client, "default", "deadline")["status"]["phase"] == "Failed", timeout=60,
+                 what="the deadline")
+        status = get(api_client, "default", "deadline")["status"]
+
+        def at(field):
+            return dt.datetime.fromisoformat(status[field].replace("Z", "+00:00"))
+
+        late = (at("completionTime") - at("startTime")).total_seconds() - 6
+        assert 0 <= late <= 2, (late, status)
+        assert status["conditions"] and "DeadlineExceeded" in json.dumps(status)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
         api_client.close()

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hyft_trainer.estimate import GIB, estimate, load_shape, render
+from hyft_trainer.estimate import GIB, NODE_BASE_BYTES, PROCESS_BASE_BYTES, estimate, load_shape, render
 
 
 @pytest.mark.parametrize("size, low, high", [("0.5B", 0.50, 0.58), ("1.8B", 1.75, 1.83), ("4B", 4.1, 4.3),
@@ -17,7 +17,11 @@ def test_parameter_counts_match_the_model_cards(size, low, high):
 def test_1_8b_on_one_gpu_matches_deepspeeds_estimator():
     by_option = {e.label: e for e in estimate(load_shape("1.8B"), nodes=1, gpus_per_node=1)}
     full_offload = by_option["ZeRO-3, offload params+optimizer"]
-    assert full_offload.host_bytes_per_node / GIB == pytest.approx(45, rel=0.03)  # 18·P·1.5
+    assert full_offload.host_states_bytes_per_node / GIB == pytest.approx(45, rel=0.03)  # 18·P·1.5
+    # plus one trainer process, the node's launcher and agent, and the 16-bit export on rank 0
+    assert full_offload.host_bytes_per_node == pytest.approx(
+        full_offload.host_states_bytes_per_node + PROCESS_BASE_BYTES + NODE_BASE_BYTES + 2 * load_shape("1.8B").params)
+    assert full_offload.host_bytes_per_process == pytest.approx(full_offload.host_bytes_per_node - NODE_BASE_BYTES)
     no_offload = by_option["ZeRO-3, offload none"]
     states = no_offload.gpu_bytes_per_device - no_offload.activation_bytes
     assert states / GIB == pytest.approx(31, rel=0.05)  # 4·largest + 18·P
@@ -28,7 +32,8 @@ def test_more_nodes_need_less_host_memory_each_and_lora_needs_far_less():
     shape = load_shape("7B")
     one = {e.label: e for e in estimate(shape, nodes=1, gpus_per_node=8)}["ZeRO-3, offload params+optimizer"]
     two = {e.label: e for e in estimate(shape, nodes=2, gpus_per_node=8)}["ZeRO-3, offload params+optimizer"]
-    assert two.host_bytes_per_node == pytest.approx(one.host_bytes_per_node / 2, rel=0.01)
+    assert two.host_states_bytes_per_node == pytest.approx(one.host_states_bytes_per_node / 2, rel=0.01)
+    assert two.host_base_bytes_per_node == one.host_base_bytes_per_node  # every node runs its 8 processes
     lora = {e.label: e for e in estimate(shape, 1, 8, method="lora")}["ZeRO-3, offload params+optimizer"]
     assert lora.host_bytes_per_node < one.host_bytes_per_node / 5
 

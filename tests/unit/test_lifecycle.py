@@ -201,3 +201,19 @@ def test_pod_view_reads_the_api_object():
     })
     assert (view.rank, view.attempt, view.exit_code, view.reason) == (1, 2, 137, "OOMKilled")
     assert lifecycle.describe_exit(137, "OOMKilled") == "exit code 137 (SIGKILL), OOMKilled"
+
+
+def test_a_refused_pod_creation_is_kept_in_the_status_while_it_is_retried():
+    """The reconciler wrote why admission refused the pod; planning again keeps saying it (no status
+    rewrite, no event) until the pods exist."""
+    refused = "cannot create pod minimal-master-0: no PriorityClass with name x was found"
+    first = lifecycle.plan(job(), [], NOW)
+    lifecycle.set_condition(first.status.conditions, "Created", "False", lifecycle.CREATION_FAILED, refused, NOW, 4)
+    first.status.message = refused
+    observed = lifecycle.plan(job(first.status.model_dump(exclude_none=True)), [], NOW)
+    assert observed.create == [0, 1] and observed.events == [] and observed.status.message == refused
+    again = lifecycle.plan(job(observed.status.model_dump(exclude_none=True)), [], NOW)
+    assert again.status == observed.status and again.events == []  # a retry writes nothing
+    created = lifecycle.plan(job(again.status.model_dump(exclude_none=True)), [pod(0, "Pending"), pod(1, "Pending")],
+                             NOW)
+    assert condition(created.status, "Created").reason == "PodsCreated" and created.status.message != refused

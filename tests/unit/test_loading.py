@@ -230,3 +230,22 @@ def test_data_check_compares_with_the_tokenizers_own_chat_template(tokenizers, t
     assert "the model's chat_template and hyft's 7b-family rendering differ at token" in changed.stdout
     assert "--template-check 0" in changed.stdout
     assert run_cli(data, "--tokenizer", str(folder), "--template-check", "0").returncode == 0
+
+
+def test_rows_and_max_samples_count_across_the_files_of_a_dataset(tokenizers, tmp_path):
+    """A folder is one dataset: max_samples takes its first N samples over all its files, and the
+    chat-template check finds each picked sample again (row numbers run across files)."""
+    from hyft_trainer.config import parse_config
+    from hyft_trainer.data_check import prepare
+    from hyft_trainer.loading import sources_for_config
+    from hyft_trainer.sample_data import make_samples
+
+    folder = tmp_path / "two-files"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", make_samples(5, seed=1))
+    write_jsonl(folder / "b.jsonl", make_samples(5, seed=2))
+    config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": str(folder)}], "max_samples": 7})
+    encoded, report = prepare(sources_for_config(config), tokenizers["small"], max_samples=config.max_samples,
+                              cutoff_len=1024)
+    assert report.samples == 7 and encoded.num_rows == 7
+    assert report.template_mismatch is None and report.template_check.startswith("7 conversations match")

@@ -37,3 +37,37 @@ def test_series_appear_with_their_first_value():
     callback.on_save(None, state, None)
     values = exported(metrics)
     assert values["hyft_train_eval_loss"] == 2.75 and values["hyft_train_last_checkpoint_step"] == 1
+
+
+def test_the_operator_reads_what_the_trainer_exports():
+    """Round trip through the contract: the trainer's exposition text, parsed by the operator's reader."""
+    from hyft_operator.progress import parse_progress
+
+    metrics = TrainingMetrics("job-a", 0)
+    callback = MetricsCallback(metrics, global_batch=8)
+    state = SimpleNamespace(max_steps=40, global_step=0, num_input_tokens_seen=0, epoch=0.0)
+    callback.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 10, 20480
+    callback.on_step_end(None, state, None)
+    callback.on_log(None, state, None, logs={"loss": 1.25})
+    callback.on_save(None, state, None)
+    progress = parse_progress(generate_latest(metrics.registry).decode())
+    assert (progress.step, progress.totalSteps, progress.percent, progress.loss) == (10, 40, 25.0, 1.25)
+    assert progress.lastCheckpointStep == 10 and progress.tokensPerSecond > 0 and progress.etaSeconds >= 0
+
+
+def test_every_trainer_metric_the_chart_names_is_in_the_contract():
+    """The dashboard and the alert rules read names the trainer exports (a histogram's too)."""
+    import re
+    from pathlib import Path
+
+    from hyft_trainer.contract import STEP_DURATION, TRAINER_METRICS
+
+    charts = Path(__file__).resolve().parents[2] / "charts"
+    text = "".join(p.read_text() for p in charts.rglob("*") if p.suffix in (".json", ".yaml", ".tpl"))
+    named = set(re.findall(r"hyft_train_[a-z_]+", text))
+    histogram = {f"{STEP_DURATION}_{suffix}" for suffix in ("bucket", "count", "sum")}
+    assert named and named <= set(TRAINER_METRICS) | histogram, named - set(TRAINER_METRICS) - histogram
+    metrics = TrainingMetrics("job-a", 0)
+    exported = {m.name for m in metrics.registry.collect()}
+    assert exported == set(TRAINER_METRICS)

@@ -17,11 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .data_check import TEMPLATE_CHECK_SAMPLES
 from .llamafactory_keys import known_keys, translate
 
-# The trainer/operator protocol: exit code 2 is a permanent error (invalid config or data); exit 0 with
-# this termination message means SIGTERM stopped training after a checkpoint (restart, do not finish).
-EXIT_INVALID = 2
-STOPPED_EARLY = "hyft: stopped early by SIGTERM"
-
 ChatFamily = Literal["auto", "small", "7b"]
 DataFormat = Literal["auto", "sharegpt", "alpaca"]
 

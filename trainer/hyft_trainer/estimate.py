@@ -1,7 +1,8 @@
 """`hyft estimate`: host RAM per node and GPU memory per device for a Hunyuan model,
 from DeepSpeed's own model-state estimators (deepspeed.runtime.zero.stage3 /
 stage_1_and_2 `estimate_zero*_model_states_mem_needs`, zero_init, 1.5x buffer)
-plus activations and logits. Pure arithmetic on the model config.
+plus activations and logits; on the host also what every trainer process and node
+holds besides the model, and the export's peak. Pure arithmetic on the model config.
 """
 from __future__ import annotations
 
@@ -11,6 +12,12 @@ from pathlib import Path
 
 GIB = 1024 ** 3
 BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
+# Host memory beside the model states, rounded up from bench/estimate_vs_measured.py (torch 2.11,
+# DeepSpeed 0.19, transformers 5.24, on CPU: a worker held 0.68 GiB besides its states and export,
+# torch's elastic agent and the hyft launcher 0.56 GiB together). A GPU process adds its CUDA
+# libraries' host memory, hence the margin on the process.
+PROCESS_BASE_BYTES = 1.0 * GIB
+NODE_BASE_BYTES = 0.6 * GIB
 
 # The published configs (../shared/hunyuan-chat-format.md).
 SIZES = {
@@ -74,13 +81,32 @@ def load_shape(model: str) -> Shape:
 class Estimate:
     stage: int
     offload: str  # none | optimizer | params+optimizer
-    host_bytes_per_node: float
+    host_states_bytes_per_node: float  # model states and frozen weights kept in host memory
+    host_base_bytes_per_node: float  # processes and launcher, before any model
+    export_bytes: float  # the export's peak, on the node of global rank 0
+    processes_per_node: int
     gpu_bytes_per_device: float
     activation_bytes: float
 
     @property
     def label(self) -> str:
         return f"ZeRO-{self.stage}, offload {self.offload}"
+
+    @property
+    def host_bytes_per_node(self) -> float:
+        """What the busiest node (global rank 0's, which also exports) needs at its peak."""
+        return self.host_states_bytes_per_node + self.host_base_bytes_per_node + self.export_bytes
+
+    @property
+    def host_bytes_per_process(self) -> float:
+        """The same for global rank 0's process alone: a pod running one process per GPU needs it per GPU."""
+        base = self.host_base_bytes_per_node - NODE_BASE_BYTES
+        return (self.host_states_bytes_per_node + base) / self.processes_per_node + self.export_bytes
+
+    @property
+    def breakdown(self) -> str:
+        return (f"states {self.host_states_bytes_per_node / GIB:.2f} + processes "
+                f"{self.host_base_bytes_per_node / GIB:.2f} + export {self.export_bytes / GIB:.2f} GiB")
 
 
 def model_states(trainable: int, largest: int, gpus_per_node: int, nodes: int, stage: int, offload_optimizer: bool,
@@ -108,10 +134,16 @@ def activations(shape: Shape, batch: int, seq: int, checkpointing: bool) -> floa
 
 
 def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full", lora_rank: int = 8,
-             batch: int = 1, seq: int = 2048, checkpointing: bool = True) -> list[Estimate]:
+             batch: int = 1, seq: int = 2048, checkpointing: bool = True, half_precision: bool = True
+             ) -> list[Estimate]:
+    """Every ZeRO option; half_precision False for float32 training (a CPU run)."""
     trainable = shape.params if method == "full" else shape.lora_params(lora_rank)
     frozen = shape.params - trainable
     act = activations(shape, batch, seq, checkpointing)
+    # The export gathers the trained weights on global rank 0 and serializes them there: 16-bit weights
+    # (float32 on CPU) for full fine-tuning, the float32 adapter for LoRA.
+    export = shape.params * (2 if half_precision else 4) if method == "full" else trainable * 4
+    base = NODE_BASE_BYTES + gpus_per_node * PROCESS_BASE_BYTES
     out = []
     options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False)]
     for stage, opt, par in options:
@@ -127,20 +159,22 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
             else:
                 gpu += 2 * frozen
         offload = "params+optimizer" if par else "optimizer" if opt else "none"
-        out.append(Estimate(stage, offload, host, gpu + act, act))
+        out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act, act))
     return out
 
 
 def render(shape: Shape, estimates: list[Estimate], gpu_memory_gib: float | None) -> str:
     lines = [f"model: {shape.params / 1e9:.2f}B parameters, largest layer {shape.largest_layer / 1e6:.0f}M",
-             f"{'option':34s} {'host RAM/node':>14s} {'GPU/device':>11s} {'(activations)':>14s}"
+             f"{'option':34s} {'host RAM/node':>14s} {'/process':>10s} {'GPU/device':>11s} {'(activations)':>14s}"
              + ("  fits" if gpu_memory_gib else "")]
     for e in estimates:
         fits = ""
         if gpu_memory_gib:
             fits = "  yes" if e.gpu_bytes_per_device <= gpu_memory_gib * GIB * 0.9 else "  no"
-        lines.append(f"{e.label:34s} {e.host_bytes_per_node / GIB:11.1f} GiB {e.gpu_bytes_per_device / GIB:7.1f} GiB "
-                     f"{e.activation_bytes / GIB:10.1f} GiB{fits}")
+        lines.append(f"{e.label:34s} {e.host_bytes_per_node / GIB:11.1f} GiB {e.host_bytes_per_process / GIB:6.1f} GiB "
+                     f"{e.gpu_bytes_per_device / GIB:7.1f} GiB {e.activation_bytes / GIB:10.1f} GiB{fits}")
+    lines.append("host RAM: model states + trainer processes and launcher + the export's peak (global rank 0's "
+                 "node); /process: global rank 0's process alone")
     if gpu_memory_gib:
         lines.append(f"(fits: within 90% of {gpu_memory_gib:g} GiB, leaving room for the CUDA context and "
                      "fragmentation)")

@@ -23,10 +23,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import EXIT_INVALID, STOPPED_EARLY, ConfigError, load_config
+from .config import ConfigError, load_config
+from .contract import CONFIG_ENV, EXIT_INVALID, RENDEZVOUS_ENV, STOPPED_EARLY, TERMINATION_LOG_ENV
 from .worker import INVALID_FILE_ENV, STOP_FILE_ENV
-
-ENV_KEYS = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def rendezvous_from_env(env: dict[str, str], gpus: int) -> Rendezvous:
     def get(key: str) -> str | None:
         return env.get(key) or env.get(f"PET_{key}")
 
-    values = {k: get(k) for k in ENV_KEYS}
+    values = {k: get(k) for k in RENDEZVOUS_ENV}
     try:
         return Rendezvous(
             nnodes=int(values["NNODES"] or 1),
@@ -68,6 +67,14 @@ def torchrun_command(rdzv: Rendezvous, config_path: str) -> list[str]:
             "--master_addr", rdzv.master_addr, "--master_port", str(rdzv.master_port),
             "--nproc_per_node", str(rdzv.nproc_per_node), "--max_restarts", "0",
             "-m", "hyft_trainer.worker", config_path]
+
+
+def gpu_count() -> int:
+    """CUDA devices, asked in a short-lived process: this launcher stays up for the whole run, and
+    importing torch here would hold half a GiB of host memory per node for nothing."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                         capture_output=True, text=True)
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
 def preflight(config_path: str):
@@ -89,16 +96,15 @@ def preflight(config_path: str):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: hyft train CONFIG.yaml", file=sys.stderr)
+        print(f"usage: hyft train CONFIG.yaml (or set {CONFIG_ENV})", file=sys.stderr)
         return EXIT_INVALID
     try:
         config = preflight(argv[0])
-        import torch
-
         from .deepspeed_config import settle
 
-        rdzv = rendezvous_from_env(dict(os.environ), torch.cuda.device_count())
-        settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, torch.cuda.is_available())
+        gpus = gpu_count()
+        rdzv = rendezvous_from_env(dict(os.environ), gpus)
+        settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, gpus > 0)
     except ConfigError as err:
         print(f"hyft: {err}", file=sys.stderr, flush=True)
         return EXIT_INVALID
@@ -154,7 +160,7 @@ def relay_stderr(source, sink, invalid_file: Path) -> None:
 
 def termination_message(text: str) -> None:
     """Kubernetes puts /dev/termination-log into the pod status, where the operator reads it."""
-    path = os.environ.get("HYFT_TERMINATION_LOG") or (
+    path = os.environ.get(TERMINATION_LOG_ENV) or (
         "/dev/termination-log" if "KUBERNETES_SERVICE_HOST" in os.environ else None)
     if not path:
         return

@@ -17,7 +17,7 @@ from pathlib import Path
 from .samples import Columns, SampleError, excerpt, to_conversation
 
 DATA_SUFFIXES = (".jsonl", ".json")
-RECORDS_VERSION = 2  # part of the cache key: bump when _all_records' output changes
+RECORDS_VERSION = 3  # part of the cache key: bump when _all_records' output changes
 
 
 class DataError(ValueError):
@@ -141,7 +141,8 @@ def _fingerprint(sources: list[Source]) -> str:
     return h.hexdigest()
 
 
-def _all_records(sources: list[Source], fingerprint: str, max_samples: int | None = None) -> Iterator[dict]:
+def _all_records(sources: tuple[Source, ...], fingerprint: str, max_samples: int | None = None
+                 ) -> Iterator[dict]:
     """Every source's records; with max_samples, the first N of each dataset (LLaMA-Factory's meaning)."""
     del fingerprint  # part of the generator's cache key only
     taken: dict[str, int] = {}
@@ -159,7 +160,7 @@ def _all_records(sources: list[Source], fingerprint: str, max_samples: int | Non
 def records_at(sources: list[Source], rows: set[int], max_samples: int | None = None) -> dict[int, dict]:
     """The raw records with these row numbers (read again from the files, up to the last one wanted)."""
     found: dict[int, dict] = {}
-    for record in _all_records(sources, "", max_samples):
+    for record in _all_records(tuple(sources), "", max_samples):
         if record["row"] in rows:
             found[record["row"]] = record
             if len(found) == len(rows):
@@ -226,7 +227,10 @@ def load_checked(sources: list[Source], require_markup: bool = False, num_proc: 
     if not sources:
         raise DataError("no data sources")
     columns = {str(s.path): s.columns for s in sources}
-    raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": sources, "fingerprint": _fingerprint(sources),
+    # a tuple: datasets splits list arguments into shards, one generator call each, which would restart
+    # the row numbers and the max_samples counts at every file
+    raw = Dataset.from_generator(_all_records, gen_kwargs={"sources": tuple(sources),
+                                                           "fingerprint": _fingerprint(sources),
                                                            "max_samples": max_samples})
     return raw.map(check_batch, fn_kwargs={"columns": columns, "require_markup": require_markup, "encoder": encoder},
                    batched=True, batch_size=1000, remove_columns=["raw", "load_error"], features=features,

@@ -12,7 +12,8 @@ import time
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from transformers import TrainerCallback
 
-PREFIX = "hyft_train_"
+from . import contract as c
+from .contract import METRIC_LABELS
 
 
 class Series:
@@ -32,28 +33,27 @@ class Series:
 class TrainingMetrics:
     def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        # not "job": Prometheus' own target label would rename it to exported_job
-        self.labels = {"hyft_job": job, "node_rank": str(node_rank)}
+        self.labels = dict(zip(METRIC_LABELS, (job, str(node_rank)), strict=True))
         names = list(self.labels)
 
         def gauge(name: str, doc: str) -> Series:
-            return Series(Gauge(PREFIX + name, doc, names, registry=self.registry), self.labels)
+            return Series(Gauge(name, doc, names, registry=self.registry), self.labels)
 
-        self.loss = gauge("loss", "Training loss of the last logging step")
-        self.learning_rate = gauge("learning_rate", "Current learning rate")
-        self.grad_norm = gauge("grad_norm", "Gradient norm of the last logging step")
-        self.global_step = gauge("global_step", "Optimizer steps done")
-        self.total_steps = gauge("total_steps", "Planned optimizer steps")
-        self.epoch = gauge("epoch", "Current epoch (fractional)")
-        self.tokens_per_second = gauge("tokens_per_second", "Non-padding input tokens per second, all ranks")
-        self.samples_per_second = gauge("samples_per_second", "Sequences per second, all ranks")
-        self.eta = gauge("eta_seconds", "Estimated seconds to the last step")
-        self.last_step = gauge("last_step_timestamp_seconds", "Unix time of the last finished step (stall alerts)")
-        self.eval_loss = gauge("eval_loss", "Loss on the held-out set")
-        self.checkpoint_step = gauge("last_checkpoint_step", "Step of the newest complete checkpoint")
-        self.peak_rss = gauge("peak_host_rss_bytes", "Peak resident memory of this process")
-        self.peak_gpu = gauge("peak_gpu_memory_bytes", "Peak GPU memory allocated by this process")
-        self.step_seconds = Series(Histogram(PREFIX + "step_duration_seconds", "Wall time of one optimizer step",
+        self.loss = gauge(c.LOSS, "Training loss of the last logging step")
+        self.learning_rate = gauge(c.LEARNING_RATE, "Current learning rate")
+        self.grad_norm = gauge(c.GRAD_NORM, "Gradient norm of the last logging step")
+        self.global_step = gauge(c.STEP, "Optimizer steps done")
+        self.total_steps = gauge(c.TOTAL_STEPS, "Planned optimizer steps")
+        self.epoch = gauge(c.EPOCH, "Current epoch (fractional)")
+        self.tokens_per_second = gauge(c.TOKENS_PER_SECOND, "Non-padding input tokens per second, all ranks")
+        self.samples_per_second = gauge(c.SAMPLES_PER_SECOND, "Sequences per second, all ranks")
+        self.eta = gauge(c.ETA, "Estimated seconds to the last step")
+        self.last_step = gauge(c.LAST_STEP_TIME, "Unix time of the last finished step (stall alerts)")
+        self.eval_loss = gauge(c.EVAL_LOSS, "Loss on the held-out set")
+        self.checkpoint_step = gauge(c.CHECKPOINT_STEP, "Step of the newest complete checkpoint")
+        self.peak_rss = gauge(c.PEAK_HOST_RSS, "Peak resident memory of this process")
+        self.peak_gpu = gauge(c.PEAK_GPU_MEMORY, "Peak GPU memory allocated by this process")
+        self.step_seconds = Series(Histogram(c.STEP_DURATION, "Wall time of one optimizer step",
                                              names, registry=self.registry,
                                              buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
                                    self.labels)

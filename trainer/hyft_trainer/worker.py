@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from .checkpoints import newest_complete
-from .config import EXIT_INVALID, ConfigError, TrainerConfig, dump_config, load_config
+from .config import ConfigError, TrainerConfig, dump_config, load_config
+from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV
 from .encode import IGNORE, MaskOptions
 from .loading import DataError, sources_for_config
 from .packing import first_fit_decreasing, pack
@@ -319,6 +320,8 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
                               if result.metrics.get("train_runtime") else None),
         "resumed_from": str(resume) if resume else None,
         "world_size": state.num_processes,
+        "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
+        "pod": os.environ.get(POD_NAME_ENV),
         "finetuning_type": config.finetuning_type,
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),
                  "invalid_examples": report.examples[:20], "chat_template_check": report.template_check},

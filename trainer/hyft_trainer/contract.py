@@ -1,0 +1,38 @@
+"""The trainer/operator contract, each fact defined once: the pod's environment, exit
+codes, the termination message, and the metric names the operator, the dashboard and
+the alert rules read. Torch-free: the operator image imports it.
+"""
+from __future__ import annotations
+
+# --- exit codes and termination messages
+EXIT_INVALID = 2  # invalid config or data: permanent, the operator does not restart the gang
+# exit 0 with this termination message: SIGTERM stopped training after a checkpoint (restart, do not finish)
+STOPPED_EARLY = "hyft: stopped early by SIGTERM"
+
+# --- the environment of every trainer pod
+RENDEZVOUS_ENV = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")  # and PET_* twins
+CONFIG_ENV = "HYFT_CONFIG"  # the trainer config `hyft train` reads when given no path
+ATTEMPT_ENV = "HYFT_ATTEMPT"  # the gang's attempt (0, 1, ... one per restart), recorded in report.json
+POD_NAME_ENV = "HYFT_POD_NAME"  # recorded in report.json next to the attempt
+TERMINATION_LOG_ENV = "HYFT_TERMINATION_LOG"  # where the termination message goes (default /dev/termination-log)
+
+# --- metrics, labelled hyft_job and node_rank
+METRIC_LABELS = ("hyft_job", "node_rank")  # not "job": Prometheus' own target label would rename it
+STEP = "hyft_train_global_step"
+TOTAL_STEPS = "hyft_train_total_steps"
+LOSS = "hyft_train_loss"
+EVAL_LOSS = "hyft_train_eval_loss"
+LEARNING_RATE = "hyft_train_learning_rate"
+GRAD_NORM = "hyft_train_grad_norm"
+EPOCH = "hyft_train_epoch"
+TOKENS_PER_SECOND = "hyft_train_tokens_per_second"
+SAMPLES_PER_SECOND = "hyft_train_samples_per_second"
+ETA = "hyft_train_eta_seconds"
+LAST_STEP_TIME = "hyft_train_last_step_timestamp_seconds"
+CHECKPOINT_STEP = "hyft_train_last_checkpoint_step"
+PEAK_HOST_RSS = "hyft_train_peak_host_rss_bytes"
+PEAK_GPU_MEMORY = "hyft_train_peak_gpu_memory_bytes"
+STEP_DURATION = "hyft_train_step_duration_seconds"  # a histogram
+TRAINER_METRICS = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, LEARNING_RATE, GRAD_NORM, EPOCH, TOKENS_PER_SECOND,
+                   SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, CHECKPOINT_STEP, PEAK_HOST_RSS, PEAK_GPU_MEMORY,
+                   STEP_DURATION)
