@@ -83,7 +83,17 @@ def docker_engine() -> Iterator[None]:
             dockerd.kill()
             dockerd.wait(10)
         log.close()
+        unmount_under(run_dir)  # dockerd leaves its default network namespace mounted in its exec root
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount every mount point inside folder, deepest first."""
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    inside = [m for m in points if m.startswith(f"{folder}/")]
+    for point in sorted(inside, key=len, reverse=True):
+        subprocess.run(["umount", point], check=False, capture_output=True)
 
 
 def debian_mirror() -> str:
