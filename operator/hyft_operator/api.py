@@ -2,14 +2,21 @@
 status. The CRD schema (crds/), validation and the reference docs are generated
 from these models. No kopf or kubernetes imports here.
 
-Field-level CEL rules live in ``json_schema_extra`` under
-``x-kubernetes-validations``; the generator copies them into the CRD.
+Each validation rule is written twice, side by side (see Rule): CEL under
+``x-kubernetes-validations`` for the API server, and its Python twin.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic_core import core_schema
+
+from hyft_trainer.choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
+from hyft_trainer.contract import RESERVED_ENV
 
 GROUP = "hyft.io"
 VERSION = "v1alpha1"
@@ -20,37 +27,139 @@ SHORT_NAMES = ["hft"]
 CATEGORIES = ["hyft", "ai", "training"]
 
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' own formats for the strings that land in Kubernetes objects (apimachinery's validation).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+QUALIFIED_NAME = "^(" + DNS_SUBDOMAIN[1:-1] + "/)?" + NAME_PART + "$"  # [prefix/]name, as label keys
+LABEL_VALUE = f"^({NAME_PART})?$"
+ENV_NAME = r"^[ -<>-~]+$"  # printable ASCII without '=' (Kubernetes' relaxed env var names)
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# The Docker reference grammar: [registry[:port]/]path[:tag][@digest]; kubelet refuses anything else
+# (InvalidImageName) and the pod would wait forever.
+IMAGE_REFERENCE = (r"^([a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
+                   r"(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+                   r"(@sha256:[a-f0-9]{64})?$")
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+MAX_SECONDS = 10 * 365 * 24 * 3600  # durations beyond ten years are typos, and overflow date arithmetic
+MAX_STEPS = 1_000_000_000
+# The longest derived name is the last worker's hostname, <name>-worker-510, a DNS label (63).
+MAX_NAME_LENGTH = 63 - len("-worker-510")
+
+# core/v1 VolumeSource: a volume names exactly one of these.
+VOLUME_SOURCES = (
+    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi", "downwardAPI",
+    "emptyDir", "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk", "gitRepo", "glusterfs",
+    "hostPath", "image", "iscsi", "nfs", "persistentVolumeClaim", "photonPersistentDisk", "portworxVolume",
+    "projected", "quobyte", "rbd", "scaleIO", "secret", "storageos", "vsphereVolume")
+READ_ONLY_SOURCES = ("configMap", "secret", "downwardAPI", "projected", "image")
+NODE_LOCAL_SOURCES = ("emptyDir", "hostPath", "ephemeral", "gitRepo", *READ_ONLY_SOURCES)
+
 IMMUTABLE = {"rule": "self == oldSelf", "message": "is immutable: create a new HunyuanFineTune instead"}
 # Kubernetes objects passed through to the pods unchanged (validated by the API server there).
 PASSTHROUGH = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+CEL = "x-kubernetes-validations"
 
 
 def cel(*rules: dict[str, str]) -> dict[str, Any]:
-    return {"x-kubernetes-validations": list(rules)}
+    return {CEL: list(rules)}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validation rule written twice, side by side: CEL for the API server, and a Python
+    predicate for `hyft render`, `hyft run --local` and the operator. The shared invalid table
+    (tests/invalid_specs.py) holds the two to the same verdicts.
+
+    On a model (its RULES) `holds` gets the model and `field` names the part it is about; on a
+    field (Annotated[type, Rule(...)]) `holds` gets the value."""
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+    field: str = ""
+
+    def schema(self) -> dict[str, str]:
+        return {"rule": self.cel, "message": self.message, **({"fieldPath": f".{self.field}"} if self.field else {})}
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
+        def check(value: Any) -> Any:
+            if not self.holds(value):
+                raise ValueError(self.message)
+            return value
+        return core_schema.no_info_after_validator_function(check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
+        out = handler(schema)
+        out.setdefault(CEL, []).append(self.schema())
+        return out
+
+
+def _one_of(volume: str, sources: tuple[str, ...]) -> str:
+    return "(" + " || ".join(f"has({volume}.{s})" for s in sources) + ")"
+
+
+def _model_rules_to_cel(schema: dict[str, Any], cls: type) -> None:
+    rules = getattr(cls, "RULES", ())
+    if rules:
+        schema.setdefault(CEL, []).extend(rule.schema() for rule in rules)
 
 
 class ApiModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_model_rules_to_cel)
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> ApiModel:
+        broken = [f"{rule.field + ': ' if rule.field else ''}{rule.message}" for rule in self.RULES
+                  if not rule.holds(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
+
+
+_FIELD = re.compile(r"^([A-Za-z][\w.\[\]]*): (.*)$", re.S)
+
+
+def field_path(loc: tuple[str | int, ...], relative: bool = False) -> str:
+    """('spec', 'env', 0, 'name') -> 'spec.env[0].name' (or '.spec.env[0].name', to append)."""
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+    return path if relative else path.lstrip(".")
+
+
+def describe(err: ValidationError) -> list[str]:
+    """pydantic's errors as the API server words them: 'spec.data.names: names need datasetInfo'."""
+    out = []
+    for error in err.errors():
+        loc = field_path(error["loc"])
+        text = error["msg"].removeprefix("Value error, ")
+        for part in text.split("; ") if error["type"] == "value_error" else [text]:
+            match = _FIELD.match(part)
+            path, message = (f"{loc}.{match[1]}".lstrip("."), match[2]) if match else (loc, part)
+            out.append(f"{path or 'spec'}: {message}")
+    return out
+
+
+RelativePath = Annotated[str, Rule("!self.startsWith('/') && !self.contains('..')",
+                                   "must be a relative path without '..'",
+                                   lambda p: not p.startswith("/") and ".." not in p)]
 
 
 # ---------------------------------------------------------------------------- spec
 class VolumePath(ApiModel):
     volume: str = Field(description="Name of an entry in spec.volumes.", min_length=1, max_length=63)
-    path: str = Field("", max_length=1024,
-                      description="Path inside that volume (relative; empty means the volume's root).",
-                      json_schema_extra=cel({"rule": "!self.startsWith('/') && !self.contains('..')",
-                                             "message": "must be a relative path without '..'"}))
+    path: RelativePath = Field("", max_length=1024, pattern=NO_CONTROL_CHARACTERS,
+                               description="Path inside that volume (relative; empty means the volume's root).")
 
 
 class ModelSpec(VolumePath):
-    family: Literal["auto", "small", "7b"] = Field(
+    family: ChatFamily = Field(
         "auto", description="Chat family: small (Hunyuan-0.5B/1.8B/4B), 7b (Hunyuan-7B), or auto "
                             "(detected from the tokenizer's special tokens).")
 
 
 class DatasetFile(VolumePath):
-    format: Literal["auto", "sharegpt", "alpaca"] = Field(
-        "auto", description="Data format of the JSON/JSONL file(s); auto detects it per file.")
+    format: DataFormat = Field("auto", description="Data format of the JSON/JSONL file(s); auto detects it per file.")
 
 
 class DataSpec(ApiModel):
@@ -60,8 +169,8 @@ class DataSpec(ApiModel):
     datasetInfo: VolumePath | None = Field(
         None,
         description="A LLaMA-Factory data folder: the folder holding dataset_info.json.")
-    names: list[str] = Field(default_factory=list, max_length=32,
-                             description="Dataset names from datasetInfo's dataset_info.json.")
+    names: list[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]] = Field(
+        default_factory=list, max_length=32, description="Dataset names from datasetInfo's dataset_info.json.")
     cutoffLen: int = Field(2048, ge=16, le=1048576,
                            description="Maximum tokens per sample (or per pack with packing).")
     packing: bool = Field(False, description="Pack several samples into one sequence "
@@ -73,44 +182,44 @@ class DataSpec(ApiModel):
                                      description="Skip (and count) invalid samples instead of failing the job.")
     valSize: float = Field(0.0, ge=0, lt=1,
                            description="Fraction of samples held out for evaluation.")
-    model_config = ConfigDict(json_schema_extra=cel(
-        {"rule": "size(self.files) > 0 || (has(self.datasetInfo) && size(self.names) > 0)",
-         "message": "set files, or datasetInfo with names"},
-        {"rule": "size(self.names) == 0 || has(self.datasetInfo)",
-         "message": "names need datasetInfo (the folder with dataset_info.json)"},
-    ))
+    RULES = (
+        Rule("size(self.files) > 0 || (has(self.datasetInfo) && size(self.names) > 0)",
+             "set files, or datasetInfo with names",
+             lambda d: bool(d.files) or (d.datasetInfo is not None and bool(d.names))),
+        Rule("size(self.names) == 0 || has(self.datasetInfo)",
+             "names need datasetInfo (the folder with dataset_info.json)",
+             lambda d: not d.names or d.datasetInfo is not None, field="names"),
+    )
 
 
 class LoraSpec(ApiModel):
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
     alpha: int | None = Field(None, ge=1, le=4096, description="LoRA alpha (default: 2 x rank).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
-    targetModules: list[str] = Field(["all"], min_length=1, max_length=64,
-                                     description="Module names to adapt, or [all] for every linear layer.")
+    targetModules: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.*-]+$")]] = Field(
+        ["all"], min_length=1, max_length=64,
+        description="Module names to adapt, or [all] for every linear layer.")
 
 
 class FreezeSpec(ApiModel):
-    trainableLayers: int = Field(2,
-                                 description="Train the last N decoder layers (negative: the first N).",
-                                 json_schema_extra=cel({"rule": "self != 0", "message": "must not be 0"}))
+    trainableLayers: Annotated[int, Rule("self != 0", "must not be 0", lambda n: n != 0)] = Field(
+        2, ge=-1024, le=1024, description="Train the last N decoder layers (negative: the first N).")
 
 
 class MethodSpec(ApiModel):
-    type: Literal["lora", "full", "freeze"] = Field("lora", description="Fine-tuning method.")
+    type: FinetuningType = Field("lora", description="Fine-tuning method.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (type: lora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (type: freeze).")
 
 
 class TrainingSpec(ApiModel):
     learningRate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
-    lrSchedulerType: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
-                             "polynomial", "inverse_sqrt"] = Field(
-        "cosine", description="Learning-rate schedule.")
+    lrSchedulerType: LrSchedulerType = Field("cosine", description="Learning-rate schedule.")
     warmupRatio: float = Field(0.0, ge=0, lt=1,
                                description="Warm-up share of all steps, below 1 (transformers reads 1 as one step).")
-    weightDecay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    weightDecay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
     epochs: float = Field(3.0, gt=0, le=1000, description="Training epochs (ignored when maxSteps is set).")
-    maxSteps: int | None = Field(None, ge=1, description="Total optimizer steps (overrides epochs).")
+    maxSteps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Total optimizer steps (overrides epochs).")
     perDeviceBatchSize: int = Field(1, ge=1, le=4096,
                                     description="Micro-batch size per GPU.")
     gradientAccumulationSteps: int = Field(1, ge=1, le=4096,
@@ -119,21 +228,21 @@ class TrainingSpec(ApiModel):
         "bf16", description="Training precision (fp32 is used on CPU-only pods).")
     gradientCheckpointing: bool = Field(True,
                                         description="Recompute activations to save GPU memory.")
-    maxGradNorm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: off).")
-    seed: int = Field(42, ge=0, description="Random seed (data order, initialisation).")
-    loggingSteps: int = Field(10, ge=1, description="Log (and export metrics) every N steps.")
-    saveSteps: int = Field(500, ge=1, description="Checkpoint every N steps.")
-    saveTotalLimit: int | None = Field(None, ge=1,
+    maxGradNorm: float = Field(1.0, ge=0, le=1e6, description="Gradient clipping norm (0: off).")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed (data order, initialisation).")
+    loggingSteps: int = Field(10, ge=1, le=MAX_STEPS, description="Log (and export metrics) every N steps.")
+    saveSteps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint every N steps.")
+    saveTotalLimit: int | None = Field(None, ge=1, le=100_000,
                                        description="Keep at most N checkpoints (oldest removed).")
-    evalSteps: int | None = Field(None, ge=1,
+    evalSteps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                   description="Evaluate every N steps (needs data.valSize > 0).")
     earlyStoppingPatience: int | None = Field(
-        None, ge=1,
+        None, ge=1, le=100_000,
         description="Stop after N evaluations without eval-loss improvement (needs evalSteps).")
-    model_config = ConfigDict(json_schema_extra=cel(
-        {"rule": "!has(self.earlyStoppingPatience) || has(self.evalSteps)",
-         "message": "earlyStoppingPatience needs evalSteps", "fieldPath": ".earlyStoppingPatience"},
-    ))
+    RULES = (
+        Rule("!has(self.earlyStoppingPatience) || has(self.evalSteps)", "earlyStoppingPatience needs evalSteps",
+             lambda t: t.earlyStoppingPatience is None or t.evalSteps is not None, field="earlyStoppingPatience"),
+    )
 
 
 class DeepSpeedSpec(ApiModel):
@@ -143,44 +252,93 @@ class DeepSpeedSpec(ApiModel):
     offloadParams: bool = Field(True,
                                 description="Keep parameters in host memory (ZeRO-3 only).")
     overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="DeepSpeed JSON merged over the generated config.",
+                                      description="DeepSpeed JSON merged over the generated config. The operator "
+                                                  "refuses values that contradict the fields above or training "
+                                                  "(InvalidSpec), as the trainer would.",
                                       json_schema_extra=PASSTHROUGH)
-    model_config = ConfigDict(json_schema_extra=cel(
+    RULES = (
         # has(): the CRD's own default ({}) is validated before its fields are defaulted.
-        {"rule": "!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
-         "message": "parameter offload needs ZeRO stage 3: with stage 2 set offloadParams: false",
-         "fieldPath": ".offloadParams"},
-    ))
+        Rule("!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
+             "parameter offload needs ZeRO stage 3: with stage 2 set offloadParams: false",
+             lambda d: not (d.offloadParams and d.stage != 3), field="offloadParams"),
+    )
+
+
+EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=ENV_NAME),
+                    Rule(f"!(self in {list(RESERVED_ENV)})",
+                         "is set by hyft on every trainer pod (the rendezvous and the pod contract): remove it",
+                         lambda name: name not in RESERVED_ENV)]
 
 
 class SecretEnv(ApiModel):
-    name: str = Field(description="Environment variable name.", min_length=1, max_length=256)
-    secretName: str = Field(description="Secret to read the value from.", min_length=1)
-    key: str = Field(description="Key in that Secret.", min_length=1)
+    name: EnvName = Field(description="Environment variable name.")
+    secretName: str = Field(description="Secret to read the value from.", min_length=1, max_length=253,
+                            pattern=DNS_SUBDOMAIN)
+    key: str = Field(description="Key in that Secret.", min_length=1, max_length=253, pattern=SECRET_KEY)
+
+
+class EnvVar(BaseModel):
+    """core/v1 EnvVar: its name checked here, the rest by the API server on the pod."""
+
+    model_config = ConfigDict(extra="allow")
+    name: EnvName = Field(description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    valueFrom: dict[str, Any] | None = Field(None, description="core/v1 EnvVarSource.",
+                                             json_schema_extra=PASSTHROUGH)
+
+
+CREDENTIAL_NAME = "(?i)(token|secret|password|api_?key)"
+InlineEnv = Annotated[EnvVar, Rule(f"!has(self.value) || !self.name.matches('{CREDENTIAL_NAME}')",
+                                   "looks like a credential: use secretEnv (a Secret reference), not an inline value",
+                                   lambda e: e.value is None or not re.search(CREDENTIAL_NAME, e.name))]
+
+
+class _VolumeName(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="Volume name.", min_length=1, max_length=63, pattern=DNS_LABEL)
+
+
+# core/v1 Volume: its name and its one source checked here, the source itself by the API server on the
+# pod. Every source is declared so that CEL can see which one a volume uses.
+Volume = create_model("Volume", __base__=_VolumeName, **{
+    source: (dict[str, Any] | None, Field(None, description=f"core/v1 {source} volume source.",
+                                          json_schema_extra=PASSTHROUGH)) for source in VOLUME_SOURCES})
+OneSourceVolume = Annotated[Volume, Rule(
+    " + ".join(f"(has(self.{s}) ? 1 : 0)" for s in VOLUME_SOURCES) + " == 1",
+    f"must have exactly one volume source ({', '.join(VOLUME_SOURCES)})",
+    lambda v: sum(getattr(v, s) is not None for s in VOLUME_SOURCES) == 1)]
+
+
+def k8s_object(model: BaseModel) -> dict[str, Any]:
+    """A pass-through Kubernetes object as the user wrote it (what goes into the pod)."""
+    return model.model_dump(mode="json", exclude_none=True)
 
 
 class SchedulingSpec(ApiModel):
-    nodeSelector: dict[str, str] = Field(default_factory=dict,
-                                         description="Node labels the pods must match.")
+    nodeSelector: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], Rule(
+        f"self.all(k, size(k) <= 317 && k.matches(r'{QUALIFIED_NAME}'))", "keys must be label keys ([prefix/]name)",
+        lambda labels: all(len(k) <= 317 and re.match(QUALIFIED_NAME, k) for k in labels))] = Field(
+        default_factory=dict, max_length=64, description="Node labels the pods must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=64,
                                               description="Pod tolerations (core/v1 Toleration).",
                                               json_schema_extra={"items": PASSTHROUGH})
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity (core/v1 Affinity).",
                                             json_schema_extra=PASSTHROUGH)
-    priorityClassName: str | None = Field(None, description="Pod priority class.")
-    schedulerName: str | None = Field(None,
+    priorityClassName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
+                                          description="Pod priority class.")
+    schedulerName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
                                       description="Scheduler for the pods (e.g. volcano for gang scheduling).")
-    queueName: str | None = Field(None,
+    queueName: str | None = Field(None, min_length=1, max_length=63, pattern=LABEL_VALUE,
                                   description="Kueue LocalQueue: pods join one Kueue pod group.")
 
 
 class RunPolicy(ApiModel):
     backoffLimit: int = Field(3, ge=0, le=100,
                               description="Gang restarts allowed after retryable failures before the job fails.")
-    activeDeadlineSeconds: int | None = Field(None, ge=1,
+    activeDeadlineSeconds: int | None = Field(None, ge=1, le=MAX_SECONDS,
                                               description="Fail the job after this long since it first started.")
     ttlSecondsAfterFinished: int | None = Field(
-        None, ge=0,
+        None, ge=0, le=MAX_SECONDS,
         description="Delete the pods this long after the job finished. The resource itself is kept "
                     "(a GitOps tool would recreate it).")
     suspend: bool = Field(False, description="Delete the pods (after a checkpoint on SIGTERM) and wait; "
@@ -189,7 +347,7 @@ class RunPolicy(ApiModel):
         300, ge=0, le=86400,
         description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "
                     "preemption) to save a checkpoint.")
-    permanentExitCodes: list[int] = Field(
+    permanentExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
         [2, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "
                     "(2: invalid config or data; 126/127: command not runnable).")
@@ -198,6 +356,19 @@ class RunPolicy(ApiModel):
 class MetricsSpec(ApiModel):
     enabled: bool = Field(True, description="Export Prometheus metrics from the trainer.")
     port: int = Field(9090, ge=1024, le=65535, description="Trainer metrics port.")
+
+
+def _volume_named(spec: HunyuanFineTuneSpec, name: str) -> Any:
+    return next((v for v in spec.volumes if v.name == name), None)
+
+
+def _output_source_in(spec: HunyuanFineTuneSpec, sources: tuple[str, ...]) -> bool:
+    volume = _volume_named(spec, spec.output.volume)
+    return volume is not None and any(getattr(volume, s) is not None for s in sources)
+
+
+def _output_cel(sources: tuple[str, ...]) -> str:
+    return f"self.volumes.exists(v, v.name == self.output.volume && {_one_of('v', sources)})"
 
 
 class HunyuanFineTuneSpec(ApiModel):
@@ -220,7 +391,7 @@ class HunyuanFineTuneSpec(ApiModel):
     gpusPerNode: int = Field(8, ge=0, le=16,
                              description="GPUs per pod; 0 runs on CPU (for tests and demos).",
                              json_schema_extra=cel(IMMUTABLE))
-    gpuResourceName: str = Field("nvidia.com/gpu",
+    gpuResourceName: str = Field("nvidia.com/gpu", max_length=317, pattern=QUALIFIED_NAME,
                                  description="Extended resource that counts GPUs.")
     cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU request per pod (e.g. '32').")
     memory: str | None = Field(None, pattern=QUANTITY_PATTERN,
@@ -228,36 +399,22 @@ class HunyuanFineTuneSpec(ApiModel):
                                            "needs host memory (see `hyft estimate`).")
     shmSize: str = Field("16Gi", pattern=QUANTITY_PATTERN,
                          description="Size of the memory-backed /dev/shm (data loaders, NCCL).")
-    image: str | None = Field(None, description="Trainer image (default: the operator's configured image).")
+    image: str | None = Field(None, max_length=1024, pattern=IMAGE_REFERENCE,
+                              description="Trainer image (default: the operator's configured image).")
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         None, description="Image pull policy.")
-    imagePullSecrets: list[str] = Field(default_factory=list, max_length=16,
-                                        description="Secrets for pulling the image.")
-    env: list[dict[str, Any]] = Field(
+    imagePullSecrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN)]] = Field(
+        default_factory=list, max_length=16, description="Secrets for pulling the image.")
+    env: list[InlineEnv] = Field(
         default_factory=list, max_length=128,
         description="Extra environment variables (core/v1 EnvVar). Tokens and passwords belong in "
-                    "secretEnv, never inline.",
-        json_schema_extra={"items": {
-            **PASSTHROUGH, "required": ["name"],
-            "properties": {
-                "name": {"type": "string", "maxLength": 256, "description": "Variable name."},
-                "value": {"type": "string", "description": "Literal value."},
-                "valueFrom": {**PASSTHROUGH, "description": "core/v1 EnvVarSource."}},
-            **cel({"rule": "!has(self.value) || !self.name.matches('(?i)(token|secret|password|api_?key)')",
-                   "message": "looks like a credential: use secretEnv (a Secret reference), not an inline value"}),
-        }})
+                    "secretEnv, never inline; the rendezvous variables are hyft's.")
     secretEnv: list[SecretEnv] = Field(default_factory=list, max_length=64,
                                        description="Environment variables read from Secrets (e.g. HF_TOKEN).")
-    volumes: list[dict[str, Any]] = Field(
+    volumes: list[OneSourceVolume] = Field(
         min_length=1, max_length=32,
         description="Volumes (core/v1 Volume: persistentVolumeClaim, nfs, csi, hostPath...). Each is mounted "
-                    "at /hyft/volumes/<name>; model, data and output name one of them.",
-        json_schema_extra={"items": {**PASSTHROUGH, "required": ["name"],
-                                     "properties": {
-                                         "name": {"type": "string", "maxLength": 63, "description": "Volume name."},
-                                         **{source: {**PASSTHROUGH, "description": f"core/v1 {source} source."}
-                                            for source in ("persistentVolumeClaim", "emptyDir", "hostPath",
-                                                           "nfs", "csi")}}}})
+                    "at /hyft/volumes/<name>; model, data and output name one of them.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec,
                                        description="Where the pods may run.")
     runPolicy: RunPolicy = Field(default_factory=RunPolicy,
@@ -266,46 +423,46 @@ class HunyuanFineTuneSpec(ApiModel):
     masterPort: int = Field(29500, ge=1024, le=65535,
                             description="Port of the torch.distributed rendezvous on the master pod.")
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        {"rule": "self.volumes.exists(v, v.name == self.model.volume)",
-         "message": "model.volume must name an entry of volumes", "fieldPath": ".model.volume"},
-        {"rule": "self.volumes.exists(v, v.name == self.output.volume)",
-         "message": "output.volume must name an entry of volumes", "fieldPath": ".output.volume"},
-        {"rule": "self.data.files.all(f, self.volumes.exists(v, v.name == f.volume))",
-         "message": "every data.files[].volume must name an entry of volumes", "fieldPath": ".data.files"},
-        {"rule": "!has(self.data.datasetInfo) || self.volumes.exists(v, v.name == self.data.datasetInfo.volume)",
-         "message": "data.datasetInfo.volume must name an entry of volumes", "fieldPath": ".data.datasetInfo"},
-        {"rule": "self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))",
-         "message": "volume names must be unique", "fieldPath": ".volumes"},
-        {"rule": "self.nodes == 1 || !self.volumes.exists(v, v.name == self.output.volume && "
-                 "(has(v.emptyDir) || has(v.hostPath)))",
-         "message": "with more than one node the output volume must be shared by all nodes "
-                    "(a ReadWriteMany PVC, NFS or CSI), not emptyDir or hostPath", "fieldPath": ".output"},
-        {"rule": "self.gpusPerNode > 0 || self.training.precision == 'fp32'",
-         "message": "CPU pods (gpusPerNode: 0) train in fp32", "fieldPath": ".training.precision"},
-    ))
+    RULES = (
+        Rule("self.volumes.exists(v, v.name == self.model.volume)", "model.volume must name an entry of volumes",
+             lambda s: _volume_named(s, s.model.volume) is not None, field="model.volume"),
+        Rule("self.volumes.exists(v, v.name == self.output.volume)", "output.volume must name an entry of volumes",
+             lambda s: _volume_named(s, s.output.volume) is not None, field="output.volume"),
+        Rule("self.data.files.all(f, self.volumes.exists(v, v.name == f.volume))",
+             "every data.files[].volume must name an entry of volumes",
+             lambda s: all(_volume_named(s, f.volume) for f in s.data.files), field="data.files"),
+        Rule("!has(self.data.datasetInfo) || self.volumes.exists(v, v.name == self.data.datasetInfo.volume)",
+             "data.datasetInfo.volume must name an entry of volumes",
+             lambda s: s.data.datasetInfo is None or _volume_named(s, s.data.datasetInfo.volume) is not None,
+             field="data.datasetInfo"),
+        Rule("self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))", "volume names must be unique",
+             lambda s: len({v.name for v in s.volumes}) == len(s.volumes), field="volumes"),
+        Rule(f"!{_output_cel(READ_ONLY_SOURCES)}",
+             f"the output volume must be writable, not {', '.join(READ_ONLY_SOURCES)}",
+             lambda s: not _output_source_in(s, READ_ONLY_SOURCES), field="output"),
+        Rule(f"self.nodes == 1 || !{_output_cel(NODE_LOCAL_SOURCES)}",
+             "with more than one node the output volume must be shared by all nodes "
+             "(a ReadWriteMany PVC, NFS or CSI), not emptyDir or hostPath",
+             lambda s: s.nodes == 1 or not _output_source_in(s, NODE_LOCAL_SOURCES), field="output"),
+        Rule("self.gpusPerNode > 0 || self.training.precision == 'fp32'", "CPU pods (gpusPerNode: 0) train in fp32",
+             lambda s: s.gpusPerNode > 0 or s.training.precision == "fp32", field="training.precision"),
+        Rule("!has(self.training.evalSteps) || self.data.valSize > 0",
+             "evalSteps needs a validation split: set data.valSize > 0",
+             lambda s: s.training.evalSteps is None or s.data.valSize > 0, field="training.evalSteps"),
+        Rule("!self.metrics.enabled || self.metrics.port != self.masterPort",
+             "metrics.port must differ from masterPort (both listen on the master pod)",
+             lambda s: not s.metrics.enabled or s.metrics.port != s.masterPort, field="metrics.port"),
+        Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
+             "a variable is set both in env and in secretEnv: keep one",
+             lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),
+    )
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> HunyuanFineTuneSpec:
-        # The same rules as the CEL above, for `hyft run --local` and `hyft render`.
-        names = [v.get("name") for v in self.volumes]
-        if len(set(names)) != len(names):
-            raise ValueError("volumes: volume names must be unique")
-        refs = [("model.volume", self.model.volume), ("output.volume", self.output.volume)]
-        refs += [(f"data.files[{i}].volume", f.volume) for i, f in enumerate(self.data.files)]
-        if self.data.datasetInfo:
-            refs.append(("data.datasetInfo.volume", self.data.datasetInfo.volume))
-        for field, name in refs:
-            if name not in names:
-                raise ValueError(f"{field}: {name!r} is not an entry of volumes ({', '.join(map(str, names))})")
-        if not self.data.files and not (self.data.datasetInfo and self.data.names):
-            raise ValueError("data: set files, or datasetInfo with names")
-        output_volume = next(v for v in self.volumes if v.get("name") == self.output.volume)
-        if self.nodes > 1 and ("emptyDir" in output_volume or "hostPath" in output_volume):
-            raise ValueError("output: with more than one node the output volume must be shared by all nodes")
-        if self.gpusPerNode == 0 and self.training.precision != "fp32":
-            raise ValueError("training.precision: CPU pods (gpusPerNode: 0) train in fp32")
-        return self
+
+DNS_1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a Service name
+NAME_RULE = Rule(f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{DNS_1035_LABEL}')",
+                 f"metadata.name: must be at most {MAX_NAME_LENGTH} characters of a-z, 0-9 and '-', starting with a "
+                 "letter (it names the Service and the pods' hostnames, up to <name>-worker-510)",
+                 lambda name: len(name) <= MAX_NAME_LENGTH and re.match(DNS_1035_LABEL, name) is not None)
 
 
 # --------------------------------------------------------------------------- status
@@ -380,3 +537,10 @@ class HunyuanFineTune(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: HunyuanFineTuneSpec
     status: HunyuanFineTuneStatus = Field(default_factory=HunyuanFineTuneStatus)
+
+    @model_validator(mode="after")
+    def _name_fits_derived_names(self) -> HunyuanFineTune:
+        name = self.metadata.get("name")
+        if isinstance(name, str) and not NAME_RULE.holds(name):
+            raise ValueError(NAME_RULE.message)
+        return self

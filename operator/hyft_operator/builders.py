@@ -11,10 +11,13 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from hyft_trainer.config import DataFile, TrainerConfig, dump_config
-from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
+from pydantic import ValidationError
 
-from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
+from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
+from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
+from hyft_trainer.deepspeed_config import settle
+
+from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath, field_path, k8s_object
 
 LABEL_JOB = "hyft.io/job-name"
 LABEL_ROLE = "hyft.io/role"
@@ -97,7 +100,26 @@ def service(job: HunyuanFineTune) -> dict[str, Any]:
     }
 
 
+class InvalidSpec(ValueError):
+    """A spec the API server accepts but the trainer would refuse (what CEL cannot see, such as
+    DeepSpeed overrides): `hyft render` refuses it, the operator fails the job with reason InvalidSpec."""
+
+
 def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
+    """The trainer config of a job, checked as the trainer will check it at start-up."""
+    spec = job.spec
+    try:
+        config = _trainer_config(job)
+        settle(config, world_size=spec.nodes * max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
+    except ValidationError as err:
+        raise InvalidSpec("spec: the trainer refuses its config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    except ConfigError as err:  # only the DeepSpeed overrides can contradict the rest of a valid spec
+        raise InvalidSpec(f"spec.deepspeed.overrides: {err}") from None
+    return config
+
+
+def _trainer_config(job: HunyuanFineTune) -> TrainerConfig:
     spec = job.spec
     data, method, training, ds = spec.data, spec.method, spec.training, spec.deepspeed
     return TrainerConfig(
@@ -144,6 +166,30 @@ def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
         job_name=job.metadata["name"],
     )
+
+
+def check(job: HunyuanFineTune) -> None:
+    """What `hyft render` and the operator check beyond the API models: the trainer config as the
+    trainer checks it, and the pass-through Kubernetes objects as the Kubernetes client's own
+    models read them (types, unknown fields). Raises InvalidSpec naming the spec field."""
+    from kubernetes import client  # slow to import, and only the operator side needs it
+
+    trainer_config(job)
+    spec = job.spec
+    objects = [("spec.scheduling.affinity", client.V1Affinity, spec.scheduling.affinity)] * bool(
+        spec.scheduling.affinity)
+    objects += [(f"spec.scheduling.tolerations[{i}]", client.V1Toleration, t)
+                for i, t in enumerate(spec.scheduling.tolerations)]
+    objects += [(f"spec.env[{i}]", client.V1EnvVar, k8s_object(e)) for i, e in enumerate(spec.env)]
+    objects += [(f"spec.volumes[{i}]", client.V1Volume, k8s_object(v)) for i, v in enumerate(spec.volumes)]
+    problems = []
+    for where, model, value in objects:
+        try:
+            model.model_validate(value)
+        except ValidationError as err:
+            problems += [f"{where}{field_path(e['loc'], relative=True)}: {e['msg']}" for e in err.errors()]
+    if problems:
+        raise InvalidSpec("; ".join(problems))
 
 
 def config_map(job: HunyuanFineTune) -> dict[str, Any]:
@@ -213,16 +259,16 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
     ]
     env += [{"name": s.name, "valueFrom": {"secretKeyRef": {"name": s.secretName, "key": s.key}}}
             for s in spec.secretEnv]
-    env += spec.env
+    env += [k8s_object(e) for e in spec.env]
 
     ports = [{"name": "metrics", "containerPort": spec.metrics.port}] if spec.metrics.enabled else []
     if rank == 0:
         ports.insert(0, {"name": "rendezvous", "containerPort": spec.masterPort})
 
-    mounts = [{"name": v["name"], "mountPath": f"{VOLUME_ROOT}/{v['name']}"} for v in spec.volumes]
+    mounts = [{"name": v.name, "mountPath": f"{VOLUME_ROOT}/{v.name}"} for v in spec.volumes]
     mounts += [{"name": "hyft-config", "mountPath": CONFIG_DIR, "readOnly": True},
                {"name": "dshm", "mountPath": "/dev/shm"}]
-    volumes = list(spec.volumes) + [
+    volumes = [k8s_object(v) for v in spec.volumes] + [
         {"name": "hyft-config", "configMap": {"name": config_map_name(name)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shmSize}},
     ]

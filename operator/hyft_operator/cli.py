@@ -16,9 +16,11 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import get_args
 
 import yaml
 
+from hyft_trainer.choices import ChatFamily, DataFormat
 from hyft_trainer.contract import CONFIG_ENV
 from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
 
@@ -26,7 +28,8 @@ from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
 def _load_resource(path: str, namespace: str):
     from pydantic import ValidationError
 
-    from .api import HunyuanFineTune
+    from .api import HunyuanFineTune, describe
+    from .builders import InvalidSpec, check
 
     try:
         doc = yaml.safe_load(Path(path).read_text())
@@ -37,10 +40,13 @@ def _load_resource(path: str, namespace: str):
         sys.exit(f"{path}: not a HunyuanFineTune resource (kind: {kind!r})")
     doc.setdefault("metadata", {}).setdefault("namespace", namespace)
     try:
-        return HunyuanFineTune.model_validate(doc)
+        job = HunyuanFineTune.model_validate(doc)
+        check(job)
     except ValidationError as err:
-        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
-        sys.exit(f"{path}: invalid HunyuanFineTune:\n" + "\n".join(lines))
+        sys.exit(f"{path}: invalid HunyuanFineTune:\n" + "\n".join(f"  {line}" for line in describe(err)))
+    except InvalidSpec as err:
+        sys.exit(f"{path}: invalid HunyuanFineTune:\n  {err}")
+    return job
 
 
 def cmd_crd(args: argparse.Namespace) -> None:
@@ -233,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="JSON/JSONL files, folders of them, or LLaMA-Factory data folders "
                                             "(with dataset_info.json)")
     p.add_argument("--tokenizer", help="model or tokenizer folder: also check token lengths")
-    p.add_argument("--template", choices=["auto", "small", "7b"], default="auto",
+    p.add_argument("--template", choices=get_args(ChatFamily), default="auto",
                    help="chat family (default: detected from the tokenizer)")
     p.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per sample (default 2048)")
-    p.add_argument("--format", choices=["auto", "sharegpt", "alpaca"], default="auto",
+    p.add_argument("--format", choices=get_args(DataFormat), default="auto",
                    help="data format of plain files (default: detected per sample)")
     p.add_argument("--require-markup", action="store_true",
                    help="every assistant turn must use <think>/<answer> markup")
@@ -284,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a tiny random-weight HunYuanDenseV1 model and a locally built tokenizer "
                                    "with the family's special tokens and chat template (no download needed).")
     p.add_argument("out", help="output folder")
-    p.add_argument("--family", choices=["small", "7b"], default="small",
+    p.add_argument("--family", choices=[f for f in get_args(ChatFamily) if f != "auto"], default="small",
                    help="chat family: small (0.5B/1.8B/4B tokens) or 7b (default: small)")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)

@@ -19,7 +19,7 @@ import yaml
 from . import api
 
 CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
-CEL = "x-kubernetes-validations"
+CEL = api.CEL
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -125,6 +125,7 @@ def crd() -> dict[str, Any]:
                     "type": "object",
                     "description": api.HunyuanFineTune.__doc__.strip(),
                     "required": ["spec"],
+                    CEL: [api.NAME_RULE.schema()],
                     "properties": {
                         "apiVersion": {"type": "string", "description": "hyft.io/v1alpha1"},
                         "kind": {"type": "string", "description": "HunyuanFineTune"},

@@ -36,11 +36,11 @@ class LocalRunError(ValueError):
 def volume_folders(job: HunyuanFineTune, overrides: dict[str, str]) -> dict[str, Path]:
     folders = {}
     for volume in job.spec.volumes:
-        name = volume["name"]
+        name = volume.name
         if name in overrides:
             folders[name] = Path(overrides[name]).resolve()
-        elif "hostPath" in volume:
-            folders[name] = Path(volume["hostPath"]["path"]).resolve()
+        elif volume.hostPath and volume.hostPath.get("path"):
+            folders[name] = Path(volume.hostPath["path"]).resolve()
         else:
             raise LocalRunError(f"volume {name!r} has no local folder: pass --volume {name}=PATH")
     return folders

@@ -39,6 +39,13 @@ def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) 
             f"{job.spec.nodes} nodes needs ReadWriteMany so that every node sees the same checkpoints")
 
 
+def _api_message(err: ApiException) -> str:
+    try:
+        return str(json.loads(err.body).get("message", err.reason))
+    except (TypeError, ValueError, AttributeError):
+        return str(err.reason)
+
+
 class Reconciler:
     def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
                  scrape_progress: bool = True, scrape_timeout: float = 2.0):
@@ -68,7 +75,7 @@ class Reconciler:
     def _reconcile(self, namespace: str, name: str) -> float | None:
         metrics.watch_namespace(namespace)
         try:
-            obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+            obj = self._get(namespace, name)
         except ApiException as err:
             if err.status == 404:
                 self.phases.observe((namespace, name), None)
@@ -79,7 +86,11 @@ class Reconciler:
             return None
         try:
             job = api.HunyuanFineTune.model_validate(obj)
-        except ValidationError as err:
+            builders.check(job)
+        except ValidationError as err:  # what the API server cannot check (or a CRD older than this operator)
+            self._write_invalid(obj, "; ".join(api.describe(err)))
+            return None
+        except builders.InvalidSpec as err:
             self._write_invalid(obj, str(err))
             return None
 
@@ -107,10 +118,15 @@ class Reconciler:
             try:
                 self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults))
             except ApiException as err:
-                if err.status not in (400, 403, 422):
+                pod_name = builders.pod_name(name, rank)
+                if err.status in (400, 422):  # the pod itself is invalid: so is the spec, and retrying cannot help
+                    self._write_invalid(self._get(namespace, name),
+                                        f"the API server refuses pod {pod_name}: {_api_message(err)}")
+                    return 0.0  # next pass: Failed, the gang's other pods deleted
+                if err.status != 403:
                     raise
                 # Admission refused the pod (quota, missing PriorityClass, policy): say so and retry.
-                self._write_create_failure(namespace, name, builders.pod_name(name, rank), err)
+                self._write_create_failure(namespace, name, pod_name, err)
                 return CREATE_RETRY_SECONDS
         if plan.create and len(plan.create) + len(views) == job.spec.nodes and plan.status.attempt == 0:
             created = dt.datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
@@ -135,8 +151,8 @@ class Reconciler:
         return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])
 
     def _preflight(self, job: api.HunyuanFineTune) -> str | None:
-        volume = next(v for v in job.spec.volumes if v["name"] == job.spec.output.volume)
-        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        volume = next(v for v in job.spec.volumes if v.name == job.spec.output.volume)
+        claim = (volume.persistentVolumeClaim or {}).get("claimName")
         if job.spec.nodes == 1 or not claim:
             return None
         try:
@@ -164,13 +180,12 @@ class Reconciler:
         self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, meta["namespace"], api.PLURAL,
                                                           meta["name"], body)
 
+    def _get(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+
     def _write_create_failure(self, namespace: str, name: str, pod_name: str, err: ApiException) -> None:
-        try:
-            message = json.loads(err.body).get("message", err.reason)
-        except (TypeError, ValueError):
-            message = str(err.reason)
-        message = f"cannot create pod {pod_name}: {message}"
-        obj = self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+        message = f"cannot create pod {pod_name}: {_api_message(err)}"
+        obj = self._get(namespace, name)
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
         now = dt.datetime.now(dt.UTC)
         lifecycle.set_condition(status.conditions, "Created", "False", lifecycle.CREATION_FAILED, message, now,

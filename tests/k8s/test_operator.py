@@ -249,41 +249,7 @@ def test_pods_refused_by_admission_are_reported_not_crash_looped(api_client, op_
     wait_phase(api_client, op_namespace, "noprio", "Running")
 
 
-# ------------------------------------------------------------- validation
-INVALID = [
-    ("nodes: 0", lambda s: s.update(nodes=0), "spec.nodes"),
-    ("unknown method", lambda s: s.update(method={"type": "qlora"}), "spec.method.type"),
-    ("negative learning rate", lambda s: s.update(training={"learningRate": -1, "precision": "fp32"}),
-     "spec.training.learningRate"),
-    ("model volume not declared", lambda s: s["model"].update(volume="nope"), "model.volume"),
-    ("absolute path", lambda s: s["model"].update(path="/etc"), "spec.model.path"),
-    ("path escaping the volume", lambda s: s["output"].update(path="../x"), "spec.output.path"),
-    ("no data", lambda s: s.update(data={"files": []}), "spec.data"),
-    ("names without datasetInfo", lambda s: s["data"].update(names=["a"]), "spec.data"),
-    ("emptyDir output for 2 nodes", lambda s: s.update(volumes=[{"name": "shared", "emptyDir": {}}]), "spec.output"),
-    ("offloadParams with ZeRO-2", lambda s: s.update(deepspeed={"stage": 2, "offloadParams": True}),
-     "spec.deepspeed.offloadParams"),
-    ("bf16 on CPU pods", lambda s: s.update(training={"precision": "bf16"}), "spec.training.precision"),
-    ("inline token", lambda s: s.update(env=[{"name": "HF_TOKEN", "value": "hf_abc"}]), "spec.env[0]"),
-    ("bad memory quantity", lambda s: s.update(memory="lots"), "spec.memory"),
-    ("duplicate volume names", lambda s: s.update(volumes=s["volumes"] * 2), "spec.volumes"),
-    ("earlyStopping without evalSteps",
-     lambda s: s.update(training={"precision": "fp32", "earlyStoppingPatience": 2}),
-     "spec.training.earlyStoppingPatience"),
-    ("zero stage 1", lambda s: s.update(deepspeed={"stage": 1, "offloadParams": False}), "spec.deepspeed.stage"),
-]
-
-
-@pytest.mark.parametrize("mutate, field", [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
-def test_api_server_rejects_invalid_resources_naming_the_field(crds, api_client, namespace, mutate, field):
-    body = cpu_job("invalid")
-    mutate(body["spec"])
-    with pytest.raises(ApiException) as err:
-        create(api_client, namespace, body)
-    assert err.value.status == 422
-    assert field in json.loads(err.value.body)["message"]
-
-
+# ------------------------------------------------------------- validation (the invalid table: test_validation.py)
 def test_immutable_fields_cannot_change_but_suspend_can(crds, api_client, namespace):
     create(api_client, namespace, cpu_job("fixed"))
     with pytest.raises(ApiException) as err:

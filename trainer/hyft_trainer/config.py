@@ -14,11 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from .choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
 from .data_check import TEMPLATE_CHECK_SAMPLES
 from .llamafactory_keys import known_keys, translate
 
-ChatFamily = Literal["auto", "small", "7b"]
-DataFormat = Literal["auto", "sharegpt", "alpaca"]
 
 class DataFile(BaseModel):
     """A data file or folder read directly (without dataset_info.json)."""
@@ -36,7 +35,7 @@ class TrainerConfig(BaseModel):
     trust_remote_code: bool = Field(False, description="run the model folder's own Python code (auto_map)")
     template: ChatFamily = Field("auto", description="chat family: small (0.5B/1.8B/4B), 7b, or auto")
     # method
-    finetuning_type: Literal["lora", "full", "freeze"] = "lora"
+    finetuning_type: FinetuningType = "lora"
     lora_rank: int = Field(8, ge=1)
     lora_alpha: int | None = Field(None, ge=1, description="default: 2 x lora_rank")
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -65,8 +64,7 @@ class TrainerConfig(BaseModel):
     per_device_train_batch_size: int = Field(1, ge=1)
     per_device_eval_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
-                               "polynomial", "inverse_sqrt"] = "cosine"
+    lr_scheduler_type: LrSchedulerType = "cosine"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # transformers reads >= 1 as steps
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)

@@ -15,6 +15,9 @@ CONFIG_ENV = "HYFT_CONFIG"  # the trainer config `hyft train` reads when given n
 ATTEMPT_ENV = "HYFT_ATTEMPT"  # the gang's attempt (0, 1, ... one per restart), recorded in report.json
 POD_NAME_ENV = "HYFT_POD_NAME"  # recorded in report.json next to the attempt
 TERMINATION_LOG_ENV = "HYFT_TERMINATION_LOG"  # where the termination message goes (default /dev/termination-log)
+# what a user's env may not set: the contract above, and what torchrun derives per process
+RESERVED_ENV = (*RENDEZVOUS_ENV, *(f"PET_{name}" for name in RENDEZVOUS_ENV), CONFIG_ENV, ATTEMPT_ENV, POD_NAME_ENV,
+                "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
 
 # --- metrics, labelled hyft_job and node_rank
 METRIC_LABELS = ("hyft_job", "node_rank")  # not "job": Prometheus' own target label would rename it

@@ -105,6 +105,7 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool) -> Settled:
     elif config.zero_stage == 0:
         ds = None
     else:
+        check_overrides(config)
         ds = merge(generated(config), config.deepspeed_overrides)
     notes: list[str] = []
     update: dict[str, Any] = {}
@@ -131,6 +132,25 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool) -> Settled:
     if ds is not None:
         check_batch_sizes(ds, config, world_size)
     return Settled(config, ds, tuple(notes))
+
+
+def check_overrides(config: TrainerConfig) -> None:
+    """Overrides refine the generated config; one that contradicts the ZeRO stage or an offload
+    switch would silently win over the setting the user (and `hyft estimate`) reads."""
+    zero = config.deepspeed_overrides.get("zero_optimization")
+    if not isinstance(zero, dict):
+        return
+    if "stage" in zero and zero["stage"] != config.zero_stage:
+        raise ConfigError(f"zero_optimization.stage is {json.dumps(zero['stage'])} but zero_stage is "
+                          f"{config.zero_stage}: set the stage itself, not an override")
+    for key, field in (("offload_optimizer", "offload_optimizer"), ("offload_param", "offload_param")):
+        device = _get(zero, (key, "device"))
+        if device is None:
+            continue
+        offloaded = device in ("cpu", "nvme")
+        if offloaded != getattr(config, field):
+            raise ConfigError(f"zero_optimization.{key}.device is {json.dumps(device)} but {field} is "
+                              f"{json.dumps(getattr(config, field))}: set {field} itself, not an override")
 
 
 def check_batch_sizes(ds: dict[str, Any], config: TrainerConfig, world_size: int) -> None:
