@@ -71,3 +71,4 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run (in
 	$(PY) bench/data_prep.py --workers 1
 	$(PY) bench/train_step.py
 	$(PY) bench/estimate_vs_measured.py
+	$(PY) bench/operator_scale.py

@@ -95,6 +95,14 @@ class Rule:
         return out
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """Marks a spec field passed to the trainer config unchanged, under this key (builders maps
+    every marked field; only fields that need a conversion are mapped by hand there)."""
+
+    key: str
+
+
 def _one_of(volume: str, sources: tuple[str, ...]) -> str:
     return "(" + " || ".join(f"has({volume}.{s})" for s in sources) + ")"
 
@@ -153,13 +161,16 @@ class VolumePath(ApiModel):
 
 
 class ModelSpec(VolumePath):
-    family: ChatFamily = Field(
+    family: Annotated[ChatFamily, Trainer("template")] = Field(
         "auto", description="Chat family: small (Hunyuan-0.5B/1.8B/4B), 7b (Hunyuan-7B), or auto "
                             "(detected from the tokenizer's special tokens).")
 
 
 class DatasetFile(VolumePath):
     format: DataFormat = Field("auto", description="Data format of the JSON/JSONL file(s); auto detects it per file.")
+
+
+DatasetName = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
 
 
 class DataSpec(ApiModel):
@@ -169,19 +180,20 @@ class DataSpec(ApiModel):
     datasetInfo: VolumePath | None = Field(
         None,
         description="A LLaMA-Factory data folder: the folder holding dataset_info.json.")
-    names: list[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]] = Field(
+    names: Annotated[list[DatasetName], Trainer("dataset")] = Field(
         default_factory=list, max_length=32, description="Dataset names from datasetInfo's dataset_info.json.")
-    cutoffLen: int = Field(2048, ge=16, le=1048576,
-                           description="Maximum tokens per sample (or per pack with packing).")
-    packing: bool = Field(False, description="Pack several samples into one sequence "
-                                             "(no attention across samples).")
-    trainOnPrompt: bool = Field(False, description="Also train on prompt tokens.")
-    maskHistory: bool = Field(False,
-                              description="Train only the last assistant turn of each conversation.")
-    skipInvalidSamples: bool = Field(False,
-                                     description="Skip (and count) invalid samples instead of failing the job.")
-    valSize: float = Field(0.0, ge=0, lt=1,
-                           description="Fraction of samples held out for evaluation.")
+    cutoffLen: Annotated[int, Trainer("cutoff_len")] = Field(
+        2048, ge=16, le=1048576, description="Maximum tokens per sample (or per pack with packing).")
+    packing: Annotated[bool, Trainer("packing")] = Field(
+        False, description="Pack several samples into one sequence (no attention across samples).")
+    trainOnPrompt: Annotated[bool, Trainer("train_on_prompt")] = Field(
+        False, description="Also train on prompt tokens.")
+    maskHistory: Annotated[bool, Trainer("mask_history")] = Field(
+        False, description="Train only the last assistant turn of each conversation.")
+    skipInvalidSamples: Annotated[bool, Trainer("skip_invalid_samples")] = Field(
+        False, description="Skip (and count) invalid samples instead of failing the job.")
+    valSize: Annotated[float, Trainer("val_size")] = Field(
+        0.0, ge=0, lt=1, description="Fraction of samples held out for evaluation.")
     RULES = (
         Rule("size(self.files) > 0 || (has(self.datasetInfo) && size(self.names) > 0)",
              "set files, or datasetInfo with names",
@@ -193,50 +205,59 @@ class DataSpec(ApiModel):
 
 
 class LoraSpec(ApiModel):
-    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
-    alpha: int | None = Field(None, ge=1, le=4096, description="LoRA alpha (default: 2 x rank).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    rank: Annotated[int, Trainer("lora_rank")] = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: Annotated[int | None, Trainer("lora_alpha")] = Field(
+        None, ge=1, le=4096, description="LoRA alpha (default: 2 x rank).")
+    dropout: Annotated[float, Trainer("lora_dropout")] = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
     targetModules: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.*-]+$")]] = Field(
         ["all"], min_length=1, max_length=64,
         description="Module names to adapt, or [all] for every linear layer.")
 
 
 class FreezeSpec(ApiModel):
-    trainableLayers: Annotated[int, Rule("self != 0", "must not be 0", lambda n: n != 0)] = Field(
+    trainableLayers: Annotated[int, Rule("self != 0", "must not be 0", lambda n: n != 0),
+                               Trainer("freeze_trainable_layers")] = Field(
         2, ge=-1024, le=1024, description="Train the last N decoder layers (negative: the first N).")
 
 
 class MethodSpec(ApiModel):
-    type: FinetuningType = Field("lora", description="Fine-tuning method.")
+    type: Annotated[FinetuningType, Trainer("finetuning_type")] = Field("lora", description="Fine-tuning method.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (type: lora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (type: freeze).")
 
 
 class TrainingSpec(ApiModel):
-    learningRate: float = Field(1e-4, gt=0, le=1, description="Peak learning rate.")
-    lrSchedulerType: LrSchedulerType = Field("cosine", description="Learning-rate schedule.")
-    warmupRatio: float = Field(0.0, ge=0, lt=1,
-                               description="Warm-up share of all steps, below 1 (transformers reads 1 as one step).")
-    weightDecay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
-    epochs: float = Field(3.0, gt=0, le=1000, description="Training epochs (ignored when maxSteps is set).")
+    learningRate: Annotated[float, Trainer("learning_rate")] = Field(
+        1e-4, gt=0, le=1, description="Peak learning rate.")
+    lrSchedulerType: Annotated[LrSchedulerType, Trainer("lr_scheduler_type")] = Field(
+        "cosine", description="Learning-rate schedule.")
+    warmupRatio: Annotated[float, Trainer("warmup_ratio")] = Field(
+        0.0, ge=0, lt=1, description="Warm-up share of all steps, below 1 (transformers reads 1 as one step).")
+    weightDecay: Annotated[float, Trainer("weight_decay")] = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    epochs: Annotated[float, Trainer("num_train_epochs")] = Field(
+        3.0, gt=0, le=1000, description="Training epochs (ignored when maxSteps is set).")
     maxSteps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Total optimizer steps (overrides epochs).")
-    perDeviceBatchSize: int = Field(1, ge=1, le=4096,
-                                    description="Micro-batch size per GPU.")
-    gradientAccumulationSteps: int = Field(1, ge=1, le=4096,
-                                           description="Micro-batches accumulated per optimizer step.")
+    perDeviceBatchSize: Annotated[int, Trainer("per_device_train_batch_size")] = Field(
+        1, ge=1, le=4096, description="Micro-batch size per GPU.")
+    gradientAccumulationSteps: Annotated[int, Trainer("gradient_accumulation_steps")] = Field(
+        1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="Training precision (fp32 is used on CPU-only pods).")
-    gradientCheckpointing: bool = Field(True,
-                                        description="Recompute activations to save GPU memory.")
-    maxGradNorm: float = Field(1.0, ge=0, le=1e6, description="Gradient clipping norm (0: off).")
-    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed (data order, initialisation).")
-    loggingSteps: int = Field(10, ge=1, le=MAX_STEPS, description="Log (and export metrics) every N steps.")
-    saveSteps: int = Field(500, ge=1, le=MAX_STEPS, description="Checkpoint every N steps.")
-    saveTotalLimit: int | None = Field(None, ge=1, le=100_000,
-                                       description="Keep at most N checkpoints (oldest removed).")
-    evalSteps: int | None = Field(None, ge=1, le=MAX_STEPS,
-                                  description="Evaluate every N steps (needs data.valSize > 0).")
-    earlyStoppingPatience: int | None = Field(
+    gradientCheckpointing: Annotated[bool, Trainer("gradient_checkpointing")] = Field(
+        True, description="Recompute activations to save GPU memory.")
+    maxGradNorm: Annotated[float, Trainer("max_grad_norm")] = Field(
+        1.0, ge=0, le=1e6, description="Gradient clipping norm (0: off).")
+    seed: Annotated[int, Trainer("seed")] = Field(
+        42, ge=0, le=2**32 - 1, description="Random seed (data order, initialisation).")
+    loggingSteps: Annotated[int, Trainer("logging_steps")] = Field(
+        10, ge=1, le=MAX_STEPS, description="Log (and export metrics) every N steps.")
+    saveSteps: Annotated[int, Trainer("save_steps")] = Field(
+        500, ge=1, le=MAX_STEPS, description="Checkpoint every N steps.")
+    saveTotalLimit: Annotated[int | None, Trainer("save_total_limit")] = Field(
+        None, ge=1, le=100_000, description="Keep at most N checkpoints (oldest removed).")
+    evalSteps: Annotated[int | None, Trainer("eval_steps")] = Field(
+        None, ge=1, le=MAX_STEPS, description="Evaluate every N steps (needs data.valSize > 0).")
+    earlyStoppingPatience: Annotated[int | None, Trainer("early_stopping_steps")] = Field(
         None, ge=1, le=100_000,
         description="Stop after N evaluations without eval-loss improvement (needs evalSteps).")
     RULES = (
@@ -246,13 +267,13 @@ class TrainingSpec(ApiModel):
 
 
 class DeepSpeedSpec(ApiModel):
-    stage: Literal[2, 3] = Field(3, description="ZeRO stage.")
-    offloadOptimizer: bool = Field(True,
-                                   description="Keep optimizer states in host memory (CPU Adam).")
-    offloadParams: bool = Field(True,
-                                description="Keep parameters in host memory (ZeRO-3 only).")
-    overrides: dict[str, Any] = Field(default_factory=dict,
-                                      description="DeepSpeed JSON merged over the generated config. The operator "
+    stage: Annotated[Literal[2, 3], Trainer("zero_stage")] = Field(3, description="ZeRO stage.")
+    offloadOptimizer: Annotated[bool, Trainer("offload_optimizer")] = Field(
+        True, description="Keep optimizer states in host memory (CPU Adam).")
+    offloadParams: Annotated[bool, Trainer("offload_param")] = Field(
+        True, description="Keep parameters in host memory (ZeRO-3 only).")
+    overrides: Annotated[dict[str, Any], Trainer("deepspeed_overrides")] = Field(
+        default_factory=dict, description="DeepSpeed JSON merged over the generated config. The operator "
                                                   "refuses values that contradict the fields above or training "
                                                   "(InvalidSpec), as the trainer would.",
                                       json_schema_extra=PASSTHROUGH)

@@ -11,13 +11,13 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
 from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
 from hyft_trainer.deepspeed_config import settle
 
-from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath, field_path, k8s_object
+from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, field_path, k8s_object
 
 LABEL_JOB = "hyft.io/job-name"
 LABEL_ROLE = "hyft.io/role"
@@ -119,50 +119,33 @@ def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
     return config
 
 
+def _marked(model: BaseModel) -> dict[str, Any]:
+    """The spec fields marked Trainer(key), anywhere in the spec, under their trainer keys."""
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = next((m.key for m in field.metadata if isinstance(m, Trainer)), None)
+        if key:
+            out[key] = value
+        elif isinstance(value, BaseModel):
+            out.update(_marked(value))
+    return out
+
+
 def _trainer_config(job: HunyuanFineTune) -> TrainerConfig:
+    """The marked fields as they are, and the ones that need a conversion."""
     spec = job.spec
-    data, method, training, ds = spec.data, spec.method, spec.training, spec.deepspeed
+    data, training = spec.data, spec.training
     return TrainerConfig(
+        **_marked(spec),
         model_name_or_path=volume_path(spec.model),
-        template=spec.model.family,
-        finetuning_type=method.type,
-        lora_rank=method.lora.rank,
-        lora_alpha=method.lora.alpha,
-        lora_dropout=method.lora.dropout,
-        lora_target=",".join(method.lora.targetModules),
-        freeze_trainable_layers=method.freeze.trainableLayers,
+        lora_target=",".join(spec.method.lora.targetModules),
         data_files=[DataFile(path=volume_path(f), format=f.format) for f in data.files],
-        dataset=list(data.names),
         dataset_dir=volume_path(data.datasetInfo) if data.datasetInfo else None,
-        cutoff_len=data.cutoffLen,
-        packing=data.packing,
-        train_on_prompt=data.trainOnPrompt,
-        mask_history=data.maskHistory,
-        skip_invalid_samples=data.skipInvalidSamples,
-        val_size=data.valSize,
-        learning_rate=training.learningRate,
-        num_train_epochs=training.epochs,
         max_steps=training.maxSteps or -1,
-        per_device_train_batch_size=training.perDeviceBatchSize,
-        gradient_accumulation_steps=training.gradientAccumulationSteps,
-        lr_scheduler_type=training.lrSchedulerType,
-        warmup_ratio=training.warmupRatio,
-        weight_decay=training.weightDecay,
-        max_grad_norm=training.maxGradNorm,
         bf16=training.precision == "bf16",
         fp16=training.precision == "fp16",
-        gradient_checkpointing=training.gradientCheckpointing,
-        seed=training.seed,
-        logging_steps=training.loggingSteps,
-        save_steps=training.saveSteps,
-        save_total_limit=training.saveTotalLimit,
-        eval_steps=training.evalSteps,
-        early_stopping_steps=training.earlyStoppingPatience,
         output_dir=volume_path(spec.output),
-        zero_stage=ds.stage,
-        offload_optimizer=ds.offloadOptimizer,
-        offload_param=ds.offloadParams,
-        deepspeed_overrides=ds.overrides,
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
         job_name=job.metadata["name"],
     )

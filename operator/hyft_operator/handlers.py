@@ -5,18 +5,23 @@
 One async daemon per HunyuanFineTune runs its reconciles, one at a time: at once
 when the job or one of its pods changes (the event handlers only wake it), when
 the last plan asked for it (a deadline, a TTL, a retry: lifecycle's
-requeue_after, to the second), and otherwise every HYFT_RESYNC_SECONDS. The
-blocking reconcile runs in a worker thread, so a slow API call or progress scrape
-holds up only its own job. Kopf stops the daemons while peering pauses this
-replica. Settings come from the environment: HYFT_TRAINER_IMAGE,
-HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off), HYFT_RESYNC_SECONDS,
-HYFT_SCRAPE_PROGRESS, HYFT_PEERING_LIFETIME.
+requeue_after, to the second), and otherwise every HYFT_RESYNC_SECONDS. It reads
+the job from Kopf's live body and its pods from a Kopf index (both fed by the
+watches), so a reconcile that changes nothing makes no API call. The blocking
+reconcile runs in a worker thread (HYFT_RECONCILE_WORKERS of them), so a slow
+API call or progress scrape holds up only its own job. Kopf stops the daemons
+while peering pauses this replica. Settings come from the environment:
+HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
+HYFT_RESYNC_SECONDS, HYFT_RECONCILE_WORKERS, HYFT_SCRAPE_PROGRESS,
+HYFT_PEERING_LIFETIME.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import kopf
 from kubernetes import client, config
@@ -26,6 +31,9 @@ from . import api, builders
 from .reconciler import Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("HYFT_RESYNC_SECONDS", "10"))
+# Reconciles block on API calls, not on the CPU: many jobs at once need more threads than asyncio's default.
+RECONCILE_WORKERS = ThreadPoolExecutor(int(os.environ.get("HYFT_RECONCILE_WORKERS", "32")),
+                                       thread_name_prefix="hyft-reconcile")
 _state: dict[str, Reconciler] = {}
 
 
@@ -44,12 +52,15 @@ def login(**kwargs):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
+async def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix; the status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hyft.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="hyft.io")
     settings.persistence.finalizer = "hyft.io/operator"
     settings.posting.enabled = False  # we post our own events, one per transition
+    # Kopf logs every handler call ("Handler 'pod_changed' succeeded": one per pod event); at scale
+    # that is most of the log and a share of the CPU. Our own log says what happened to each job.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     # A killed active replica is replaced by a standby after this long.
     settings.peering.lifetime = int(os.environ.get("HYFT_PEERING_LIFETIME", "60"))
@@ -57,8 +68,11 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         image=os.environ.get("HYFT_TRAINER_IMAGE", builders.OperatorDefaults.image),
         image_pull_policy=os.environ.get("HYFT_TRAINER_IMAGE_PULL_POLICY", builders.OperatorDefaults.image_pull_policy),
     )
-    _state["reconciler"] = Reconciler(_api_client(), defaults,
-                                      scrape_progress=os.environ.get("HYFT_SCRAPE_PROGRESS", "1") == "1")
+    reconciler = Reconciler(_api_client(), defaults,
+                            scrape_progress=os.environ.get("HYFT_SCRAPE_PROGRESS", "1") == "1")
+    loop = asyncio.get_running_loop()
+    reconciler.on_progress = lambda namespace, name: loop.call_soon_threadsafe(_wake, namespace, name)
+    _state["reconciler"] = reconciler
     port = int(os.environ.get("HYFT_METRICS_PORT", "0"))
     if port:
         start_http_server(port)
@@ -73,10 +87,23 @@ def _wakeup(namespace: str, name: str) -> asyncio.Event:
     return _wakeups.setdefault((namespace, name), asyncio.Event())
 
 
+def _wake(namespace: str, name: str) -> None:
+    if (namespace, name) in _wakeups:  # a job whose daemon still runs
+        _wakeups[(namespace, name)].set()
+
+
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 async def job_changed(type: str, name: str, namespace: str, **_) -> None:
     if type != "DELETED":
         _wakeup(namespace, name).set()
+
+
+@kopf.index("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
+def job_pods(namespace: str, labels: dict, body: kopf.Body, **_) -> dict:
+    """Each job's pods, kept current by the pod watch (Kopf fills it before any handler runs)."""
+    # Kopf swaps a new raw object in on each event and never changes an old one: a shallow copy
+    # taken on the event loop is a consistent snapshot (and the reconciler only reads it).
+    return {(namespace, labels[builders.LABEL_JOB]): dict(body)}
 
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
@@ -85,13 +112,18 @@ async def pod_changed(labels: dict, namespace: str, **_) -> None:
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10)
-async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, **_) -> None:
+async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+                          job_pods: kopf.Index, **_) -> None:
     wakeup = _wakeup(namespace, name)
+    loop = asyncio.get_running_loop()
     try:
         while not stopped:
             wakeup.clear()  # an event during the reconcile below sets it again: one more pass
+            # body is Kopf's live view of the job: the latest watched version (snapshot as above)
+            reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=dict(body),
+                                          pods=list(job_pods.get((namespace, name), [])))
             try:
-                requeue = await asyncio.to_thread(_state["reconciler"].reconcile, namespace, name)
+                requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
             except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
                 log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name, ERROR_RETRY_SECONDS)
                 requeue = ERROR_RETRY_SECONDS

@@ -48,6 +48,7 @@ class PodView:
     reason: str = ""
     message: str = ""
     unschedulable: str = ""
+    scheduled: bool = False
 
     @property
     def active(self) -> bool:
@@ -76,6 +77,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         reason=terminated.get("reason") or status.get("reason") or "",
         message=(terminated.get("message") or status.get("message") or "").strip()[-500:],
         unschedulable=unschedulable,
+        scheduled=bool((pod.get("spec") or {}).get("nodeName")) or scheduled.get("status") == "True",
     )
 
 
@@ -156,8 +158,9 @@ class _Planner:
                                       and c.status == "False" and c.reason == CREATION_FAILED), None)
 
     # -- helpers -------------------------------------------------------------
-    def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
-        if self.st.phase != phase or self.reason != reason:
+    def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal",
+                   announce: bool = True) -> None:
+        if announce and (self.st.phase != phase or self.reason != reason):
             self.plan.events.append(Event(event_type, reason, message))
         self.st.phase, self.st.message, self.reason = phase, message, reason
 
@@ -293,7 +296,8 @@ class _Planner:
         else:
             reason = self.reason if self.st.phase == "Pending" and self.reason else "PodsStarting"
             message = self.creation_failure if retrying else f"{running}/{self.total} pods running"
-            self.transition("Pending", reason, message)
+            # creating pods was announced (PodsCreated); starting them is the same news
+            self.transition("Pending", reason, message, announce=not self.plan.create)
 
     def count(self) -> None:
         gone = self.st.attempt != self.old.attempt or self.st.phase == "Suspended" or self.st.podsDeletedAfterTtl
@@ -330,8 +334,11 @@ class _Planner:
             if not any(c.type == "PodsScheduled" and c.status == "False" for c in conds):
                 self.plan.events.append(Event("Warning", "Unschedulable", msg))
             set_condition(conds, "PodsScheduled", "False", "Unschedulable", msg, now, gen)
-        elif self.current:
-            set_condition(conds, "PodsScheduled", "True", "Scheduled", "", now, gen)
+        elif self.current or self.plan.create:
+            scheduled = len(self.current) == self.total and all(p.scheduled for p in self.current)
+            set_condition(conds, "PodsScheduled", "True" if scheduled else "False",
+                          "Scheduled" if scheduled else "WaitingForScheduler",
+                          "" if scheduled else "not every pod is bound to a node yet", now, gen)
         in_progress = st.phase in ("Pending", "Running", "Restarting")
         set_condition(conds, "Reconciling", "True" if in_progress else "False",
                       self.reason if in_progress else "Idle", st.message if in_progress else "", now, gen)

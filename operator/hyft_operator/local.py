@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from hyft_trainer.config import map_paths
 from hyft_trainer.contract import CONFIG_ENV
 from hyft_trainer.launcher import free_port
 
@@ -56,12 +57,7 @@ def localize(path: str, folders: dict[str, Path]) -> str:
 
 
 def local_trainer_config(job: HunyuanFineTune, folders: dict[str, Path], metrics_port: int | None) -> dict:
-    config = builders.trainer_config(job).model_dump(mode="json")
-    for key in ("model_name_or_path", "dataset_dir", "output_dir"):
-        if config.get(key):
-            config[key] = localize(config[key], folders)
-    for data_file in config["data_files"]:
-        data_file["path"] = localize(data_file["path"], folders)
+    config = map_paths(builders.trainer_config(job), lambda path: localize(path, folders)).model_dump(mode="json")
     if config.get("metrics_port") is not None:
         config["metrics_port"] = metrics_port
     return config

@@ -12,8 +12,12 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client
@@ -25,6 +29,23 @@ from .progress import parse_progress
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
+SCRAPE_INTERVAL_SECONDS = 5.0
+CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
+
+
+@dataclass(frozen=True)
+class Expectation:
+    created: set[tuple[str, int]] = field(default_factory=set)  # (pod name, attempt)
+    deleted: set[str] = field(default_factory=set)  # pod UIDs
+    until: float = field(default_factory=lambda: time.monotonic() + 10.0)  # then trust the cache anyway
+
+    def met(self, pods: list[dict[str, Any]]) -> bool:
+        if time.monotonic() > self.until:
+            return True
+        seen = {(p["metadata"]["name"], int(p["metadata"].get("labels", {}).get(builders.LABEL_ATTEMPT, -1)))
+                for p in pods}
+        uids = {p["metadata"]["uid"] for p in pods}
+        return self.created <= seen and not self.deleted & uids
 
 
 def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) -> str | None:
@@ -39,6 +60,11 @@ def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) 
             f"{job.spec.nodes} nodes needs ReadWriteMany so that every node sees the same checkpoints")
 
 
+def master_metrics_url(job: api.HunyuanFineTune) -> str:
+    return (f"http://{builders.master_address(job.metadata['name'], job.metadata['namespace'])}:"
+            f"{job.spec.metrics.port}/metrics")
+
+
 def _api_message(err: ApiException) -> str:
     try:
         return str(json.loads(err.body).get("message", err.reason))
@@ -48,21 +74,42 @@ def _api_message(err: ApiException) -> str:
 
 class Reconciler:
     def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
-                 scrape_progress: bool = True, scrape_timeout: float = 2.0):
+                 scrape_progress: bool = True, scrape_timeout: float = 2.0,
+                 metrics_url: Callable[[api.HunyuanFineTune], str] | None = None):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.defaults = defaults
         self.scrape_progress = scrape_progress
         self.scrape_timeout = scrape_timeout
+        self.metrics_url = metrics_url or master_metrics_url
+        # Progress is scraped beside the reconciles, never inside one: a slow or dead trainer endpoint
+        # holds up no reconcile. A new value wakes the job's reconcile (on_progress, set by the daemon).
+        self.on_progress: Callable[[str, str], None] = lambda namespace, name: None
+        self._scrapes = ThreadPoolExecutor(4, thread_name_prefix="hyft-scrape")
+        self._progress: dict[tuple[str, str], tuple[float, api.Progress | None]] = {}
+        self._scraping: set[tuple[str, str]] = set()
         self.phases = metrics.PhaseTracker()
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        # What the caches must show before a reconcile from them can be trusted (controller-runtime's
+        # "expectations"): the resourceVersion our last status write replaced, the pods we created
+        # (name, attempt) and the pod UIDs we deleted.
+        self._replaced_version: dict[tuple[str, str], str] = {}
+        self._expected: dict[tuple[str, str], Expectation] = {}
 
     # ------------------------------------------------------------------ entry
-    def reconcile(self, namespace: str, name: str) -> float | None:
-        """One pass for one job; returns seconds until it wants to run again (or None)."""
+    def reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None = None,
+                  pods: list[dict[str, Any]] | None = None) -> float | None:
+        """One pass for one job; returns seconds until it wants to run again (or None). `obj` and
+        `pods` come from the watch caches; without them the pass reads both from the API."""
         with self._locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():
+            key = (namespace, name)
+            if obj is not None and obj["metadata"].get("resourceVersion") == self._replaced_version.get(key):
+                return CACHE_WAIT_SECONDS  # our own status write is not in the cache yet
+            if pods is not None and not self._expected.get(key, Expectation()).met(pods):
+                return CACHE_WAIT_SECONDS  # our own pod creates/deletes are not in the cache yet
+            self._expected.pop(key, None)
             try:
-                requeue = self._reconcile(namespace, name)
+                requeue = self._reconcile(namespace, name, obj, pods)
                 metrics.RECONCILES.labels("ok").inc()
                 return requeue
             except ApiException as err:
@@ -72,17 +119,20 @@ class Reconciler:
                 metrics.RECONCILES.labels("error").inc()
                 raise
 
-    def _reconcile(self, namespace: str, name: str) -> float | None:
+    def _reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None,
+                   cached_pods: list[dict[str, Any]] | None) -> float | None:
         metrics.watch_namespace(namespace)
-        try:
-            obj = self._get(namespace, name)
-        except ApiException as err:
-            if err.status == 404:
-                self.phases.observe((namespace, name), None)
-                return None
-            raise
+        if obj is None:
+            try:
+                obj = self._get(namespace, name)
+            except ApiException as err:
+                if err.status == 404:
+                    self.phases.observe((namespace, name), None)
+                    return None
+                raise
         if obj["metadata"].get("deletionTimestamp"):
             self.phases.observe((namespace, name), None)
+            self._progress.pop((namespace, name), None)
             return None
         try:
             job = api.HunyuanFineTune.model_validate(obj)
@@ -94,7 +144,8 @@ class Reconciler:
             self._write_invalid(obj, str(err))
             return None
 
-        pods = [p for p in self._list_pods(namespace, name) if self._owned(p, obj)]
+        listed = self._list_pods(namespace, name) if cached_pods is None else cached_pods
+        pods = [p for p in listed if self._owned(p, obj)]
         views = [lifecycle.pod_view(p) for p in pods]
         now = dt.datetime.now(dt.UTC)
         if not job.status.startTime and not views:
@@ -103,7 +154,7 @@ class Reconciler:
                 self._write_invalid(obj, problem, reason="OutputNotShared")
                 return None
         if self.scrape_progress and job.status.phase == "Running" and job.spec.metrics.enabled:
-            job.status.progress = self._scrape(job) or job.status.progress
+            job.status.progress = self._latest_progress(job) or job.status.progress
         plan = lifecycle.plan(job, views, now)
 
         if plan.status != api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {}):
@@ -112,6 +163,9 @@ class Reconciler:
             self._ensure(builders.service(job))
             self._ensure(builders.config_map(job))
         uids = {view.name: view.uid for view in views}
+        self._expected[(namespace, name)] = Expectation(
+            created={(builders.pod_name(name, rank), plan.status.attempt) for rank in plan.create},
+            deleted={uids[pod_name] for pod_name in plan.delete})
         for pod_name in plan.delete:
             self._delete_pod(namespace, pod_name, uids[pod_name])
         for rank in plan.create:
@@ -119,6 +173,7 @@ class Reconciler:
                 self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults))
             except ApiException as err:
                 pod_name = builders.pod_name(name, rank)
+                self._expected.pop((namespace, name), None)
                 if err.status in (400, 422):  # the pod itself is invalid: so is the spec, and retrying cannot help
                     self._write_invalid(self._get(namespace, name),
                                         f"the API server refuses pod {pod_name}: {_api_message(err)}")
@@ -163,22 +218,35 @@ class Reconciler:
             raise
         return output_volume_problem(job, self.core.api_client.sanitize_for_serialization(pvc))
 
-    def _scrape(self, job: api.HunyuanFineTune) -> api.Progress | None:
-        url = (f"http://{builders.master_address(job.metadata['name'], job.metadata['namespace'])}:"
-               f"{job.spec.metrics.port}/metrics")
+    def _latest_progress(self, job: api.HunyuanFineTune) -> api.Progress | None:
+        """The last scraped progress; starts a new scrape when the last is older than SCRAPE_INTERVAL."""
+        key = (job.metadata["namespace"], job.metadata["name"])
+        scraped_at, progress = self._progress.get(key, (0.0, None))
+        if key not in self._scraping and time.monotonic() - scraped_at >= SCRAPE_INTERVAL_SECONDS:
+            self._scraping.add(key)
+            self._scrapes.submit(self._scrape, key, self.metrics_url(job))
+        return progress
+
+    def _scrape(self, key: tuple[str, str], url: str) -> None:
         try:
             with urllib.request.urlopen(url, timeout=self.scrape_timeout) as resp:
-                return parse_progress(resp.read().decode())
+                progress = parse_progress(resp.read().decode())
         except (OSError, ValueError):
-            return None  # progress is best effort; the phase does not depend on it
+            progress = None  # progress is best effort; the phase does not depend on it
+        finally:
+            self._scraping.discard(key)
+        old = self._progress.get(key, (0.0, None))[1]
+        self._progress[key] = (time.monotonic(), progress or old)
+        if progress and progress != old:
+            self.on_progress(*key)
 
     # -------------------------------------------------------------------- act
     def _write_status(self, obj: dict[str, Any], status: api.HunyuanFineTuneStatus) -> None:
-        body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
-                "status": status.model_dump(mode="json")}
         meta = obj["metadata"]
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status.model_dump(mode="json")}
         self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, meta["namespace"], api.PLURAL,
                                                           meta["name"], body)
+        self._replaced_version[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
 
     def _get(self, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from hyft_operator import api, builders
+from hyft_operator import reconciler as reconciliation
 from hyft_operator.reconciler import Reconciler
 from hyft_trainer.config import parse_config
 from tests.helpers import EXAMPLES, ROOT, wait_for
@@ -355,6 +357,82 @@ def test_a_stale_delete_cannot_remove_the_next_attempts_pod(crds, api_client, na
     assert core.read_namespaced_pod("same-name", namespace).metadata.uid == new.metadata.uid
     reconciler._delete_pod(namespace, "same-name", new.metadata.uid)
     wait_for(gone, what="the new pod deleted by its own UID")
+
+
+class TrainerMetricsEndpoint:
+    """The trainer's own exporter (hyft_trainer.metrics) behind a test HTTP server that can be
+    made slow; counts the scrapes still being answered."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from prometheus_client import generate_latest
+
+        from hyft_trainer.metrics import TrainingMetrics
+
+        self.metrics = TrainingMetrics("scraped", 0)
+        self.delay = 0.0
+        self.in_flight = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                endpoint.in_flight += 1
+                try:
+                    time.sleep(endpoint.delay)
+                    body = generate_latest(endpoint.metrics.registry)
+                    self.send_response(200)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+                finally:
+                    endpoint.in_flight -= 1
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_progress_is_scraped_beside_the_reconcile_and_a_hung_trainer_endpoint_holds_nothing_up(
+        crds, gpu_nodes, api_client, namespace):
+    endpoint = TrainerMetricsEndpoint()
+    try:
+        create(api_client, namespace, cpu_job("scraped"))
+        r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: endpoint.url,
+                       scrape_timeout=30)
+        reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0  # scrape on every pass here
+
+        def status_after_a_pass():
+            r.reconcile(namespace, "scraped")
+            return get(api_client, namespace, "scraped").get("status") or {}
+
+        wait_for(lambda: status_after_a_pass().get("phase") == "Running", what="Running")
+        endpoint.metrics.global_step.set(5)
+        endpoint.metrics.total_steps.set(20)
+        endpoint.metrics.loss.set(1.25)
+        progress = wait_for(lambda: status_after_a_pass().get("progress", {}).get("step") == 5
+                            and get(api_client, namespace, "scraped")["status"]["progress"], what="progress 5")
+        assert (progress["totalSteps"], progress["loss"], progress["percent"]) == (20, 1.25, 25.0)
+        assert get(api_client, namespace, "scraped")["status"]["progressSummary"] == "5/20 (25%)"
+
+        endpoint.delay = 30.0  # a trainer that hangs on /metrics
+        endpoint.metrics.global_step.set(6)
+        wait_for(lambda: status_after_a_pass() and endpoint.in_flight == 1, what="a scrape in flight")
+        exit_pod(api_client, namespace, "scraped-worker-0", 137)  # the reconciles go on meanwhile
+        restarted = wait_for(lambda: (st := status_after_a_pass()).get("restarts") == 1 and st,
+                             what="the gang restarted while the scrape hangs")
+        assert endpoint.in_flight == 1 and restarted["progress"]["step"] == 5
+    finally:
+        reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
+        endpoint.close()
 
 
 # ------------------------------------------------------------------ kubectl

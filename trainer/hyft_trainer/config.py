@@ -8,8 +8,9 @@ imports it.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -19,11 +20,30 @@ from .data_check import TEMPLATE_CHECK_SAMPLES
 from .llamafactory_keys import known_keys, translate
 
 
+class _FileSystemPath:
+    """Marks a config field that holds a path (map_paths rewrites them: `hyft run --local`)."""
+
+
+PATH = _FileSystemPath()
+
+
+def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
+    """A copy of model with every path field (marked PATH, in nested models too) rewritten."""
+    update: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if PATH in field.metadata and isinstance(value, str):
+            update[name] = rewrite(value)
+        elif isinstance(value, list) and value and all(isinstance(v, BaseModel) for v in value):
+            update[name] = [map_paths(v, rewrite) for v in value]
+    return model.model_copy(update=update)
+
+
 class DataFile(BaseModel):
     """A data file or folder read directly (without dataset_info.json)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="JSON or JSONL file, or a folder of them")
+    path: Annotated[str, PATH] = Field(description="JSON or JSONL file, or a folder of them")
     format: DataFormat = Field("auto", description="sharegpt, alpaca, or auto (detected per file)")
 
 
@@ -31,7 +51,7 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # model
-    model_name_or_path: str = Field(description="model folder (HF layout)")
+    model_name_or_path: Annotated[str, PATH] = Field(description="model folder (HF layout)")
     trust_remote_code: bool = Field(False, description="run the model folder's own Python code (auto_map)")
     template: ChatFamily = Field("auto", description="chat family: small (0.5B/1.8B/4B), 7b, or auto")
     # method
@@ -43,7 +63,7 @@ class TrainerConfig(BaseModel):
     freeze_trainable_layers: int = Field(2, description="freeze: train the last N layers (negative: the first N)")
     # data
     dataset: list[str] = Field(default_factory=list, description="names in dataset_dir/dataset_info.json")
-    dataset_dir: str | None = None
+    dataset_dir: Annotated[str | None, PATH] = None
     data_files: list[DataFile] = Field(default_factory=list, description="files read without dataset_info.json")
     cutoff_len: int = Field(2048, ge=16)
     packing: bool = False
@@ -79,15 +99,15 @@ class TrainerConfig(BaseModel):
     save_total_limit: int | None = Field(None, ge=1)
     save_only_model: bool = Field(False, description="checkpoints without optimizer state: smaller, but a restart "
                                   "cannot resume from them and starts over")
-    resume_from_checkpoint: str | bool | None = Field(None, description="a checkpoint to start from when output_dir "
-                                                      "has none of its own (hyft always resumes its own)")
+    resume_from_checkpoint: Annotated[str | bool | None, PATH] = Field(
+        None, description="a checkpoint to start from when output_dir has none of its own (hyft resumes its own)")
     eval_strategy: Literal["no", "steps"] | None = Field(None, description="steps: evaluate the val_size split "
                                                          "every eval_steps (default logging_steps)")
     eval_steps: int | None = Field(None, ge=1)
     early_stopping_steps: int | None = Field(None, ge=1, description="stop after N evals without improvement")
-    output_dir: str = "output"
+    output_dir: Annotated[str, PATH] = "output"
     # DeepSpeed: a raw JSON (path or dict, like LLaMA-Factory's) or hyft's generated config
-    deepspeed: str | dict[str, Any] | None = None
+    deepspeed: Annotated[str | dict[str, Any] | None, PATH] = None
     zero_stage: Literal[0, 2, 3] = 3
     offload_optimizer: bool = True
     offload_param: bool = True

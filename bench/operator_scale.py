@@ -1,0 +1,202 @@
+"""The operator at scale on the test control plane: N two-node jobs created at once, against
+the same number of pods created directly, in the same run.
+
+    python bench/operator_scale.py [--jobs 100]
+
+Raw: the bench creates the 2N pods itself (the same client concurrency it uses for the jobs).
+hyft: it creates N HunyuanFineTunes and the operator (`hyft operator`, a separate process)
+creates the Service, ConfigMap and two pods of each. Either way a pod counts from the moment
+its batch started to the moment a watch sees it; a job's latency is that of its later pod.
+
+API calls: the API server's apiserver_request_total (watches excluded), from the start of the
+hyft batch until every job's status says its pods exist and the operator has been idle for a
+few resync periods, less the bench's own requests. The operator's share per job is compared
+with what it must write: 4 objects and the status writes.
+
+Last line: p99_vs_raw_creates=<hyft p99 / raw p99> api_calls_per_job=<calls>
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for part in ("operator", "trainer", "envtest", "."):
+    sys.path.insert(0, str(ROOT / part))
+
+from kubernetes import client, config, watch  # noqa: E402
+
+from hyft_envtest.build import ensure  # noqa: E402
+from hyft_envtest.controlplane import ControlPlane  # noqa: E402
+from hyft_operator import api  # noqa: E402
+from tests.jobs import cpu_job  # noqa: E402
+
+CONCURRENCY = 16
+IDLE_SECONDS = 6.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class PodWatch:
+    """Records when each pod of a namespace is first seen."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str):
+        self.seen: dict[str, float] = {}
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._run, args=(core, namespace), daemon=True)
+        self._thread.start()
+
+    def _run(self, core, namespace):
+        try:
+            for event in self._watch.stream(core.list_namespaced_pod, namespace, timeout_seconds=600):
+                self.seen.setdefault(event["object"].metadata.name, time.monotonic())
+        except Exception:  # noqa: BLE001 - the control plane stopped under the watch
+            pass
+
+    def stop(self):
+        self._watch.stop()
+
+
+def request_counts(cp: ControlPlane) -> Counter:
+    """Non-watch requests served so far by verb and resource, from the API server's own metrics."""
+    with urllib.request.urlopen(f"{cp.server}/metrics", context=cp.ssl_context(), timeout=30) as resp:
+        text = resp.read().decode()
+    counts: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'verb="WATCH"' not in line:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            key = f"{labels.get('verb')} {labels.get('resource')}{sub}"
+            counts[key] += int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def namespace(core: client.CoreV1Api, name: str) -> str:
+    core.create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def raw_pods(core, ns: str, jobs: int) -> list[float]:
+    watcher = PodWatch(core, ns)
+    time.sleep(1.0)
+    body = {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "hyft-trainer:dev"}],
+                                     "restartPolicy": "Never"}}
+
+    def make(i):
+        for role in ("master-0", "worker-0"):
+            core.create_namespaced_pod(ns, {**body, "metadata": {"name": f"raw-{i}-{role}"}})
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(make, range(jobs)))
+    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 300, "raw pods")
+    watcher.stop()
+    return [max(watcher.seen[f"raw-{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+
+
+def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], float]:
+    custom = client.CustomObjectsApi(api_client)
+    watcher = PodWatch(core, ns)
+    time.sleep(1.0)
+    before = request_counts(cp)
+    own = Counter({"GET ": 1, "POST hunyuanfinetunes": jobs})  # the bench's own: metrics reads, creates, lists
+
+    def make(i):
+        custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, cpu_job(f"j{i}"))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(make, range(jobs)))
+    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 120, "the operator's pods")
+    latencies = [max(watcher.seen[f"j{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+
+    def settled():
+        own["LIST hunyuanfinetunes"] += 1
+        items = custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]
+        return all((o.get("status") or {}).get("nodes", {}).get("created") == 2 for o in items)
+
+    wait_until(settled, 300, "statuses with 2 created pods")
+    # idle: whatever the operator does now, it does for nothing (resyncs)
+    quiet_start = request_counts(cp)
+    time.sleep(IDLE_SECONDS)
+    after = request_counts(cp)
+    own["GET "] += 2
+    watcher.stop()
+    idle = sum((after - quiet_start).values()) - 1
+    print(f"operator requests while idle for {IDLE_SECONDS:.0f}s: {idle} ({idle / jobs:.2f} per job)")
+    operators = after - before - own
+    print("operator requests per job: " + ", ".join(f"{k}: {v / jobs:.2f}" for k, v in operators.most_common()))
+    return latencies, sum(operators.values()) / jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    args = parser.parse_args()
+    ensure()
+    with tempfile.TemporaryDirectory(prefix="hyft-scale-") as tmp, \
+            ControlPlane(workdir=Path(tmp), scheduler=False, controller_manager=False, kwok=False) as cp:
+        cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "hyft.io_hunyuanfinetunes.yaml"))
+        cp.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io")
+        api_client = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        core = client.CoreV1Api(api_client)
+        raw = raw_pods(core, namespace(core, "bench-raw"), args.jobs)
+        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig),
+               "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator", "trainer"))}
+        log = Path(tmp) / "operator.log"
+        with log.open("w") as out:
+            operator = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", "bench-hyft",
+                 "-m", "hyft_operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            time.sleep(3)
+            cpu_before = cpu_seconds(operator.pid)
+            ours, calls = hyft_jobs(cp, api_client, core, namespace(core, "bench-hyft"), args.jobs)
+            print(f"operator CPU: {cpu_seconds(operator.pid) - cpu_before:.1f}s over the hyft batch "
+                  f"(API server: {sum(cpu_seconds(p.popen.pid) for p in cp.processes):.1f}s in all)")
+        except SystemExit:
+            print(log.read_text()[-4000:])
+            raise
+        finally:
+            operator.terminate()
+            operator.wait(30)
+        tracebacks = len(re.findall("Traceback", log.read_text()))
+        api_client.close()
+    raw_p50, raw_p99 = percentile(raw, 0.5), percentile(raw, 0.99)
+    p50, p99 = percentile(ours, 0.5), percentile(ours, 0.99)
+    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.jobs} jobs x 2 pods; "
+          f"operator tracebacks: {tracebacks}")
+    print(f"raw pod creates: p50 {raw_p50:.2f}s p99 {raw_p99:.2f}s")
+    print(f"hyft jobs:       p50 {p50:.2f}s p99 {p99:.2f}s")
+    print(f"operator API calls per job: {calls:.1f} (it creates 4 objects: Service, ConfigMap, 2 pods)")
+    print(f"p99_vs_raw_creates={p99 / raw_p99:.2f} api_calls_per_job={calls:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Every leaf of the spec reaches the pods or the trainer config, or is read by the operator's
+lifecycle (listed here with the reason). A new spec field that nobody maps fails this test."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from hyft_operator import api, builders, crdgen
+
+# Leaves that change neither the pods nor the trainer config: the operator acts on them.
+OPERATOR_ONLY = {
+    "runPolicy.backoffLimit": "how many gang restarts the lifecycle allows",
+    "runPolicy.activeDeadlineSeconds": "when the lifecycle fails the job",
+    "runPolicy.ttlSecondsAfterFinished": "when the lifecycle deletes finished pods",
+    "runPolicy.suspend": "the lifecycle deletes the pods and waits",
+    "runPolicy.permanentExitCodes": "which exit codes the lifecycle treats as permanent",
+}
+LIFECYCLE = (Path(builders.__file__).parent / "lifecycle.py").read_text()
+
+# A job with every optional field set, each to a value from which a single change stays valid.
+FULL = {
+    "model": {"volume": "models", "path": "Hunyuan-7B", "family": "7b"},
+    "data": {"files": [{"volume": "shared", "path": "data/a.jsonl", "format": "sharegpt"}],
+             "datasetInfo": {"volume": "shared", "path": "data"}, "names": ["chat"], "cutoffLen": 1024,
+             "packing": False, "trainOnPrompt": False, "maskHistory": False, "skipInvalidSamples": False,
+             "valSize": 0.1},
+    "output": {"volume": "shared", "path": "runs/full"},
+    "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["q_proj"]},
+               "freeze": {"trainableLayers": 2}},
+    "training": {"learningRate": 1e-4, "lrSchedulerType": "cosine", "warmupRatio": 0.1, "weightDecay": 0.1,
+                 "epochs": 2.0, "maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulationSteps": 2,
+                 "precision": "bf16", "gradientCheckpointing": True, "maxGradNorm": 1.0, "seed": 1,
+                 "loggingSteps": 5, "saveSteps": 50, "saveTotalLimit": 2, "evalSteps": 10,
+                 "earlyStoppingPatience": 3},
+    "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParams": False,
+                  "overrides": {"zero_optimization": {"overlap_comm": True}}},
+    "nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu", "cpu": "32", "memory": "512Gi",
+    "shmSize": "16Gi", "image": "registry.example/hyft-trainer:1", "imagePullPolicy": "IfNotPresent",
+    "imagePullSecrets": ["pull"], "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+    "secretEnv": [{"name": "HF_TOKEN", "secretName": "hf", "key": "token"}],
+    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}},
+                {"name": "shared", "nfs": {"server": "nfs.example", "path": "/export"}}],
+    "scheduling": {"nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "a", "operator": "Exists"}],
+                   "affinity": {"nodeAffinity": {}}, "priorityClassName": "high", "schedulerName": "volcano",
+                   "queueName": "team"},
+    "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60,
+                  "suspend": False, "checkpointGracePeriodSeconds": 300, "permanentExitCodes": [2]},
+    "metrics": {"enabled": True, "port": 9090},
+    "masterPort": 29500,
+}
+# Changes a generic rule cannot make valid on its own.
+CHANGED = {
+    "model.path": "Hunyuan-1.8B", "data.files.path": "data/b.jsonl", "data.datasetInfo.path": "other",
+    "data.names": ["chat", "more"], "output.path": "runs/other", "model.volume": "shared",
+    "data.files.volume": "models", "data.datasetInfo.volume": "models", "output.volume": "models",
+    "cpu": "16", "memory": "256Gi", "shmSize": "32Gi", "image": "registry.example/hyft-trainer:2",
+    "gpuResourceName": "amd.com/gpu", "imagePullSecrets": ["other"], "method.lora.targetModules": ["v_proj"],
+    "env": [{"name": "NCCL_DEBUG", "value": "WARN"}], "secretEnv.name": "HF_TOKEN_2",
+    "secretEnv.secretName": "hf2", "secretEnv.key": "token2", "volumes": None,  # volumes: a deeper walk below
+    "scheduling.nodeSelector": {"pool": "cpu"}, "scheduling.tolerations": [],
+    "scheduling.affinity": {"podAffinity": {}}, "scheduling.priorityClassName": "low",
+    "scheduling.schedulerName": "default-scheduler", "scheduling.queueName": "other",
+    "deepspeed.overrides": {"zero_optimization": {"overlap_comm": False}},
+    "runPolicy.permanentExitCodes": [3], "method.freeze.trainableLayers": -2,
+    "deepspeed.stage": 2, "masterPort": 29501, "metrics.port": 9091, "nodes": 3, "gpusPerNode": 4,
+    "training.maxSteps": 200, "training.epochs": 3.0, "training.evalSteps": 20,
+}
+
+
+def leaves(schema: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every settable leaf: scalars, lists of scalars, maps and pass-through objects; lists of
+    objects are walked into (their first item)."""
+    out = []
+    for name, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{name}"
+        if sub.get("type") == "object" and "properties" in sub and not sub.get("x-kubernetes-preserve-unknown-fields"):
+            out += leaves(sub, f"{path}.")
+        elif sub.get("type") == "array" and "properties" in sub.get("items", {}) and path not in ("env", "volumes"):
+            out += leaves(sub["items"], f"{path}.")
+        else:
+            out.append((path, sub))
+    return out
+
+
+def changed_value(path: str, schema: dict, value):
+    if path in CHANGED:
+        return CHANGED[path]
+    if "enum" in schema:
+        return next(v for v in schema["enum"] if v != value)
+    if schema.get("type") == "boolean":
+        return not value
+    if schema.get("type") == "integer":
+        return value + 1 if value + 1 <= schema.get("maximum", value + 1) else value - 1
+    if schema.get("type") == "number":
+        return value / 2
+    raise AssertionError(f"{path}: no rule to change a {schema.get('type')} value: add it to CHANGED")
+
+
+def set_leaf(spec: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    node = spec
+    for part in parents:
+        node = node[part][0] if isinstance(node[part], list) else node[part]
+    node[last] = value
+
+
+def get_leaf(spec: dict, path: str):
+    node = spec
+    for part in path.split("."):
+        node = node[part][0] if isinstance(node[part], list) else node[part]
+    return node
+
+
+def render(spec: dict, check: bool = True) -> list[dict]:
+    job = api.HunyuanFineTune.model_validate(
+        {"metadata": {"name": "full", "namespace": "ns", "uid": "u"}, "spec": spec})
+    if check:
+        builders.check(job)
+    return builders.render_all(job)
+
+
+SPEC_SCHEMA = crdgen.openapi_schema(api.HunyuanFineTuneSpec)
+LEAVES = [(path, schema) for path, schema in leaves(SPEC_SCHEMA) if path != "volumes"]
+
+
+def test_the_full_spec_sets_every_leaf():
+    unset = [path for path, _ in LEAVES if _missing(FULL, path)]
+    assert not unset, f"give these a value in FULL: {unset}"
+
+
+def _missing(spec, path):
+    try:
+        get_leaf(spec, path)
+    except (KeyError, IndexError):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("path, schema", LEAVES, ids=[p for p, _ in LEAVES])
+def test_every_spec_leaf_reaches_the_pods_or_the_trainer(path, schema):
+    before = render(FULL)
+    spec = copy.deepcopy(FULL)
+    set_leaf(spec, path, changed_value(path, schema, get_leaf(FULL, path)))
+    after = render(spec)
+    if path in OPERATOR_ONLY:
+        assert after == before, f"{path} is listed as operator-only but changes the rendered objects"
+        assert f".{path.split('.')[-1]}" in LIFECYCLE, f"{path}: operator-only, yet the lifecycle never reads it"
+    else:
+        assert after != before, f"{path} reaches neither the pods nor the trainer config"
+
+
+def test_every_volume_source_reaches_the_pods():
+    for source in api.VOLUME_SOURCES:
+        spec = copy.deepcopy(FULL)
+        spec["volumes"].append({"name": "extra", source: {"x": 1}})
+        pod = render(spec, check=False)[2]  # {"x": 1} is no real source: only its passage is tested
+        assert {"name": "extra", source: {"x": 1}} in pod["spec"]["volumes"], source
