@@ -79,6 +79,9 @@ CASES = [
             "spec.runPolicy.activeDeadlineSeconds"),
     Invalid("TTL of 30,000 years", _sub("runPolicy", ttlSecondsAfterFinished=10**12),
             "spec.runPolicy.ttlSecondsAfterFinished"),
+    Invalid("stall timeout without metrics", _spec(metrics={"enabled": False}, runPolicy={"stallTimeoutSeconds": 600}),
+            "spec.runPolicy"),
+    Invalid("stall timeout of 5 s", _sub("runPolicy", stallTimeoutSeconds=5), "spec.runPolicy.stallTimeoutSeconds"),
     Invalid("maxSteps of 10^12", _training(maxSteps=10**12), "spec.training.maxSteps"),
     # --- paths
     Invalid("absolute model path", lambda b: b["spec"]["model"].update(path="/etc"), "spec.model.path"),

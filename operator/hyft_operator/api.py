@@ -364,6 +364,16 @@ class RunPolicy(ApiModel):
                     "(a GitOps tool would recreate it).")
     suspend: bool = Field(False, description="Delete the pods (after a checkpoint on SIGTERM) and wait; "
                                              "set back to false to resume from the last checkpoint.")
+    stallTimeoutSeconds: int | None = Field(
+        None, ge=10, le=MAX_SECONDS,
+        description="Restart the gang (counted against backoffLimit) when the master trainer makes no step for this "
+                    "long, in its own clock; its collective timeout (ddp_timeout, default 1800 s) is kept under 4/5 "
+                    "of it, so a hung all-reduce fails there first, with torch's error. Needs metrics.")
+    startupTimeoutSeconds: int | None = Field(
+        None, ge=10, le=MAX_SECONDS,
+        description="Restart the gang (counted against backoffLimit) when the master trainer makes no first step "
+                    "this long after it started (loading the model or data, waiting for the other nodes), or "
+                    "its metrics never answer that long after the gang started. Needs metrics.")
     checkpointGracePeriodSeconds: int = Field(
         300, ge=0, le=86400,
         description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "
@@ -473,6 +483,12 @@ class HunyuanFineTuneSpec(ApiModel):
         Rule("!self.metrics.enabled || self.metrics.port != self.masterPort",
              "metrics.port must differ from masterPort (both listen on the master pod)",
              lambda s: not s.metrics.enabled or s.metrics.port != s.masterPort, field="metrics.port"),
+        Rule("self.metrics.enabled || (!has(self.runPolicy.stallTimeoutSeconds) && "
+             "!has(self.runPolicy.startupTimeoutSeconds))",
+             "stall and start-up timeouts read the trainer's metrics: set metrics.enabled",
+             lambda s: s.metrics.enabled or (s.runPolicy.stallTimeoutSeconds is None
+                                             and s.runPolicy.startupTimeoutSeconds is None),
+             field="runPolicy"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
              "a variable is set both in env and in secretEnv: keep one",
              lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),

@@ -119,6 +119,9 @@ def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
     return config
 
 
+DDP_TIMEOUT = TrainerConfig.model_fields["ddp_timeout"].default
+
+
 def _marked(model: BaseModel) -> dict[str, Any]:
     """The spec fields marked Trainer(key), anywhere in the spec, under their trainer keys."""
     out: dict[str, Any] = {}
@@ -148,6 +151,8 @@ def _trainer_config(job: HunyuanFineTune) -> TrainerConfig:
         output_dir=volume_path(spec.output),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
         job_name=job.metadata["name"],
+        **({"ddp_timeout": min(DDP_TIMEOUT, max(1, stall * 4 // 5))} if (stall := spec.runPolicy.stallTimeoutSeconds)
+           else {}),
     )
 
 

@@ -8,6 +8,10 @@ all-reduce job cannot take one new member — up to runPolicy.backoffLimit, unle
 the failure is permanent. The status is written BEFORE pods are deleted or
 created, so an operator that crashes between two API calls converges on restart.
 
+A Running gang whose master trainer makes no step for runPolicy.stallTimeoutSeconds
+(in the trainer's own clock), or no first step runPolicy.startupTimeoutSeconds after
+it started, is restarted the same way (StallTimeout, StartupTimeout).
+
 Failure classification (documented in the README):
   * exit codes in runPolicy.permanentExitCodes (default 2: the trainer's "invalid
     config or data"; 126/127: command not runnable) -> Failed at once;
@@ -27,6 +31,7 @@ from hyft_trainer.contract import STOPPED_EARLY
 
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
+from .progress import Scrape
 
 PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
 STALE_REQUEUE = 2.0
@@ -49,6 +54,7 @@ class PodView:
     message: str = ""
     unschedulable: str = ""
     scheduled: bool = False
+    started_at: float | None = None  # when its trainer container started running (unix time)
 
     @property
     def active(self) -> bool:
@@ -58,10 +64,11 @@ class PodView:
 def pod_view(pod: dict[str, Any]) -> PodView:
     meta, status = pod.get("metadata", {}), pod.get("status") or {}
     labels = meta.get("labels") or {}
-    terminated = {}
+    terminated, running = {}, {}
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == CONTAINER:
             terminated = (cs.get("state") or {}).get("terminated") or {}
+            running = (cs.get("state") or {}).get("running") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("message", "") if scheduled.get("reason") == "Unschedulable" else ""
@@ -78,6 +85,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         message=(terminated.get("message") or status.get("message") or "").strip()[-500:],
         unschedulable=unschedulable,
         scheduled=bool((pod.get("spec") or {}).get("nodeName")) or scheduled.get("status") == "True",
+        started_at=started.timestamp() if (started := _parse(running.get("startedAt"))) else None,
     )
 
 
@@ -139,8 +147,10 @@ def set_condition(conditions: list[Condition], type_: str, status: str, reason: 
 
 
 class _Planner:
-    def __init__(self, job: HunyuanFineTune, pods: list[PodView], now: dt.datetime):
+    def __init__(self, job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Scrape | None,
+                 watching: bool):
         self.job, self.spec, self.now = job, job.spec, now
+        self.scrape, self.watching = scrape, watching
         self.old = job.status
         self.st = job.status.model_copy(deep=True)
         self.st.observedGeneration = job.metadata.get("generation")
@@ -185,7 +195,7 @@ class _Planner:
             pass
         elif self.stale:
             self.plan.requeue_after = STALE_REQUEUE  # the previous gang is still terminating
-        elif not self.failed():
+        elif not self.failed() and not self.stalled():
             self.progress()
         self.count()
         self.conditions()
@@ -249,10 +259,47 @@ class _Planner:
                                       retryable=True)
         if failure is None:
             return False
-        self.st.lastFailure = failure
         what = f"pod {failure.pod} failed ({describe_exit(failure.exitCode, failure.reason)})"
         if failure.message:
             what += f": {failure.message.splitlines()[-1][:200]}"
+        self.restart_or_fail(failure, what)
+        return True
+
+    def stalled(self) -> bool:
+        """A Running gang whose master trainer stopped stepping (or never started): restart it."""
+        policy = self.spec.runPolicy
+        stall, startup = policy.stallTimeoutSeconds, policy.startupTimeoutSeconds
+        running = [p for p in self.current if p.phase == "Running" and p.started_at is not None]
+        if not self.watching or not (stall or startup) or self.st.phase != "Running" or len(running) < self.total:
+            return False
+        gang_started = max(p.started_at for p in running)
+        # the trainer's clock, from a scrape of this gang's master (not the previous attempt's)
+        clock = self.scrape.clock if self.scrape and self.scrape.at >= gang_started else None
+        if clock is not None and clock.last_step is not None:
+            limit, idle = stall, clock.idle_seconds
+            reason, why = "StallTimeout", f"the master trainer made no step for {idle:.0f}s (last step {clock.step})"
+        else:
+            limit = startup
+            idle = clock.idle_seconds if clock else self.now.timestamp() - gang_started
+            reason, why = "StartupTimeout", (f"the master trainer made no first step {idle:.0f}s after it started"
+                                             + ("" if clock else " (its metrics never answered)"))
+        if not limit:
+            return False
+        if idle <= limit:
+            self.requeue(max(1.0, limit - idle))
+            return False
+        setting = "stallTimeoutSeconds" if reason == "StallTimeout" else "startupTimeoutSeconds"
+        why += f"; runPolicy.{setting} is {limit}s"
+        self.restart_or_fail(FailureInfo(pod=pod_name(self.job.metadata["name"], 0), reason=reason, message=why,
+                                         retryable=True), why, reason)
+        return True
+
+    def requeue(self, seconds: float) -> None:
+        current = self.plan.requeue_after
+        self.plan.requeue_after = seconds if current is None else min(current, seconds)
+
+    def restart_or_fail(self, failure: FailureInfo, what: str, restart_reason: str = "GangRestart") -> None:
+        self.st.lastFailure = failure
         limit = self.spec.runPolicy.backoffLimit
         self.delete(self.current, only_active=True)
         if not failure.retryable:
@@ -266,7 +313,7 @@ class _Planner:
             self.st.restarts += 1
             self.st.attempt += 1
             self.st.nodes = NodeCounts(total=self.total)
-            self.transition("Restarting", "GangRestart",
+            self.transition("Restarting", restart_reason,
                             f"{what}; restarting all {self.total} pods as attempt {self.st.attempt} "
                             f"(restart {self.st.restarts}/{limit}), resuming from the last checkpoint", "Warning")
             self.plan.requeue_after = STALE_REQUEUE
@@ -349,5 +396,7 @@ class _Planner:
                       "Succeeded" if st.phase == "Succeeded" else st.phase, st.message, now, gen)
 
 
-def plan(job: HunyuanFineTune, pods: list[PodView], now: dt.datetime) -> Plan:
-    return _Planner(job, pods, now).run()
+def plan(job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Scrape | None = None,
+         watching: bool = False) -> Plan:
+    """watching: the operator scrapes this job's master trainer (scrape: the latest answer, if any)."""
+    return _Planner(job, pods, now, scrape, watching).run()

@@ -25,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from . import api, builders, lifecycle, metrics
-from .progress import parse_progress
+from .progress import Scrape, parse_scrape
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
@@ -86,7 +86,7 @@ class Reconciler:
         # holds up no reconcile. A new value wakes the job's reconcile (on_progress, set by the daemon).
         self.on_progress: Callable[[str, str], None] = lambda namespace, name: None
         self._scrapes = ThreadPoolExecutor(4, thread_name_prefix="hyft-scrape")
-        self._progress: dict[tuple[str, str], tuple[float, api.Progress | None]] = {}
+        self._scrapes_seen: dict[tuple[str, str], Scrape] = {}
         self._scraping: set[tuple[str, str]] = set()
         self.phases = metrics.PhaseTracker()
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
@@ -132,7 +132,7 @@ class Reconciler:
                 raise
         if obj["metadata"].get("deletionTimestamp"):
             self.phases.observe((namespace, name), None)
-            self._progress.pop((namespace, name), None)
+            self._scrapes_seen.pop((namespace, name), None)
             return None
         try:
             job = api.HunyuanFineTune.model_validate(obj)
@@ -153,9 +153,11 @@ class Reconciler:
             if problem:
                 self._write_invalid(obj, problem, reason="OutputNotShared")
                 return None
-        if self.scrape_progress and job.status.phase == "Running" and job.spec.metrics.enabled:
-            job.status.progress = self._latest_progress(job) or job.status.progress
-        plan = lifecycle.plan(job, views, now)
+        watching = self.scrape_progress and job.spec.metrics.enabled
+        scrape = self._latest_scrape(job) if watching and job.status.phase == "Running" else None
+        if scrape and scrape.progress:
+            job.status.progress = scrape.progress
+        plan = lifecycle.plan(job, views, now, scrape, watching)
 
         if plan.status != api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {}):
             self._write_status(obj, plan.status)
@@ -218,26 +220,27 @@ class Reconciler:
             raise
         return output_volume_problem(job, self.core.api_client.sanitize_for_serialization(pvc))
 
-    def _latest_progress(self, job: api.HunyuanFineTune) -> api.Progress | None:
-        """The last scraped progress; starts a new scrape when the last is older than SCRAPE_INTERVAL."""
+    def _latest_scrape(self, job: api.HunyuanFineTune) -> Scrape | None:
+        """The last answer of the master trainer; starts a new scrape when that is older than
+        SCRAPE_INTERVAL_SECONDS."""
         key = (job.metadata["namespace"], job.metadata["name"])
-        scraped_at, progress = self._progress.get(key, (0.0, None))
-        if key not in self._scraping and time.monotonic() - scraped_at >= SCRAPE_INTERVAL_SECONDS:
+        scrape = self._scrapes_seen.get(key)
+        if key not in self._scraping and (scrape is None or time.time() - scrape.at >= SCRAPE_INTERVAL_SECONDS):
             self._scraping.add(key)
             self._scrapes.submit(self._scrape, key, self.metrics_url(job))
-        return progress
+        return scrape
 
     def _scrape(self, key: tuple[str, str], url: str) -> None:
         try:
             with urllib.request.urlopen(url, timeout=self.scrape_timeout) as resp:
-                progress = parse_progress(resp.read().decode())
+                progress, clock = parse_scrape(resp.read().decode())
         except (OSError, ValueError):
-            progress = None  # progress is best effort; the phase does not depend on it
+            return  # progress is best effort; without an answer the timeouts judge by the pods
         finally:
             self._scraping.discard(key)
-        old = self._progress.get(key, (0.0, None))[1]
-        self._progress[key] = (time.monotonic(), progress or old)
-        if progress and progress != old:
+        old = self._scrapes_seen.get(key)
+        self._scrapes_seen[key] = Scrape(time.time(), progress or (old.progress if old else None), clock)
+        if progress and (old is None or progress != old.progress):
             self.on_progress(*key)
 
     # -------------------------------------------------------------------- act

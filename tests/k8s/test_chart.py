@@ -143,7 +143,7 @@ def test_monitoring_objects_pass_the_prometheus_operator_schemas(crds, namespace
 
 def test_alert_rules_pass_promtool_check(crds, tmp_path):
     out = promtool("check", "rules", str(rules_file(crds, tmp_path)))
-    assert out.returncode == 0 and "SUCCESS: 5 rules found" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 0 and "SUCCESS: 6 rules found" in out.stdout, out.stdout + out.stderr
 
 
 def test_every_dashboard_query_parses(tmp_path):
@@ -166,6 +166,13 @@ def test_alert_rules_fire_when_they_should(crds, tmp_path):
                 {"series": 'hyft_train_last_step_timestamp_seconds{hyft_job="stuck",node_rank="0"}',
                  "values": "0x30"},
                 {"series": 'hyft_train_loss{hyft_job="nan",node_rank="0"}', "values": "5 4 NaN NaN"},
+                # loading for ever (no step series), and one that started stepping after 5 minutes
+                {"series": 'hyft_train_process_start_timestamp_seconds{hyft_job="loading",node_rank="0"}',
+                 "values": "0x40"},
+                {"series": 'hyft_train_process_start_timestamp_seconds{hyft_job="started",node_rank="0"}',
+                 "values": "0x40"},
+                {"series": 'hyft_train_last_step_timestamp_seconds{hyft_job="started",node_rank="0"}',
+                 "values": "_x4 300+60x35"},
                 {"series": 'hyft_operator_jobs_finished_total{namespace="team-a",phase="Failed"}',
                  "values": "0 0 1 1 1"},
                 {"series": 'hyft_operator_jobs_finished_total{namespace="team-a",phase="Succeeded"}',
@@ -181,6 +188,12 @@ def test_alert_rules_fire_when_they_should(crds, tmp_path):
                 {"eval_time": "20m", "alertname": "HyftJobStalled", "exp_alerts": [{
                     "exp_labels": {"severity": "warning", "hyft_job": "stuck"},
                     "exp_annotations": {"summary": "stuck made no training step for 10 minutes"}}]},
+                {"eval_time": "10m", "alertname": "HyftJobNotStarting", "exp_alerts": []},
+                {"eval_time": "25m", "alertname": "HyftJobNotStarting", "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "hyft_job": "loading"},
+                    "exp_annotations": {"summary": "loading made no first training step 20 minutes after its trainer "
+                                                   "started (loading the model or data, or waiting for the other "
+                                                   "nodes)"}}]},
                 {"eval_time": "1m", "alertname": "HyftLossNotFinite", "exp_alerts": []},
                 {"eval_time": "3m", "alertname": "HyftLossNotFinite", "exp_alerts": [{
                     "exp_labels": {"severity": "critical", "hyft_job": "nan", "node_rank": "0"},

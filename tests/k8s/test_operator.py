@@ -435,6 +435,75 @@ def test_progress_is_scraped_beside_the_reconcile_and_a_hung_trainer_endpoint_ho
         endpoint.close()
 
 
+def _stall_job(name, **run_policy):
+    return cpu_job(name, runPolicy={"backoffLimit": 1, **run_policy})
+
+
+def _drive(r, namespace, name, until, what, timeout=60):
+    def reached():
+        r.reconcile(namespace, name)
+        status = get(api_client_of(r), namespace, name).get("status") or {}
+        return status if until(status) else None
+    return wait_for(reached, timeout=timeout, what=what)
+
+
+def api_client_of(r):
+    return r.core.api_client
+
+
+@pytest.fixture
+def trainer_endpoint():
+    endpoint = TrainerMetricsEndpoint()
+    reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0  # scrape on every pass here
+    yield endpoint
+    reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
+    endpoint.close()
+
+
+def test_a_step_counter_that_stops_restarts_the_gang_then_fails_it_at_the_backoff_limit(
+        crds, gpu_nodes, api_client, namespace, trainer_endpoint):
+    create(api_client, namespace, _stall_job("stalls", stallTimeoutSeconds=10))
+    r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: trainer_endpoint.url)
+    _drive(r, namespace, "stalls", lambda st: st.get("phase") == "Running", "Running")
+    metrics = trainer_endpoint.metrics
+    metrics.global_step.set(7)
+    metrics.last_step.set(time.time() - 30)  # 30 s ago in the trainer's clock: past the 10 s stall timeout
+    restarted = _drive(r, namespace, "stalls", lambda st: st.get("restarts") == 1, "a stall restart")
+    assert restarted["lastFailure"]["reason"] == "StallTimeout"
+    assert "no step for 3" in restarted["message"] and "last step 7" in restarted["message"]
+    restarting = next(c for c in restarted["conditions"] if c["type"] == "Restarting")
+    assert (restarting["status"], restarting["reason"]) == ("True", "StallTimeout")
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=stalls,reason=StallTimeout").items
+    assert len(events) == 1 and events[0].type == "Warning" and "last step 7" in events[0].message
+    # the new gang stalls too (the endpoint still says so): the restart counted, the backoff limit is reached
+    failed = _drive(r, namespace, "stalls", lambda st: st.get("phase") == "Failed", "Failed")
+    assert "BackoffLimitExceeded" in {c["reason"] for c in failed["conditions"]} and failed["restarts"] == 1
+
+
+def test_a_trainer_that_never_steps_hits_the_startup_timeout(crds, gpu_nodes, api_client, namespace,
+                                                             trainer_endpoint):
+    trainer_endpoint.metrics.process_start.set(time.time() - 60)  # started a minute ago, no step since
+    create(api_client, namespace, _stall_job("slowstart", startupTimeoutSeconds=10, stallTimeoutSeconds=600))
+    r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: trainer_endpoint.url)
+    restarted = _drive(r, namespace, "slowstart", lambda st: st.get("restarts") == 1, "a start-up timeout")
+    assert restarted["lastFailure"]["reason"] == "StartupTimeout"
+    assert "no first step 6" in restarted["message"] and "startupTimeoutSeconds is 10s" in restarted["message"]
+
+
+def test_without_timeouts_a_stalled_trainer_is_left_alone(crds, gpu_nodes, api_client, namespace, trainer_endpoint):
+    trainer_endpoint.metrics.process_start.set(time.time() - 600)
+    trainer_endpoint.metrics.last_step.set(time.time() - 300)
+    trainer_endpoint.metrics.global_step.set(3)
+    create(api_client, namespace, _stall_job("patient"))
+    r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: trainer_endpoint.url)
+    _drive(r, namespace, "patient", lambda st: (st.get("progress") or {}).get("step") == 3, "progress scraped")
+    for _ in range(5):
+        r.reconcile(namespace, "patient")
+    status = get(api_client, namespace, "patient")["status"]
+    assert (status["phase"], status["restarts"]) == ("Running", 0)
+
+
 # ------------------------------------------------------------------ kubectl
 def test_kubectl_get_hft_shows_phase_nodes_and_restarts(crds, api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("shown"))

@@ -16,6 +16,7 @@ OPERATOR_ONLY = {
     "runPolicy.ttlSecondsAfterFinished": "when the lifecycle deletes finished pods",
     "runPolicy.suspend": "the lifecycle deletes the pods and waits",
     "runPolicy.permanentExitCodes": "which exit codes the lifecycle treats as permanent",
+    "runPolicy.startupTimeoutSeconds": "when the lifecycle restarts a gang that never steps",
 }
 LIFECYCLE = (Path(builders.__file__).parent / "lifecycle.py").read_text()
 
@@ -46,7 +47,8 @@ FULL = {
                    "affinity": {"nodeAffinity": {}}, "priorityClassName": "high", "schedulerName": "volcano",
                    "queueName": "team"},
     "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60,
-                  "suspend": False, "checkpointGracePeriodSeconds": 300, "permanentExitCodes": [2]},
+                  "suspend": False, "checkpointGracePeriodSeconds": 300, "permanentExitCodes": [2],
+                  "stallTimeoutSeconds": 600, "startupTimeoutSeconds": 1800},
     "metrics": {"enabled": True, "port": 9090},
     "masterPort": 29500,
 }
@@ -65,8 +67,13 @@ CHANGED = {
     "deepspeed.overrides": {"zero_optimization": {"overlap_comm": False}},
     "runPolicy.permanentExitCodes": [3], "method.freeze.trainableLayers": -2,
     "deepspeed.stage": 2, "masterPort": 29501, "metrics.port": 9091, "nodes": 3, "gpusPerNode": 4,
+    "runPolicy.stallTimeoutSeconds": 1200,  # the trainer's collective timeout follows it
     "training.maxSteps": 200, "training.epochs": 3.0, "training.evalSteps": 20,
 }
+
+
+# Leaves whose change needs another to stay valid: both sides of the comparison get these first.
+COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPolicy.startupTimeoutSeconds": None}}
 
 
 def leaves(schema: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -140,9 +147,12 @@ def _missing(spec, path):
 
 @pytest.mark.parametrize("path, schema", LEAVES, ids=[p for p, _ in LEAVES])
 def test_every_spec_leaf_reaches_the_pods_or_the_trainer(path, schema):
-    before = render(FULL)
-    spec = copy.deepcopy(FULL)
-    set_leaf(spec, path, changed_value(path, schema, get_leaf(FULL, path)))
+    base = copy.deepcopy(FULL)
+    for companion, value in COMPANIONS.get(path, {}).items():
+        set_leaf(base, companion, value)
+    before = render(base)
+    spec = copy.deepcopy(base)
+    set_leaf(spec, path, changed_value(path, schema, get_leaf(base, path)))
     after = render(spec)
     if path in OPERATOR_ONLY:
         assert after == before, f"{path} is listed as operator-only but changes the rendered objects"

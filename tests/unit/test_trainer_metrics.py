@@ -18,11 +18,15 @@ def exported(metrics: TrainingMetrics) -> dict[str, float]:
 
 def test_series_appear_with_their_first_value():
     metrics = TrainingMetrics("job-a", 0)
-    assert exported(metrics) == {}  # model loading: nothing to alert on yet
+    # model loading: the process start and the trainer's clock only (start-up timeouts read them)
+    start = exported(metrics)
+    assert set(start) == {"hyft_train_process_start_timestamp_seconds", "hyft_train_heartbeat_timestamp_seconds"}
+    assert start["hyft_train_heartbeat_timestamp_seconds"] >= start["hyft_train_process_start_timestamp_seconds"]
     callback = MetricsCallback(metrics, global_batch=8)
     state = SimpleNamespace(max_steps=100, global_step=0, num_input_tokens_seen=0, epoch=0.0)
     callback.on_train_begin(None, state, None)
-    assert exported(metrics) == {"hyft_train_total_steps": 100, "hyft_train_global_step": 0}
+    assert {k: v for k, v in exported(metrics).items() if k not in start} == {
+        "hyft_train_total_steps": 100, "hyft_train_global_step": 0}
 
     state.global_step, state.num_input_tokens_seen, state.epoch = 1, 4096, 0.01
     callback.on_step_end(None, state, None)

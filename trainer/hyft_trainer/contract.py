@@ -32,10 +32,12 @@ TOKENS_PER_SECOND = "hyft_train_tokens_per_second"
 SAMPLES_PER_SECOND = "hyft_train_samples_per_second"
 ETA = "hyft_train_eta_seconds"
 LAST_STEP_TIME = "hyft_train_last_step_timestamp_seconds"
+PROCESS_START = "hyft_train_process_start_timestamp_seconds"  # exported from start-up, before the model loads
+HEARTBEAT = "hyft_train_heartbeat_timestamp_seconds"  # the trainer's clock at each scrape: stalls in its own time
 CHECKPOINT_STEP = "hyft_train_last_checkpoint_step"
 PEAK_HOST_RSS = "hyft_train_peak_host_rss_bytes"
 PEAK_GPU_MEMORY = "hyft_train_peak_gpu_memory_bytes"
 STEP_DURATION = "hyft_train_step_duration_seconds"  # a histogram
 TRAINER_METRICS = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, LEARNING_RATE, GRAD_NORM, EPOCH, TOKENS_PER_SECOND,
-                   SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, CHECKPOINT_STEP, PEAK_HOST_RSS, PEAK_GPU_MEMORY,
-                   STEP_DURATION)
+                   SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, PROCESS_START, HEARTBEAT, CHECKPOINT_STEP, PEAK_HOST_RSS,
+                   PEAK_GPU_MEMORY, STEP_DURATION)

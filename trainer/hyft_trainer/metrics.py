@@ -53,6 +53,10 @@ class TrainingMetrics:
         self.checkpoint_step = gauge(c.CHECKPOINT_STEP, "Step of the newest complete checkpoint")
         self.peak_rss = gauge(c.PEAK_HOST_RSS, "Peak resident memory of this process")
         self.peak_gpu = gauge(c.PEAK_GPU_MEMORY, "Peak GPU memory allocated by this process")
+        self.process_start = gauge(c.PROCESS_START, "Unix time the trainer process started (before loading)")
+        self.process_start.set(time.time())
+        Gauge(c.HEARTBEAT, "The trainer's clock at this scrape (stall and start-up timeouts in its own time)",
+              names, registry=self.registry).labels(**self.labels).set_function(time.time)
         self.step_seconds = Series(Histogram(c.STEP_DURATION, "Wall time of one optimizer step",
                                              names, registry=self.registry,
                                              buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300)),

@@ -223,6 +223,12 @@ def train(config: TrainerConfig) -> int:
     from .deepspeed_config import settle
     from .metrics import MetricsCallback, TrainingMetrics
 
+    # Serve the metrics before anything slow: the operator's start-up timeout and the alerts see a
+    # trainer that hangs while loading (process start and heartbeat, no step yet).
+    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    metrics = TrainingMetrics(config.job_name or Path(config.output_dir).name, node_rank)
+    if config.metrics_port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        metrics.serve(config.metrics_port)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     remote = config.trust_remote_code
     model_config = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
@@ -244,11 +250,6 @@ def train(config: TrainerConfig) -> int:
     # the model's own memory in this process: under ZeRO-3 its shard only
     memory = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
     model = apply_method(model, config)
-
-    node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
-    metrics = TrainingMetrics(config.job_name or Path(config.output_dir).name, node_rank)
-    if config.metrics_port and state.local_process_index == 0:
-        metrics.serve(config.metrics_port)
 
     stop = StopOnSignal(os.environ.get(STOP_FILE_ENV))
     callbacks = [stop, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
