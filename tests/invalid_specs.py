@@ -73,6 +73,7 @@ CASES = [
             "spec.runPolicy.permanentExitCodes[0]"),
     Invalid("empty LoRA target", _spec(method={"lora": {"targetModules": [""]}}),
             "spec.method.lora.targetModules[0]"),
+    Invalid("unknown model size", lambda b: b["spec"]["model"].update(parameters="13B"), "spec.model.parameters"),
     Invalid("bad memory quantity", _spec(memory="lots"), "spec.memory"),
     # --- unbounded durations
     Invalid("deadline of 30,000 years", _sub("runPolicy", activeDeadlineSeconds=10**12),

@@ -17,6 +17,7 @@ from pydantic_core import core_schema
 
 from hyft_trainer.choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
 from hyft_trainer.contract import RESERVED_ENV
+from hyft_trainer.estimate import SIZES
 
 GROUP = "hyft.io"
 VERSION = "v1alpha1"
@@ -164,6 +165,9 @@ class ModelSpec(VolumePath):
     family: Annotated[ChatFamily, Trainer("template")] = Field(
         "auto", description="Chat family: small (Hunyuan-0.5B/1.8B/4B), 7b (Hunyuan-7B), or auto "
                             "(detected from the tokenizer's special tokens).")
+    parameters: Literal[tuple(SIZES)] | None = Field(  # type: ignore[valid-type]
+        None, description="Model size, for the host-memory check (runPolicy.memoryCheck); default: read from "
+                          "the path's name (Hunyuan-7B-Instruct: 7B).")
 
 
 class DatasetFile(VolumePath):
@@ -374,6 +378,10 @@ class RunPolicy(ApiModel):
         description="Restart the gang (counted against backoffLimit) when the master trainer makes no first step "
                     "this long after it started (loading the model or data, waiting for the other nodes), or "
                     "its metrics never answer that long after the gang started. Needs metrics.")
+    memoryCheck: Literal["Warn", "Enforce", "Off"] = Field(
+        "Warn", description="Compare the host RAM the job needs per node (hyft estimate's model: ZeRO stage, "
+                            "offload, method, nodes) with spec.memory: Warn sets the MemoryRisk condition, "
+                            "Enforce also fails the job before any pod starts.")
     checkpointGracePeriodSeconds: int = Field(
         300, ge=0, le=86400,
         description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "

@@ -154,10 +154,32 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_estimate(args: argparse.Namespace) -> None:
     from hyft_trainer.estimate import estimate, load_shape, render
 
+    model = args.model_dir or args.model
+    if args.file:
+        from .admission import check_memory, model_shape
+
+        job = _load_resource(args.file, "default")
+        spec = job.spec
+        try:
+            known = (load_shape(model), f"config.json in {model}") if model else model_shape(job)
+        except (OSError, KeyError, ValueError) as err:
+            sys.exit(f"{model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
+        if known is None:
+            sys.exit(f"{args.file}: the model's size is neither in spec.model.parameters nor in its path's name: "
+                     "pass --model SIZE or --model-dir FOLDER")
+        check = check_memory(job, known)
+        shape = known[0]
+        method = "lora" if spec.method.type == "lora" else "full"
+        results = estimate(shape, spec.nodes, max(spec.gpusPerNode, 1), method, spec.method.lora.rank,
+                           spec.training.perDeviceBatchSize, spec.data.cutoffLen, spec.training.gradientCheckpointing,
+                           half_precision=spec.training.precision != "fp32")
+        print(render(shape, results, args.gpu_memory))
+        print(f"{job.metadata.get('name')} (ZeRO-{spec.deepspeed.stage}, {spec.nodes} nodes): {check.message}")
+        return
     try:
-        shape = load_shape(args.model)
+        shape = load_shape(model or "1.8B")
     except (OSError, KeyError, ValueError) as err:
-        sys.exit(f"--model {args.model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
+        sys.exit(f"--model {model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
     results = estimate(shape, args.nodes, args.gpus_per_node, args.method, args.lora_rank, args.batch, args.seq,
                        not args.no_checkpointing)
     print(render(shape, results, args.gpu_memory))
@@ -275,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Estimate host RAM per node and GPU memory per device for each ZeRO stage and offload "
                     "option (DeepSpeed's own model-state formulas plus activations and logits), and which "
                     "fit a given GPU.")
-    p.add_argument("--model", default="1.8B", help="size name (0.5B, 1.8B, 4B, 7B) or a model folder/config.json")
+    p.add_argument("-f", "--file", help="a HunyuanFineTune: its settings, and its memory check against spec.memory "
+                                        "(what the operator's MemoryRisk condition says)")
+    p.add_argument("--model", help="size name (0.5B, 1.8B, 4B, 7B) or a model folder/config.json (default 1.8B; "
+                                    "with -f: the spec's model.parameters or its path's name)")
+    p.add_argument("--model-dir", help="with -f: read the model's size from this folder's config.json")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--method", choices=["full", "lora"], default="full")

@@ -23,12 +23,14 @@ Failure classification (documented in the README):
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyft_trainer.contract import STOPPED_EARLY
+from hyft_trainer.contract import STOPPED_EARLY, log_file
 
+from .admission import check_memory
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
 from .progress import Scrape
@@ -193,12 +195,15 @@ class _Planner:
             self.suspend()
         elif self.deadline_exceeded():
             pass
+        elif self.memory_refused():
+            pass
         elif self.stale:
             self.plan.requeue_after = STALE_REQUEUE  # the previous gang is still terminating
         elif not self.failed() and not self.stalled():
             self.progress()
         self.count()
         self.conditions()
+        self.memory_condition()
         return self.plan
 
     def finished(self) -> None:
@@ -223,6 +228,32 @@ class _Planner:
         self.transition("Suspended", "Suspended",
                         "suspended: pods deleted (checkpoint saved on SIGTERM); set spec.runPolicy.suspend "
                         "to false to resume")
+
+    def memory_refused(self) -> bool:
+        """runPolicy.memoryCheck Enforce: a job whose pods would not hold its model states never starts."""
+        if self.spec.runPolicy.memoryCheck != "Enforce" or self.st.startTime or self.current:
+            return False
+        check = check_memory(self.job)
+        if check is None or not check.at_risk:
+            return False
+        self.finish("Failed", "MemoryRisk", f"not started: {check.message} (runPolicy.memoryCheck: Enforce)",
+                    "Warning")
+        return True
+
+    def memory_condition(self) -> None:
+        if self.spec.runPolicy.memoryCheck == "Off":
+            return
+        check = check_memory(self.job)
+        if check is None:
+            status, reason = "Unknown", "ModelSizeUnknown"
+            message = "the model's size is neither in spec.model.parameters nor in its path's name"
+        else:
+            status, reason = ("True", "NeedsMoreMemory") if check.at_risk else ("False", "Fits")
+            message = check.message
+        before = next((c.status for c in self.st.conditions if c.type == "MemoryRisk"), None)
+        if status == "True" and before != "True" and self.st.phase != "Failed":
+            self.plan.events.append(Event("Warning", "MemoryRisk", message))
+        set_condition(self.st.conditions, "MemoryRisk", status, reason, message, self.now, self.st.observedGeneration)
 
     def deadline_exceeded(self) -> bool:
         deadline, start = self.spec.runPolicy.activeDeadlineSeconds, _parse(self.st.startTime)
@@ -300,6 +331,9 @@ class _Planner:
 
     def restart_or_fail(self, failure: FailureInfo, what: str, restart_reason: str = "GangRestart") -> None:
         self.st.lastFailure = failure
+        output = self.spec.output  # the pod's log outlives it there (the trainer's launcher writes it)
+        what += (f"; its log: {posixpath.join(output.path, log_file(self.st.attempt, failure.pod))} "
+                 f"on volume {output.volume}")
         limit = self.spec.runPolicy.backoffLimit
         self.delete(self.current, only_active=True)
         if not failure.retryable:

@@ -24,6 +24,7 @@ from hyft_envtest import images as image_build
 from hyft_envtest.build import ensure
 from hyft_envtest.paths import binary
 from hyft_envtest.realnode import NODE_IP, RealNode, runtime_cgroups
+from hyft_trainer.contract import log_file
 from tests.chart import CHART, dashboard_queries, render
 from tests.helpers import ROOT, wait_for
 from tests.jobs import local_tiny_claims
@@ -289,9 +290,13 @@ def test_deleting_a_worker_mid_training_checkpoints_and_restarts_the_gang(node, 
     # the new gang resumed from the checkpoint the SIGTERM made: complete, and past the periodic one
     resumed = step_of(Path(report["resumed_from"] or "none"))
     assert report["steps"] == steps and resumed is not None and resumed >= 10, report
+    # the first gang's logs outlived its pods, next to the second gang's
+    for attempt in (0, 1):
+        for pod in (f"{name}-master-0", f"{name}-worker-0"):
+            assert "hyft: node" in (out / log_file(attempt, pod)).read_text(), (attempt, pod)
 
 
-def test_a_missing_data_file_fails_at_once_without_a_restart(node, tmp_path):
+def test_a_missing_data_file_fails_at_once_without_a_restart(node, volumes, tmp_path):
     name = "local-tiny-nodata"
     kubectl(node, "apply", "-n", NAMESPACE, "-f", str(variant(tmp_path, name, data_path="no-such-file.jsonl")))
     final, _, _ = follow(node, name, timeout=600)
@@ -301,6 +306,10 @@ def test_a_missing_data_file_fails_at_once_without_a_restart(node, tmp_path):
     # the trainer's exit code, as the operator read it from the pod before removing the gang
     failure = final["lastFailure"]
     assert failure["exitCode"] == 2 and failure["retryable"] is False, failure
+    # the message names the failed pod's log, kept on the output volume after the pods are gone
+    log = log_file(0, failure["pod"])
+    assert f"its log: {name}/{log} on volume" in final["message"], final["message"]
+    assert "no-such-file.jsonl" in (volumes / "work" / name / log).read_text()
 
 
 def test_stopping_the_node_leaves_nothing_behind(node):

@@ -504,6 +504,21 @@ def test_without_timeouts_a_stalled_trainer_is_left_alone(crds, gpu_nodes, api_c
     assert (status["phase"], status["restarts"]) == ("Running", 0)
 
 
+def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_namespace):
+    """A 7B full fine-tune (ZeRO-3, both offloads, 2 nodes) in 8Gi pods: hyft estimate says ~100 GiB."""
+    body = cpu_job("toosmall", memory="8Gi", method={"type": "full"},
+                   runPolicy={"memoryCheck": "Enforce"})
+    body["spec"]["model"]["path"] = "models/Hunyuan-7B-Instruct"
+    create(api_client, op_namespace, body)
+    status = wait_phase(api_client, op_namespace, "toosmall", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "MemoryRisk" and "more than spec.memory (8.0 GiB)" in failed["message"]
+    assert not pods(api_client, op_namespace, "toosmall")
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        op_namespace, field_selector="involvedObject.name=toosmall,reason=MemoryRisk").items
+    assert len(events) == 1
+
+
 # ------------------------------------------------------------------ kubectl
 def test_kubectl_get_hft_shows_phase_nodes_and_restarts(crds, api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("shown"))

@@ -78,7 +78,8 @@ CASES = [
          {"phase": "Running", "attempt": 3, "restarts": 3, "startTime": EARLIER},
          [pod(0, attempt=3), pod(1, "Failed", attempt=3, exit_code=139)], "Failed",
          delete=["minimal-master-0"], restarts=3, attempt=3, event="BackoffLimitExceeded",
-         message="pod minimal-worker-0 failed (exit code 139 (SIGSEGV)); backoff limit 3 reached"),
+         message="pod minimal-worker-0 failed (exit code 139 (SIGSEGV)); its log: "
+                 "runs/minimal/logs/attempt-3/minimal-worker-0.log on volume data; backoff limit 3 reached"),
     Case("exit code 2 (invalid config/data) is permanent", {"phase": "Running", "startTime": EARLIER},
          [pod(0, "Failed", exit_code=2, message="data.jsonl line 7: empty content"), pod(1)], "Failed",
          delete=["minimal-worker-0"], event="PermanentError", message="data.jsonl line 7: empty content"),

@@ -17,12 +17,14 @@ OPERATOR_ONLY = {
     "runPolicy.suspend": "the lifecycle deletes the pods and waits",
     "runPolicy.permanentExitCodes": "which exit codes the lifecycle treats as permanent",
     "runPolicy.startupTimeoutSeconds": "when the lifecycle restarts a gang that never steps",
+    "runPolicy.memoryCheck": "whether the lifecycle warns about (or refuses) a pod memory below the need",
+    "model.parameters": "the model size the memory check uses",
 }
-LIFECYCLE = (Path(builders.__file__).parent / "lifecycle.py").read_text()
+LIFECYCLE = "".join((Path(builders.__file__).parent / name).read_text() for name in ("lifecycle.py", "admission.py"))
 
 # A job with every optional field set, each to a value from which a single change stays valid.
 FULL = {
-    "model": {"volume": "models", "path": "Hunyuan-7B", "family": "7b"},
+    "model": {"volume": "models", "path": "Hunyuan-7B", "family": "7b", "parameters": "7B"},
     "data": {"files": [{"volume": "shared", "path": "data/a.jsonl", "format": "sharegpt"}],
              "datasetInfo": {"volume": "shared", "path": "data"}, "names": ["chat"], "cutoffLen": 1024,
              "packing": False, "trainOnPrompt": False, "maskHistory": False, "skipInvalidSamples": False,
@@ -48,7 +50,7 @@ FULL = {
                    "queueName": "team"},
     "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60,
                   "suspend": False, "checkpointGracePeriodSeconds": 300, "permanentExitCodes": [2],
-                  "stallTimeoutSeconds": 600, "startupTimeoutSeconds": 1800},
+                  "stallTimeoutSeconds": 600, "startupTimeoutSeconds": 1800, "memoryCheck": "Warn"},
     "metrics": {"enabled": True, "port": 9090},
     "masterPort": 29500,
 }

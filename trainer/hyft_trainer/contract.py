@@ -19,6 +19,16 @@ TERMINATION_LOG_ENV = "HYFT_TERMINATION_LOG"  # where the termination message go
 RESERVED_ENV = (*RENDEZVOUS_ENV, *(f"PET_{name}" for name in RENDEZVOUS_ENV), CONFIG_ENV, ATTEMPT_ENV, POD_NAME_ENV,
                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
 
+# --- each pod's log, kept with the output (survives gang restarts, TTL and pod deletion)
+LOG_MAX_BYTES = 64 * 1024 * 1024  # rotated at this size, LOG_BACKUPS older files kept
+LOG_BACKUPS = 2
+
+
+def log_file(attempt: int | str, pod: str) -> str:
+    """Where a pod's log goes, relative to output_dir."""
+    return f"logs/attempt-{attempt}/{pod}.log"
+
+
 # --- metrics, labelled hyft_job and node_rank
 METRIC_LABELS = ("hyft_job", "node_rank")  # not "job": Prometheus' own target label would rename it
 STEP = "hyft_train_global_step"

@@ -13,6 +13,7 @@ second signal stops the workers at once.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,10 +22,22 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from .config import ConfigError, load_config
-from .contract import CONFIG_ENV, EXIT_INVALID, RENDEZVOUS_ENV, STOPPED_EARLY, TERMINATION_LOG_ENV
+from .contract import (
+    ATTEMPT_ENV,
+    CONFIG_ENV,
+    EXIT_INVALID,
+    LOG_BACKUPS,
+    LOG_MAX_BYTES,
+    POD_NAME_ENV,
+    RENDEZVOUS_ENV,
+    STOPPED_EARLY,
+    TERMINATION_LOG_ENV,
+    log_file,
+)
 from .worker import INVALID_FILE_ENV, STOP_FILE_ENV
 
 
@@ -77,9 +90,43 @@ def gpu_count() -> int:
     return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
 
 
-def preflight(config_path: str):
+class NodeLog:
+    """This node's log on the output volume (logs/attempt-N/<pod>.log, rotated): everything the
+    launcher and its workers print, also what the console hides, kept after the pod is gone."""
+
+    def __init__(self, output_dir: str):
+        pod = os.environ.get(POD_NAME_ENV) or socket.gethostname()
+        self.path = Path(output_dir) / log_file(os.environ.get(ATTEMPT_ENV, "0"), pod)
+        self._logger = logging.getLogger(f"hyft.node-log.{id(self)}")
+        self._logger.propagate = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = RotatingFileHandler(self.path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
+                                          encoding="utf-8")
+        except OSError as err:  # the run goes on; the console still has it all
+            print(f"hyft: cannot keep a log in {self.path}: {err}", file=sys.stderr, flush=True)
+            return
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(handler)
+        self._logger.setLevel(logging.INFO)
+
+    def write(self, line: bytes | str) -> None:
+        text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else line
+        self._logger.info(text.rstrip("\n"))
+
+    def say(self, text: str, stream=None) -> None:
+        """A launcher message: to the console and the log."""
+        print(text, file=stream or sys.stdout, flush=True)
+        self.write(text)
+
+    def close(self) -> None:
+        for handler in list(self._logger.handlers):
+            handler.close()
+            self._logger.removeHandler(handler)
+
+
+def preflight(config) -> None:
     """Fail fast (exit 2) on what can be checked before any process starts."""
-    config = load_config(config_path)
     if not Path(config.model_name_or_path).is_dir():
         raise ConfigError(f"model_name_or_path: {config.model_name_or_path} is not a folder")
     if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
@@ -98,44 +145,62 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print(f"usage: hyft train CONFIG.yaml (or set {CONFIG_ENV})", file=sys.stderr)
         return EXIT_INVALID
+    log = None
     try:
-        config = preflight(argv[0])
-        from .deepspeed_config import settle
-
-        gpus = gpu_count()
-        rdzv = rendezvous_from_env(dict(os.environ), gpus)
-        settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, gpus > 0)
+        config = load_config(argv[0])
+        log = NodeLog(config.output_dir)
+        return launch(argv[0], config, log)
     except ConfigError as err:
-        print(f"hyft: {err}", file=sys.stderr, flush=True)
+        if log:
+            log.say(f"hyft: {err}", sys.stderr)
+        else:
+            print(f"hyft: {err}", file=sys.stderr, flush=True)
         return EXIT_INVALID
+    finally:
+        if log:
+            log.close()
+
+
+def launch(config_path: str, config, log: NodeLog) -> int:
+    """This node's workers under torchrun, their output to the console and the node's log."""
+    preflight(config)
+    from .deepspeed_config import settle
+
+    gpus = gpu_count()
+    rdzv = rendezvous_from_env(dict(os.environ), gpus)
+    settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, gpus > 0)
     for note in (*config.notes, *settled.notes):  # once per node, before any process starts
-        print(f"hyft: {note}", flush=True)
+        log.say(f"hyft: {note}")
 
     workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
     stop_file, invalid_file = workdir / "stop", workdir / "invalid"
-    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file)}
-    print(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
-          f"master {rdzv.master_addr}:{rdzv.master_port}", flush=True)
+    # unbuffered: the workers' lines reach the console and the log as they are printed, not at exit
+    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file), "PYTHONUNBUFFERED": "1"}
+    log.say(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
+            f"master {rdzv.master_addr}:{rdzv.master_port}; log: {log.path}")
     # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers
     # after 30 s instead of letting them checkpoint.
-    proc = subprocess.Popen(torchrun_command(rdzv, argv[0]), env=env, start_new_session=True, stderr=subprocess.PIPE)
-    relay = threading.Thread(target=relay_stderr, args=(proc.stderr, sys.stderr.buffer, invalid_file), daemon=True)
-    relay.start()
+    proc = subprocess.Popen(torchrun_command(rdzv, config_path), env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relays = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout.buffer, log), daemon=True),
+              threading.Thread(target=relay, args=(proc.stderr, sys.stderr.buffer, log, invalid_file), daemon=True)]
+    for thread in relays:
+        thread.start()
 
     def on_signal(signum, _frame):
         if stop_file.exists():
             os.killpg(proc.pid, signal.SIGTERM)  # second signal: stop now
             return
-        print(f"hyft: {signal.Signals(signum).name}: saving a checkpoint at the next step, then stopping",
-              flush=True)
+        log.say(f"hyft: {signal.Signals(signum).name}: saving a checkpoint at the next step, then stopping")
         stop_file.write_text("stop\n")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     rc = proc.wait()
-    relay.join(timeout=10)
+    for thread in relays:
+        thread.join(timeout=10)
     if invalid_file.exists():
-        print(f"hyft: {invalid_file.read_text()}", file=sys.stderr)
+        log.say(f"hyft: {invalid_file.read_text()}", sys.stderr)
         termination_message(invalid_file.read_text())
         return EXIT_INVALID
     if rc == 0 and stop_file.exists():
@@ -144,13 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
-def relay_stderr(source, sink, invalid_file: Path) -> None:
-    """Pass the workers' and torchrun's stderr through as it comes, except torchrun's own traceback for
-    a worker that stopped on a configuration or data error (it wrote invalid_file first): that error
-    is reported once, in plain words, and a traceback would suggest a crash."""
+def relay(source, sink, log: NodeLog, invalid_file: Path | None = None) -> None:
+    """Pass the workers' and torchrun's output through as it comes, and into the node's log. On the
+    console, torchrun's own traceback for a worker that stopped on a configuration or data error (it
+    wrote invalid_file first) is left out: that error is reported once, in plain words, and a
+    traceback would suggest a crash. The log keeps it."""
     swallowing = False
     for line in iter(source.readline, b""):
-        if line.startswith(b"Traceback (most recent call last):") and invalid_file.exists():
+        log.write(line)
+        if invalid_file and line.startswith(b"Traceback (most recent call last):") and invalid_file.exists():
             swallowing = True
         if not swallowing:
             sink.write(line)
