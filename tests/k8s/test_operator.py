@@ -174,9 +174,10 @@ def test_unschedulable_gang_says_so(api_client, op_namespace):
     def condition():
         status = get(api_client, op_namespace, "huge").get("status") or {}
         return next((c for c in status.get("conditions", []) if c["type"] == "PodsScheduled"
-                     and c["status"] == "False"), None)
+                     and c["status"] == "False" and c["reason"] != "WaitingForScheduler"), None)
 
-    cond = wait_for(condition, what="PodsScheduled=False")
+    # first WaitingForScheduler (created, not bound yet), then the scheduler's verdict
+    cond = wait_for(condition, what="PodsScheduled=False with the scheduler's reason")
     assert cond["reason"] == "Unschedulable" and "nvidia.com/gpu" in cond["message"]
 
 
