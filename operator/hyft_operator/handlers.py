@@ -31,6 +31,7 @@ from . import api, builders
 from .reconciler import Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("HYFT_RESYNC_SECONDS", "10"))
+FINALIZER = "hyft.io/operator"  # Kopf's, while a daemon runs
 # Reconciles block on API calls, not on the CPU: many jobs at once need more threads than asyncio's default.
 RECONCILE_WORKERS = ThreadPoolExecutor(int(os.environ.get("HYFT_RECONCILE_WORKERS", "32")),
                                        thread_name_prefix="hyft-reconcile")
@@ -56,7 +57,7 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix; the status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hyft.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="hyft.io")
-    settings.persistence.finalizer = "hyft.io/operator"
+    settings.persistence.finalizer = FINALIZER
     settings.posting.enabled = False  # we post our own events, one per transition
     # Kopf logs every handler call ("Handler 'pod_changed' succeeded": one per pod event); at scale
     # that is most of the log and a share of the CPU. Our own log says what happened to each job.
@@ -120,13 +121,20 @@ async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str
         while not stopped:
             wakeup.clear()  # an event during the reconcile below sets it again: one more pass
             # body is Kopf's live view of the job: the latest watched version (snapshot as above)
-            reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=dict(body),
-                                          pods=list(job_pods.get((namespace, name), [])))
-            try:
-                requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
-            except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
-                log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name, ERROR_RETRY_SECONDS)
-                requeue = ERROR_RETRY_SECONDS
+            obj = dict(body)
+            meta = obj.get("metadata") or {}
+            if FINALIZER not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
+                # Kopf is adding its finalizer right now: a status write would conflict with it (409)
+                requeue = None
+            else:
+                reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=obj,
+                                              pods=list(job_pods.get((namespace, name), [])))
+                try:
+                    requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
+                except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
+                    log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name,
+                                  ERROR_RETRY_SECONDS)
+                    requeue = ERROR_RETRY_SECONDS
             wait = RESYNC_SECONDS if requeue is None else min(max(requeue, 0.0), RESYNC_SECONDS)
             woken = asyncio.ensure_future(wakeup.wait())
             stopping = asyncio.ensure_future(stopped.wait())
