@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import core_schema
 
 from hyft_trainer.choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
-from hyft_trainer.contract import RESERVED_ENV
+from hyft_trainer.contract import EXIT_INVALID, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL, RESERVED_ENV
 from hyft_trainer.estimate import SIZES
 
 GROUP = "hyft.io"
@@ -387,9 +387,10 @@ class RunPolicy(ApiModel):
         description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "
                     "preemption) to save a checkpoint.")
     permanentExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
-        [2, 126, 127], max_length=64,
+        [EXIT_INVALID, EXIT_SHM_TOO_SMALL, EXIT_OUTPUT_UNUSABLE, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "
-                    "(2: invalid config or data; 126/127: command not runnable).")
+                    "(2: invalid config or data; 4: /dev/shm too small; 5: output volume not writable or too "
+                    "full; 126/127: command not runnable). 3 (master unreachable) restarts the gang.")
 
 
 class MetricsSpec(ApiModel):

@@ -28,7 +28,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyft_trainer.contract import STOPPED_EARLY, log_file
+from hyft_trainer.contract import EXIT_MEANINGS, STOPPED_EARLY, log_file
 
 from .admission import check_memory
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
@@ -111,6 +111,8 @@ def describe_exit(code: int | None, reason: str) -> str:
     if code is None:
         return reason or "failed"
     text = f"exit code {code}"
+    if code in EXIT_MEANINGS:
+        text += f" ({EXIT_MEANINGS[code]})"
     if code > 128:
         try:
             text += f" ({signal.Signals(code - 128).name})"

@@ -80,6 +80,10 @@ CASES = [
          delete=["minimal-master-0"], restarts=3, attempt=3, event="BackoffLimitExceeded",
          message="pod minimal-worker-0 failed (exit code 139 (SIGSEGV)); its log: "
                  "runs/minimal/logs/attempt-3/minimal-worker-0.log on volume data; backoff limit 3 reached"),
+    Case("a preflight failure (4: /dev/shm too small) is permanent and named",
+         {"phase": "Running", "startTime": EARLIER},
+         [pod(0, "Failed", exit_code=4), pod(1)], "Failed", delete=["minimal-worker-0"], event="PermanentError",
+         message="exit code 4 (preflight: /dev/shm too small)"),
     Case("exit code 2 (invalid config/data) is permanent", {"phase": "Running", "startTime": EARLIER},
          [pod(0, "Failed", exit_code=2, message="data.jsonl line 7: empty content"), pod(1)], "Failed",
          delete=["minimal-worker-0"], event="PermanentError", message="data.jsonl line 7: empty content"),

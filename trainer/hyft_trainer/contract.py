@@ -6,6 +6,17 @@ from __future__ import annotations
 
 # --- exit codes and termination messages
 EXIT_INVALID = 2  # invalid config or data: permanent, the operator does not restart the gang
+# the node's preflight (before torchrun and the model): its own code per check
+EXIT_MASTER_UNREACHABLE = 3  # MASTER_ADDR does not resolve or its port refuses, within preflight_timeout: retryable
+EXIT_SHM_TOO_SMALL = 4  # /dev/shm below what the processes need: permanent (spec.shmSize)
+EXIT_OUTPUT_UNUSABLE = 5  # output_dir not writable, or too full for one checkpoint: permanent
+EXIT_MEANINGS = {
+    EXIT_INVALID: "invalid config or data",
+    EXIT_MASTER_UNREACHABLE: "preflight: the master is unreachable",
+    EXIT_SHM_TOO_SMALL: "preflight: /dev/shm too small",
+    EXIT_OUTPUT_UNUSABLE: "preflight: the output volume is not writable or too full",
+}
+PREFLIGHT_SECONDS_ENV = "HYFT_PREFLIGHT_SECONDS"  # the launcher's preflight time, recorded in report.json
 # exit 0 with this termination message: SIGTERM stopped training after a checkpoint (restart, do not finish)
 STOPPED_EARLY = "hyft: stopped early by SIGTERM"
 

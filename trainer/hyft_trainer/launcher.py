@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
+from . import preflight as preflight_checks
 from .config import ConfigError, load_config
 from .contract import (
     ATTEMPT_ENV,
@@ -33,6 +34,7 @@ from .contract import (
     LOG_BACKUPS,
     LOG_MAX_BYTES,
     POD_NAME_ENV,
+    PREFLIGHT_SECONDS_ENV,
     RENDEZVOUS_ENV,
     STOPPED_EARLY,
     TERMINATION_LOG_ENV,
@@ -171,11 +173,21 @@ def launch(config_path: str, config, log: NodeLog) -> int:
     settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, gpus > 0)
     for note in (*config.notes, *settled.notes):  # once per node, before any process starts
         log.say(f"hyft: {note}")
+    try:
+        passed = preflight_checks.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,
+                                      rdzv.nproc_per_node)
+    except preflight_checks.PreflightError as err:
+        log.say(f"hyft: preflight: {err}", sys.stderr)
+        termination_message(f"preflight: {err}")
+        return err.exit_code
+    log.say(f"hyft: preflight passed in {passed.seconds:.1f}s (/dev/shm, output volume"
+            + (", master reachable)" if rdzv.node_rank else ")"))
 
     workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
     stop_file, invalid_file = workdir / "stop", workdir / "invalid"
     # unbuffered: the workers' lines reach the console and the log as they are printed, not at exit
-    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file), "PYTHONUNBUFFERED": "1",
+           PREFLIGHT_SECONDS_ENV: f"{passed.seconds:.3f}"}
     log.say(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
             f"master {rdzv.master_addr}:{rdzv.master_port}; log: {log.path}")
     # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
-from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV
+from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .encode import IGNORE, MaskOptions
 from .loading import DataError, sources_for_config
 from .packing import first_fit_decreasing, pack
@@ -322,6 +322,7 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "resumed_from": str(resume) if resume else None,
         "world_size": state.num_processes,
         "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
+        "preflight_seconds": float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0")) or None,
         "pod": os.environ.get(POD_NAME_ENV),
         "finetuning_type": config.finetuning_type,
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),

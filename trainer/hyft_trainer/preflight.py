@@ -1,0 +1,119 @@
+"""The node's preflight: what `hyft train` checks before torchrun and the model start, each with
+its own message and exit code (contract.EXIT_*), instead of an error deep inside torch or
+DeepSpeed half an hour later. The network calls are parameters, for the tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainerConfig
+from .contract import EXIT_MASTER_UNREACHABLE, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL
+
+MIB = 1024 ** 2
+GIB = 1024 ** 3
+# A floor for /dev/shm, not a sizing guide: NCCL's shared-memory transport and the data loader's
+# workers each need room per process.
+SHM_BASE_BYTES = 128 * MIB
+SHM_PER_PROCESS_BYTES = 64 * MIB
+CONNECT_RETRY_SECONDS = 2.0
+
+
+class PreflightError(Exception):
+    def __init__(self, exit_code: int, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def shm_need(nproc_per_node: int, loader_workers: int) -> int:
+    return SHM_BASE_BYTES + SHM_PER_PROCESS_BYTES * nproc_per_node * (1 + loader_workers)
+
+
+def check_shm(nproc_per_node: int, loader_workers: int, path: str = "/dev/shm") -> None:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return  # no /dev/shm to measure (not Linux): nothing to say
+    size, need = stat.f_blocks * stat.f_frsize, shm_need(nproc_per_node, loader_workers)
+    if size < need:
+        raise PreflightError(EXIT_SHM_TOO_SMALL, f"{path} is {size / MIB:.0f} MiB; {nproc_per_node} process(es) with "
+                             f"{loader_workers} data loader worker(s) each need at least {need / MIB:.0f} MiB: "
+                             "raise spec.shmSize")
+
+
+def checkpoint_bytes(config: TrainerConfig) -> float | None:
+    """A checkpoint's size from the model's config.json: weights, and optimizer states unless
+    save_only_model. None when the model's shape cannot be read."""
+    from .estimate import load_shape
+
+    try:
+        shape = load_shape(config.model_name_or_path)
+    except (OSError, KeyError, ValueError):
+        return None
+    if config.finetuning_type == "lora":
+        trainable = shape.lora_params(config.lora_rank)
+    elif config.finetuning_type == "freeze":
+        trainable = shape.layer_params * min(abs(config.freeze_trainable_layers), shape.layers)
+    else:
+        trainable = shape.params
+    weights = 2 * (trainable if config.finetuning_type == "lora" else shape.params)
+    return weights + (0 if config.save_only_model else 12 * trainable)  # fp32 master copy and Adam's two moments
+
+
+def check_output(config: TrainerConfig, host: str) -> None:
+    out = Path(config.output_dir)
+    probe = out / f".hyft-preflight-{host}-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"hyft")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise PreflightError(EXIT_OUTPUT_UNUSABLE, f"output_dir {out} is not writable: {err}") from None
+    need = checkpoint_bytes(config)
+    free = shutil.disk_usage(out).free
+    if need is not None and free < need:
+        raise PreflightError(EXIT_OUTPUT_UNUSABLE, f"output_dir {out} has {free / GIB:.1f} GiB free; one checkpoint "
+                             f"needs about {need / GIB:.1f} GiB")
+
+
+def check_master(addr: str, port: int, deadline_seconds: float,
+                 connect: Callable[[tuple[str, int], float], object] = socket.create_connection,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    """A worker node waits (bounded) until the master's name resolves and its rendezvous port accepts
+    a connection: the master pod may start later than this one."""
+    deadline = clock() + deadline_seconds
+    while True:
+        try:
+            conn = connect((addr, port), min(5.0, max(0.1, deadline - clock())))
+            getattr(conn, "close", lambda: None)()
+            return
+        except socket.gaierror as err:
+            problem = f"does not resolve ({err.strerror or err})"
+        except OSError as err:
+            problem = f"does not accept connections ({err.strerror or err})"
+        if clock() >= deadline:
+            raise PreflightError(EXIT_MASTER_UNREACHABLE, f"MASTER_ADDR {addr}:{port} {problem} after "
+                                 f"{deadline_seconds:.0f}s (preflight_timeout): is the master pod running, and does "
+                                 "the headless Service publish it?")
+        sleep(min(CONNECT_RETRY_SECONDS, max(0.0, deadline - clock())))
+
+
+@dataclass(frozen=True)
+class Passed:
+    seconds: float
+
+
+def run(config: TrainerConfig, node_rank: int, master_addr: str, master_port: int, nproc_per_node: int) -> Passed:
+    started = time.monotonic()
+    check_shm(nproc_per_node, config.dataloader_num_workers)
+    check_output(config, socket.gethostname())
+    if node_rank > 0:  # the master's own port opens with its torchrun
+        check_master(master_addr, master_port, config.preflight_timeout)
+    return Passed(time.monotonic() - started)
