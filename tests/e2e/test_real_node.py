@@ -9,6 +9,7 @@ one node; each prints the cluster's state and the node's logs when it fails.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,14 +41,21 @@ TRAINER_UID, OPERATOR_UID = 1000, 10001
 
 # ---- fixtures ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def built_images():
-    """Both images (cached by the engine: seconds when nothing changed). The engine runs
-    for the module: the node imports from it."""
-    with image_build.docker_engine():
-        started = time.monotonic()
-        built = image_build.build_all()
-        print(f"images ready in {time.monotonic() - started:.0f}s: {built}")
-        yield built
+def docker_engine():
+    """A Docker engine for the module (the node imports from it); the last test stops it early to
+    check that it, too, leaves nothing behind (closing twice is harmless)."""
+    with contextlib.ExitStack() as engine:
+        engine.enter_context(image_build.docker_engine())
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def built_images(docker_engine):
+    """Both images (cached by the engine: seconds when nothing changed)."""
+    started = time.monotonic()
+    built = image_build.build_all()
+    print(f"images ready in {time.monotonic() - started:.0f}s: {built}")
+    return built
 
 
 @pytest.fixture(scope="module")
@@ -312,11 +320,12 @@ def test_a_missing_data_file_fails_at_once_without_a_restart(node, volumes, tmp_
     assert "no-such-file.jsonl" in (volumes / "work" / name / log).read_text()
 
 
-def test_stopping_the_node_leaves_nothing_behind(node):
+def test_stopping_the_node_leaves_nothing_behind(node, docker_engine):
     workdir = node.workdir
     namespace = node.namespace
     kubectl(node, "delete", "namespace", NAMESPACE, "--wait=true", timeout=300)
     node.stop()
+    docker_engine.close()  # a dockerd this run started (none if one was already running) stops too
     assert namespace.holder.poll() is not None
     with open("/proc/self/mounts") as mounts:  # the image builds' dockerd left nothing mounted either
         assert not [m for m in mounts if str(workdir) in m or NODE_IP in m or "hyft-dockerd-" in m]
