@@ -378,6 +378,11 @@ class RunPolicy(ApiModel):
         description="Restart the gang (counted against backoffLimit) when the master trainer makes no first step "
                     "this long after it started (loading the model or data, waiting for the other nodes), or "
                     "its metrics never answer that long after the gang started. Needs metrics.")
+    preflightTimeoutSeconds: Annotated[int, Trainer("preflight_timeout")] = Field(
+        600, ge=10, le=86400,
+        description="How long the gang may take to assemble before the preflight gives up: a worker node waits this "
+                    "long for the master's address (exit 3), the master for every node to join (exit 6), each rank "
+                    "for the preflight all-reduce (exit 7). All three restart the gang.")
     memoryCheck: Literal["Warn", "Enforce", "Off"] = Field(
         "Warn", description="Compare the host RAM the job needs per node (hyft estimate's model: ZeRO stage, "
                             "offload, method, nodes) with spec.memory: Warn sets the MemoryRisk condition, "
@@ -389,8 +394,9 @@ class RunPolicy(ApiModel):
     permanentExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
         [EXIT_INVALID, EXIT_SHM_TOO_SMALL, EXIT_OUTPUT_UNUSABLE, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "
-                    "(2: invalid config or data; 4: /dev/shm too small; 5: output volume not writable or too "
-                    "full; 126/127: command not runnable). 3 (master unreachable) restarts the gang.")
+                    "(2: invalid config or data; 4: /dev/shm too small; 5: output volume not writable, not shared "
+                    "between the nodes or too full; 126/127: command not runnable). 3, 6 and 7 (the gang did not "
+                    "assemble) restart the gang.")
 
 
 class MetricsSpec(ApiModel):

@@ -12,6 +12,9 @@ A Running gang whose master trainer makes no step for runPolicy.stallTimeoutSeco
 (in the trainer's own clock), or no first step runPolicy.startupTimeoutSeconds after
 it started, is restarted the same way (StallTimeout, StartupTimeout).
 
+PreflightPassed: True once the master trainer's metrics say every rank passed the
+preflight; False, with the check's reason, when a pod exits with a preflight code.
+
 Failure classification (documented in the README):
   * exit codes in runPolicy.permanentExitCodes (default 2: the trainer's "invalid
     config or data"; 126/127: command not runnable) -> Failed at once;
@@ -38,6 +41,7 @@ from .progress import Scrape
 PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
 STALE_REQUEUE = 2.0
 CREATION_FAILED = "PodCreationFailed"  # the Created condition's reason when admission refused a pod
+PREFLIGHT = "PreflightPassed"
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def describe_exit(code: int | None, reason: str) -> str:
         return reason or "failed"
     text = f"exit code {code}"
     if code in EXIT_MEANINGS:
-        text += f" ({EXIT_MEANINGS[code]})"
+        text += f" ({EXIT_MEANINGS[code].text})"
     if code > 128:
         try:
             text += f" ({signal.Signals(code - 128).name})"
@@ -205,6 +209,7 @@ class _Planner:
             self.progress()
         self.count()
         self.conditions()
+        self.preflight_condition()
         self.memory_condition()
         return self.plan
 
@@ -295,6 +300,10 @@ class _Planner:
         what = f"pod {failure.pod} failed ({describe_exit(failure.exitCode, failure.reason)})"
         if failure.message:
             what += f": {failure.message.splitlines()[-1][:200]}"
+        if meaning := EXIT_MEANINGS.get(failure.exitCode):
+            if meaning.preflight_reason:
+                set_condition(self.st.conditions, PREFLIGHT, "False", meaning.preflight_reason,
+                              f"attempt {self.st.attempt}: {what}", self.now, self.st.observedGeneration)
         self.restart_or_fail(failure, what)
         return True
 
@@ -307,7 +316,7 @@ class _Planner:
             return False
         gang_started = max(p.started_at for p in running)
         # the trainer's clock, from a scrape of this gang's master (not the previous attempt's)
-        clock = self.scrape.clock if self.scrape and self.scrape.at >= gang_started else None
+        clock = scrape.clock if (scrape := self.current_scrape()) else None
         if clock is not None and clock.last_step is not None:
             limit, idle = stall, clock.idle_seconds
             reason, why = "StallTimeout", f"the master trainer made no step for {idle:.0f}s (last step {clock.step})"
@@ -326,6 +335,13 @@ class _Planner:
         self.restart_or_fail(FailureInfo(pod=pod_name(self.job.metadata["name"], 0), reason=reason, message=why,
                                          retryable=True), why, reason)
         return True
+
+    def current_scrape(self) -> Scrape | None:
+        """The master trainer's latest answer, if it came from this gang (not the previous attempt's)."""
+        running = [p.started_at for p in self.current if p.phase == "Running" and p.started_at is not None]
+        if not self.scrape or len(running) < self.total or self.scrape.at < max(running):
+            return None
+        return self.scrape
 
     def requeue(self, seconds: float) -> None:
         current = self.plan.requeue_after
@@ -381,6 +397,24 @@ class _Planner:
             message = self.creation_failure if retrying else f"{running}/{self.total} pods running"
             # creating pods was announced (PodsCreated); starting them is the same news
             self.transition("Pending", reason, message, announce=not self.plan.create)
+
+    def preflight_condition(self) -> None:
+        """PreflightPassed: True once the master trainer reports that every rank passed (from the
+        scrape), False with the check's reason when a pod exits with a preflight code (failed()),
+        Unknown while a new gang has not reported yet."""
+        before = next((c for c in self.st.conditions if c.type == PREFLIGHT), None)
+        passed = (scrape := self.current_scrape()) and scrape.preflight_seconds is not None
+        if passed:
+            message = (f"attempt {self.st.attempt}: every rank passed in {scrape.preflight_seconds:.1f}s "
+                       "(/dev/shm, output volume writable, shared and with room for a checkpoint, master "
+                       "reachable, an all-reduce across all ranks)")
+            set_condition(self.st.conditions, PREFLIGHT, "True", "Passed", message, self.now,
+                          self.st.observedGeneration)
+        elif self.watching and self.st.phase in ("Pending", "Running", "Restarting") and (
+                before is None or before.status == "True" and self.st.attempt != self.old.attempt):
+            set_condition(self.st.conditions, PREFLIGHT, "Unknown", "Checking",
+                          f"attempt {self.st.attempt}: the master trainer has not reported a passed preflight yet",
+                          self.now, self.st.observedGeneration)
 
     def count(self) -> None:
         gone = self.st.attempt != self.old.attempt or self.st.phase == "Suspended" or self.st.podsDeletedAfterTtl

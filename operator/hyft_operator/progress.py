@@ -12,6 +12,7 @@ from hyft_trainer.contract import (
     HEARTBEAT,
     LAST_STEP_TIME,
     LOSS,
+    PREFLIGHT_SECONDS,
     PROCESS_START,
     STEP,
     TOKENS_PER_SECOND,
@@ -20,7 +21,8 @@ from hyft_trainer.contract import (
 
 from .api import Progress
 
-READ = (STEP, TOTAL_STEPS, LOSS, TOKENS_PER_SECOND, ETA, CHECKPOINT_STEP, LAST_STEP_TIME, PROCESS_START, HEARTBEAT)
+READ = (STEP, TOTAL_STEPS, LOSS, TOKENS_PER_SECOND, ETA, CHECKPOINT_STEP, LAST_STEP_TIME, PROCESS_START, HEARTBEAT,
+        PREFLIGHT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class Scrape:
     at: float  # the operator's unix time when it came
     progress: Progress | None
     clock: TrainerClock | None
+    preflight_seconds: float | None = None  # present once every rank passed the preflight
 
 
 def _values(text: str) -> dict[str, float]:
@@ -61,9 +64,9 @@ def parse_progress(text: str) -> Progress | None:
     return progress_of(_values(text))
 
 
-def parse_scrape(text: str) -> tuple[Progress | None, TrainerClock | None]:
+def parse_scrape(text: str, at: float) -> Scrape:
     values = _values(text)
-    return progress_of(values), clock_of(values)
+    return Scrape(at, progress_of(values), clock_of(values), values.get(PREFLIGHT_SECONDS))
 
 
 def progress_of(values: dict[str, float]) -> Progress | None:

@@ -17,7 +17,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client
@@ -127,12 +127,11 @@ class Reconciler:
                 obj = self._get(namespace, name)
             except ApiException as err:
                 if err.status == 404:
-                    self.phases.observe((namespace, name), None)
+                    self._forget((namespace, name))
                     return None
                 raise
         if obj["metadata"].get("deletionTimestamp"):
-            self.phases.observe((namespace, name), None)
-            self._scrapes_seen.pop((namespace, name), None)
+            self._forget((namespace, name))
             return None
         try:
             job = api.HunyuanFineTune.model_validate(obj)
@@ -196,6 +195,12 @@ class Reconciler:
         self.phases.observe((namespace, name), plan.status.phase)
         return plan.requeue_after
 
+    def _forget(self, key: tuple[str, str]) -> None:
+        """A deleted job: nothing of it stays in memory (its lock aside: a reconcile may hold it)."""
+        self.phases.observe(key, None)
+        for seen in (self._scrapes_seen, self._replaced_version, self._expected):
+            seen.pop(key, None)
+
     # ---------------------------------------------------------------- observe
     def _list_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         result = self.core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_JOB}={name}",
@@ -233,14 +238,17 @@ class Reconciler:
     def _scrape(self, key: tuple[str, str], url: str) -> None:
         try:
             with urllib.request.urlopen(url, timeout=self.scrape_timeout) as resp:
-                progress, clock = parse_scrape(resp.read().decode())
+                fresh = parse_scrape(resp.read().decode(), time.time())
         except (OSError, ValueError):
             return  # progress is best effort; without an answer the timeouts judge by the pods
         finally:
             self._scraping.discard(key)
         old = self._scrapes_seen.get(key)
-        self._scrapes_seen[key] = Scrape(time.time(), progress or (old.progress if old else None), clock)
-        if progress and (old is None or progress != old.progress):
+        if fresh.progress is None and old:  # a restarted trainer before its first step: keep the last
+            fresh = replace(fresh, progress=old.progress)
+        self._scrapes_seen[key] = fresh
+        before = old or Scrape(0, None, None)
+        if fresh.progress != before.progress or fresh.preflight_seconds != before.preflight_seconds:
             self.on_progress(*key)
 
     # -------------------------------------------------------------------- act

@@ -263,6 +263,9 @@ def test_the_example_trains_as_two_real_pods_to_success(node, volumes, prometheu
     out = volumes / "work" / "local-tiny"
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 30 and report["world_size"] == 2
+    assert report["preflight_seconds"] > 0
+    preflight = next(c for c in final["conditions"] if c["type"] == "PreflightPassed")
+    assert (preflight["status"], preflight["reason"]) == ("True", "Passed"), preflight  # from the live master
     assert (out / "export" / "adapter_config.json").exists()
 
     # the dashboard's progress and loss panels, as Grafana asks with $hyft_job=local-tiny, while it ran

@@ -505,6 +505,31 @@ def test_without_timeouts_a_stalled_trainer_is_left_alone(crds, gpu_nodes, api_c
     assert (status["phase"], status["restarts"]) == ("Running", 0)
 
 
+def test_preflight_passed_comes_from_the_master_and_its_failures_from_the_exit_codes(
+        crds, gpu_nodes, api_client, namespace, trainer_endpoint):
+    from hyft_trainer.contract import EXIT_GANG_INCOMPLETE, EXIT_SHM_TOO_SMALL
+
+    create(api_client, namespace, _stall_job("checked"))
+    r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: trainer_endpoint.url)
+
+    def preflight(st):
+        return next((c for c in st.get("conditions") or [] if c["type"] == "PreflightPassed"), {})
+
+    _drive(r, namespace, "checked", lambda st: preflight(st).get("status") == "Unknown", "PreflightPassed Unknown")
+    trainer_endpoint.metrics.preflight.set(2.5)
+    passed = _drive(r, namespace, "checked", lambda st: preflight(st).get("status") == "True", "PreflightPassed")
+    assert "attempt 0: every rank passed in 2.5s" in preflight(passed)["message"]
+    exit_pod(api_client, namespace, "checked-worker-0", EXIT_GANG_INCOMPLETE)  # retryable: a gang restart
+    restarted = _drive(r, namespace, "checked", lambda st: st.get("restarts") == 1, "a gang restart")
+    assert (preflight(restarted)["status"], preflight(restarted)["reason"]) == ("False", "GangIncomplete")
+    assert "preflight: not every node joined" in restarted["message"]
+    _drive(r, namespace, "checked", lambda st: st.get("phase") == "Running" and st.get("attempt") == 1, "attempt 1")
+    exit_pod(api_client, namespace, "checked-master-0", EXIT_SHM_TOO_SMALL)  # permanent
+    failed = _drive(r, namespace, "checked", lambda st: st.get("phase") == "Failed", "Failed")
+    assert (preflight(failed)["status"], preflight(failed)["reason"]) == ("False", "ShmTooSmall")
+    assert "exit code 4 (preflight: /dev/shm too small)" in failed["message"] and failed["restarts"] == 1
+
+
 def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_namespace):
     """A 7B full fine-tune (ZeRO-3, both offloads, 2 nodes) in 8Gi pods: hyft estimate says ~100 GiB."""
     body = cpu_job("toosmall", memory="8Gi", method={"type": "full"},

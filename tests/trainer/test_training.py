@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from hyft_trainer.launcher import free_port
+from hyft_trainer.preflight import MARKER_DIR
 from hyft_trainer.sample_data import make_samples
 
 RUN_TIMEOUT = 600
@@ -59,18 +60,20 @@ def write_config(tmp_path, tiny, data, **overrides):
 
 def launch(config, nodes, tmp_path, port=None, extra_env=None):
     port = port or free_port()
-    procs = []
-    for rank in range(nodes):
-        env = {**os.environ, "NNODES": str(nodes), "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "NPROC_PER_NODE": "1",
-               "HF_DATASETS_CACHE": str(tmp_path / f"hf-cache-{rank}"),  # each pod has its own
-               # one intra-op thread: float reductions then do not depend on the machine's load
-               "OMP_NUM_THREADS": "1",
-               "HYFT_BATCH_LOG": str(tmp_path / f"batches-{nodes}n"), **(extra_env or {})}
-        log = open(tmp_path / f"node{rank}-{port}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "train", str(config)],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    return procs
+    return [launch_node(config, rank, nodes, port, tmp_path, extra_env) for rank in range(nodes)]
+
+
+def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=()):
+    """One node's `hyft train`; wrapper: a command to run it under (a namespace of its own)."""
+    env = {**os.environ, "NNODES": str(nodes), "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "NPROC_PER_NODE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / f"hf-cache-{rank}"),  # each pod has its own
+           # one intra-op thread: float reductions then do not depend on the machine's load
+           "OMP_NUM_THREADS": "1",
+           "HYFT_BATCH_LOG": str(tmp_path / f"batches-{nodes}n"), **(extra_env or {})}
+    log = open(tmp_path / f"node{rank}-{port}.log", "w")
+    return (subprocess.Popen([*wrapper, sys.executable, "-m", "hyft_operator.cli", "train", str(config)],
+                             env=env, stdout=log, stderr=subprocess.STDOUT), log)
 
 
 def wait(procs, timeout=RUN_TIMEOUT):
@@ -153,6 +156,13 @@ def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memor
     original = load_file(tiny / "model.safetensors")
     changed = [n for n, p in model.state_dict().items() if n in original and not torch.equal(p, original[n])]
     assert changed, "full fine-tuning changed no weight"
+    assert report["preflight_seconds"] > 0  # the node checks and the gang check passed
+    timeline = report["timeline"]  # one point per logged step, in order, tokens from both ranks
+    assert [p["step"] for p in timeline] == list(range(1, 21))
+    assert all(a["seconds"] < b["seconds"] and a["tokens"] < b["tokens"] for a, b in zip(timeline, timeline[1:],
+                                                                                         strict=False))
+    assert timeline[-1]["tokens"] == report["tokens"]
+    assert not list((tmp_path / "out" / MARKER_DIR).iterdir())  # rank 0 removed its shared-volume marker
 
 
 @pytest.mark.parametrize("engine", [
@@ -256,6 +266,104 @@ def test_bad_configs_fail_fast_with_exit_code_2(tiny, memorisable, tmp_path, cha
     assert codes == [2], logs(tmp_path)[-2000:]
     assert message in logs(tmp_path) and "Traceback" not in logs(tmp_path)
     assert time.monotonic() - started < 120
+
+
+# ------------------------------------------------------------------ preflight
+def preflight_run(tmp_path, procs, code, message, within=120):
+    started = time.monotonic()
+    codes = wait(procs, timeout=300)
+    text = logs(tmp_path)
+    assert set(codes) == {code}, text[-3000:]
+    assert message in text and "Traceback" not in text.split("hyft: preflight")[-1], text[-3000:]
+    assert time.monotonic() - started < within
+    return text
+
+
+def test_preflight_an_unresolvable_master_fails_within_its_bound(tiny, memorisable, tmp_path):
+    """A worker node whose MASTER_ADDR does not resolve. In a network namespace of its own, with only
+    loopback: the name's lookup never leaves this machine."""
+    from hyft_trainer.contract import EXIT_MASTER_UNREACHABLE
+
+    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=3)
+    proc = launch_node(config, 1, 2, free_port(), tmp_path, {"MASTER_ADDR": "hyft-test-master.invalid"},
+                       wrapper=("unshare", "--net", "--"))
+    preflight_run(tmp_path, [proc], EXIT_MASTER_UNREACHABLE,
+                  "MASTER_ADDR hyft-test-master.invalid:")
+    assert "does not resolve" in logs(tmp_path) and "after 3s (preflight_timeout)" in logs(tmp_path)
+
+
+def test_preflight_a_small_dev_shm_fails(tiny, memorisable, tmp_path):
+    """/dev/shm as a 1 MiB tmpfs, mounted in a mount namespace of this node's own."""
+    from hyft_trainer.contract import EXIT_SHM_TOO_SMALL
+
+    config = write_config(tmp_path, tiny, memorisable)
+    shell = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             'mount -t tmpfs -o size=1m hyft-test-shm /dev/shm && exec "$@"', "sh")
+    proc = launch_node(config, 0, 1, free_port(), tmp_path, wrapper=shell)
+    preflight_run(tmp_path, [proc], EXIT_SHM_TOO_SMALL, "/dev/shm is 1 MiB")
+
+
+def test_preflight_an_unwritable_output_fails(tiny, memorisable, tmp_path):
+    from hyft_trainer.contract import EXIT_OUTPUT_UNUSABLE
+
+    (tmp_path / "a-file").write_text("not a folder")
+    config = write_config(tmp_path, tiny, memorisable, output_dir=str(tmp_path / "a-file" / "out"))
+    preflight_run(tmp_path, launch(config, 1, tmp_path), EXIT_OUTPUT_UNUSABLE, "is not writable")
+
+
+def test_preflight_an_output_the_nodes_do_not_share_fails_on_every_node(tiny, memorisable, tmp_path):
+    """Node 1 writes to a folder of its own, as with a node-local volume: it cannot see rank 0's marker."""
+    from hyft_trainer.contract import EXIT_OUTPUT_UNUSABLE
+
+    master = write_config(tmp_path, tiny, memorisable, output_dir=str(tmp_path / "out-node0"))
+    worker = write_config(tmp_path, tiny, memorisable, output_dir=str(tmp_path / "out-node1"))
+    port = free_port()
+    procs = [launch_node(master, 0, 2, port, tmp_path), launch_node(worker, 1, 2, port, tmp_path)]
+    preflight_run(tmp_path, procs, EXIT_OUTPUT_UNUSABLE, "is not shared between the nodes: rank(s) [1] do not see",
+                  within=240)
+    assert not list((tmp_path / "out-node0" / MARKER_DIR).iterdir())
+
+
+def test_preflight_a_node_that_never_joins_fails_the_master(tiny, memorisable, tmp_path):
+    from hyft_trainer.contract import EXIT_GANG_INCOMPLETE
+
+    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=5)
+    text = preflight_run(tmp_path, [launch_node(config, 0, 2, free_port(), tmp_path)], EXIT_GANG_INCOMPLETE,
+                         "not every one of the 2 nodes joined the rendezvous")
+    assert "1/2 clients joined" in text  # torchrun's own words, kept in the message
+
+
+GANG_CHECK = """
+import datetime, os, sys, time
+import torch.distributed as dist
+from hyft_trainer.preflight import PreflightError, check_gang
+
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+if dist.get_rank() == 1:
+    time.sleep(30)  # stuck before the collective (a hung mount, a slow model load)
+    os._exit(0)
+try:
+    check_gang(sys.argv[1], 3, "cpu")
+except PreflightError as err:
+    print(f"exit {err.exit_code}: {err}", flush=True)
+    os._exit(err.exit_code)
+os._exit(0)
+"""
+
+
+def test_preflight_a_rank_stuck_before_the_all_reduce_fails_the_others(tmp_path):
+    from hyft_trainer.contract import EXIT_COLLECTIVE_TIMEOUT
+
+    script = tmp_path / "gang_check.py"
+    script.write_text(GANG_CHECK)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert f"exit {EXIT_COLLECTIVE_TIMEOUT}: an all-reduce of the marker's name across all 2 ranks did not " \
+           "finish within 3s (preflight_timeout)" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert time.monotonic() - started < 30  # rank 0 did not wait for rank 1's 30 s
+    assert not list((tmp_path / MARKER_DIR).iterdir())
 
 
 def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):

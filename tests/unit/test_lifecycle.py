@@ -223,3 +223,38 @@ def test_a_refused_pod_creation_is_kept_in_the_status_while_it_is_retried():
     created = lifecycle.plan(job(again.status.model_dump(exclude_none=True)), [pod(0, "Pending"), pod(1, "Pending")],
                              NOW)
     assert condition(created.status, "Created").reason == "PodsCreated" and created.status.message != refused
+
+
+def test_preflight_passed_follows_the_master_trainer_and_the_preflight_exit_codes():
+    """Unknown while the gang starts, True once the master reports that every rank passed, False
+    with the check's reason when a pod exits with a preflight code; a new attempt asks again."""
+    from hyft_operator.progress import Scrape
+    from hyft_trainer.contract import EXIT_GANG_INCOMPLETE, EXIT_SHM_TOO_SMALL
+
+    started = NOW.timestamp() - 60
+    gang = [pod(0, started_at=started), pod(1, started_at=started)]
+    running = {"phase": "Running", "startTime": EARLIER}
+    waiting = lifecycle.plan(job(running), gang, NOW, watching=True).status
+    assert (condition(waiting, "PreflightPassed").status, condition(waiting, "PreflightPassed").reason) == (
+        "Unknown", "Checking")
+    old_answer = Scrape(started - 5, None, None, preflight_seconds=3.0)  # the previous attempt's master
+    assert condition(lifecycle.plan(job(waiting.model_dump(exclude_none=True)), gang, NOW, old_answer,
+                                    watching=True).status, "PreflightPassed").status == "Unknown"
+    passed = lifecycle.plan(job(waiting.model_dump(exclude_none=True)), gang, NOW,
+                            Scrape(started + 10, None, None, preflight_seconds=4.25), watching=True).status
+    cond = condition(passed, "PreflightPassed")
+    assert (cond.status, cond.reason) == ("True", "Passed") and "every rank passed in 4.2s" in cond.message
+
+    refused = lifecycle.plan(job(passed.model_dump(exclude_none=True)),
+                             [pod(0), pod(1, "Failed", exit_code=EXIT_GANG_INCOMPLETE,
+                                          message="preflight: not every one of the 2 nodes joined")],
+                             NOW, watching=True).status
+    cond = condition(refused, "PreflightPassed")
+    assert (refused.phase, cond.status, cond.reason) == ("Restarting", "False", "GangIncomplete")
+    assert "attempt 0: pod minimal-worker-0 failed (exit code 6 (preflight: not every node joined))" in cond.message
+    assert "not every one of the 2 nodes joined" in refused.message  # a retryable preflight code restarts
+
+    shm = lifecycle.plan(job(running), [pod(0, "Failed", exit_code=EXIT_SHM_TOO_SMALL), pod(1)], NOW).status
+    assert (shm.phase, condition(shm, "PreflightPassed").reason) == ("Failed", "ShmTooSmall")  # permanent
+    quiet = lifecycle.plan(job(running), gang, NOW).status  # not scraping: no guess either way
+    assert not [c for c in quiet.conditions if c.type == "PreflightPassed"]

@@ -27,13 +27,15 @@ def test_an_invalid_run_leaves_its_reason_in_the_attempts_log(tmp_path, monkeypa
 def test_the_log_keeps_the_traceback_the_console_leaves_out(tmp_path, monkeypatch):
     monkeypatch.setenv(POD_NAME_ENV, "job-master-0")
     log = launcher.NodeLog(str(tmp_path))
-    invalid = tmp_path / "invalid"
-    invalid.write_text("data.jsonl line 3: empty content")
+    exit_file = tmp_path / "exit"
+    exit_file.write_text("2\ndata.jsonl line 3: empty content")
     console = io.BytesIO()
     source = io.BytesIO(b"step 1\nTraceback (most recent call last):\n  File x\nValueError: boom\n")
-    launcher.relay(source, console, log, invalid)
+    relay = launcher.Relay(source, console, log, exit_file)
+    relay.run()
     log.close()
     assert console.getvalue() == b"step 1\n"
+    assert relay.last_line == "ValueError: boom"
     assert (tmp_path / log_file(0, "job-master-0")).read_text().splitlines() == [
         "step 1", "Traceback (most recent call last):", "  File x", "ValueError: boom"]
 

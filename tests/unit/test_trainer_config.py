@@ -131,8 +131,9 @@ def test_rendezvous_env_and_its_torchrun_twins():
     twins = rendezvous_from_env({"PET_NNODES": "4", "PET_NODE_RANK": "3", "PET_MASTER_ADDR": "job-master-0.job.ns.svc",
                                  "PET_MASTER_PORT": "29500", "PET_NPROC_PER_NODE": "8"}, gpus=0)
     assert plain == twins
-    cmd = torchrun_command(plain, "/etc/hyft/train.yaml")
+    cmd = torchrun_command(plain, "/etc/hyft/train.yaml", join_timeout=900)
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert cmd[cmd.index("--rdzv_conf") + 1] == "timeout=900"  # the master waits this long for every node
     assert cmd[cmd.index("--node_rank") + 1] == "3" and cmd[cmd.index("--nproc_per_node") + 1] == "8"
     alone = rendezvous_from_env({}, gpus=0)
     assert (alone.nnodes, alone.node_rank, alone.nproc_per_node, alone.master_addr) == (1, 0, 1, "127.0.0.1")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ class StopOnSignal(TrainerCallback):
     """SIGTERM (suspend, preemption) reaches the launcher, which creates the stop file; every rank
     then agrees (all-reduce) to save a checkpoint and stop after the same step."""
 
-    def __init__(self, stop_file: str | None):
+    def __init__(self, stop_file: Path | None):
         self.stop_file = stop_file
         self.stopped_at: int | None = None
 
@@ -47,3 +48,21 @@ class CompleteMarker(TrainerCallback):
             dist.barrier()
         if state.is_world_process_zero:
             mark_complete(self.output_dir / f"checkpoint-{state.global_step}", self.resumable)
+
+
+class Timeline(TrainerCallback):
+    """When each logged step ended (seconds since training began) and the non-padding tokens all
+    ranks had seen by then: report.json's "timeline", for steady-state step times and throughput
+    without the start-up (as long as log_history: one point per logging step)."""
+
+    def __init__(self):
+        self.points: list[dict[str, float]] = []
+        self._began: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._began = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self._began is not None and "loss" in (logs or {}):
+            self.points.append({"step": state.global_step, "seconds": round(time.perf_counter() - self._began, 4),
+                                "tokens": state.num_input_tokens_seen})

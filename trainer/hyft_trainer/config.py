@@ -94,8 +94,9 @@ class TrainerConfig(BaseModel):
     seed: int = 42
     dataloader_num_workers: int = Field(0, ge=0)
     ddp_timeout: int = Field(1800, ge=1, description="seconds a collective may wait for the other ranks")
-    preflight_timeout: int = Field(600, ge=1, description="seconds a worker node waits for the master's address "
-                                   "to resolve and accept connections before it gives up (exit 3)")
+    preflight_timeout: int = Field(600, ge=1, description="seconds the gang may take to assemble: a worker node "
+                                   "waits this long for the master's address (exit 3), the master for every node "
+                                   "to join (exit 6), each rank for the preflight all-reduce (exit 7)")
     logging_steps: int = Field(10, ge=1)
     save_steps: int = Field(500, ge=1)
     save_total_limit: int | None = Field(None, ge=1)

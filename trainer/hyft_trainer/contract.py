@@ -4,19 +4,34 @@ the alert rules read. Torch-free: the operator image imports it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # --- exit codes and termination messages
 EXIT_INVALID = 2  # invalid config or data: permanent, the operator does not restart the gang
-# the node's preflight (before torchrun and the model): its own code per check
+# the preflight (before the model loads): its own code per check
 EXIT_MASTER_UNREACHABLE = 3  # MASTER_ADDR does not resolve or its port refuses, within preflight_timeout: retryable
 EXIT_SHM_TOO_SMALL = 4  # /dev/shm below what the processes need: permanent (spec.shmSize)
-EXIT_OUTPUT_UNUSABLE = 5  # output_dir not writable, or too full for one checkpoint: permanent
+EXIT_OUTPUT_UNUSABLE = 5  # output_dir not writable, not shared between nodes, or too full: permanent
+EXIT_GANG_INCOMPLETE = 6  # not every node joined the rendezvous within preflight_timeout: retryable
+EXIT_COLLECTIVE_TIMEOUT = 7  # a one-number all-reduce over every rank did not finish within preflight_timeout
+
+
+@dataclass(frozen=True)
+class ExitMeaning:
+    text: str  # what the operator's failure messages say after the code
+    preflight_reason: str = ""  # the PreflightPassed condition's reason when a preflight check failed
+
+
 EXIT_MEANINGS = {
-    EXIT_INVALID: "invalid config or data",
-    EXIT_MASTER_UNREACHABLE: "preflight: the master is unreachable",
-    EXIT_SHM_TOO_SMALL: "preflight: /dev/shm too small",
-    EXIT_OUTPUT_UNUSABLE: "preflight: the output volume is not writable or too full",
+    EXIT_INVALID: ExitMeaning("invalid config or data"),
+    EXIT_MASTER_UNREACHABLE: ExitMeaning("preflight: the master is unreachable", "MasterUnreachable"),
+    EXIT_SHM_TOO_SMALL: ExitMeaning("preflight: /dev/shm too small", "ShmTooSmall"),
+    EXIT_OUTPUT_UNUSABLE: ExitMeaning("preflight: the output volume is not writable, not shared or too full",
+                                      "OutputUnusable"),
+    EXIT_GANG_INCOMPLETE: ExitMeaning("preflight: not every node joined", "GangIncomplete"),
+    EXIT_COLLECTIVE_TIMEOUT: ExitMeaning("preflight: the test all-reduce timed out", "CollectiveTimeout"),
 }
-PREFLIGHT_SECONDS_ENV = "HYFT_PREFLIGHT_SECONDS"  # the launcher's preflight time, recorded in report.json
+PREFLIGHT_SECONDS_ENV = "HYFT_PREFLIGHT_SECONDS"  # the node checks' time; the workers add the gang check's
 # exit 0 with this termination message: SIGTERM stopped training after a checkpoint (restart, do not finish)
 STOPPED_EARLY = "hyft: stopped early by SIGTERM"
 
@@ -56,9 +71,10 @@ LAST_STEP_TIME = "hyft_train_last_step_timestamp_seconds"
 PROCESS_START = "hyft_train_process_start_timestamp_seconds"  # exported from start-up, before the model loads
 HEARTBEAT = "hyft_train_heartbeat_timestamp_seconds"  # the trainer's clock at each scrape: stalls in its own time
 CHECKPOINT_STEP = "hyft_train_last_checkpoint_step"
+PREFLIGHT_SECONDS = "hyft_train_preflight_seconds"  # set once every rank passed the preflight: the gang works
 PEAK_HOST_RSS = "hyft_train_peak_host_rss_bytes"
 PEAK_GPU_MEMORY = "hyft_train_peak_gpu_memory_bytes"
 STEP_DURATION = "hyft_train_step_duration_seconds"  # a histogram
 TRAINER_METRICS = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, LEARNING_RATE, GRAD_NORM, EPOCH, TOKENS_PER_SECOND,
-                   SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, PROCESS_START, HEARTBEAT, CHECKPOINT_STEP, PEAK_HOST_RSS,
-                   PEAK_GPU_MEMORY, STEP_DURATION)
+                   SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, PROCESS_START, HEARTBEAT, CHECKPOINT_STEP,
+                   PREFLIGHT_SECONDS, PEAK_HOST_RSS, PEAK_GPU_MEMORY, STEP_DURATION)

@@ -5,9 +5,10 @@ NPROC_PER_NODE, or their torchrun twins PET_*) and starts this node's worker
 processes with torch's own elastic launcher (torch.distributed.run). Without
 them it runs on this machine alone.
 
-Exit codes (the operator reads them): 0 done (or stopped with a checkpoint on
-SIGTERM); 2 invalid config or data, permanent; anything else from the
-workers (torchrun reports a failed worker as 1), retryable.
+Exit codes (the operator reads them, contract.EXIT_MEANINGS): 0 done (or
+stopped with a checkpoint on SIGTERM); 2 invalid config or data, permanent;
+3-7 a preflight check; anything else from the workers (torchrun reports a
+failed worker as 1), retryable.
 SIGTERM/SIGINT: every rank saves a checkpoint at the next step and exits 0; a
 second signal stops the workers at once.
 """
@@ -25,11 +26,12 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import preflight as preflight_checks
+from . import preflight
 from .config import ConfigError, load_config
 from .contract import (
     ATTEMPT_ENV,
     CONFIG_ENV,
+    EXIT_GANG_INCOMPLETE,
     EXIT_INVALID,
     LOG_BACKUPS,
     LOG_MAX_BYTES,
@@ -40,7 +42,7 @@ from .contract import (
     TERMINATION_LOG_ENV,
     log_file,
 )
-from .worker import INVALID_FILE_ENV, STOP_FILE_ENV
+from .worker import EXIT_FILE, LAUNCH_DIR_ENV, STARTED_FILE, STOP_FILE
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,14 @@ def rendezvous_from_env(env: dict[str, str], gpus: int) -> Rendezvous:
         raise ConfigError(f"bad rendezvous environment {values}: {err}") from None
 
 
-def torchrun_command(rdzv: Rendezvous, config_path: str) -> list[str]:
+def torchrun_command(rdzv: Rendezvous, config_path: str, join_timeout: int) -> list[str]:
+    """join_timeout: how long the master's rendezvous waits for every node (the worker pods may be
+    scheduled, or pull their image, later than the master's)."""
     return [sys.executable, "-m", "torch.distributed.run",
             "--nnodes", str(rdzv.nnodes), "--node_rank", str(rdzv.node_rank),
             "--master_addr", rdzv.master_addr, "--master_port", str(rdzv.master_port),
             "--nproc_per_node", str(rdzv.nproc_per_node), "--max_restarts", "0",
+            "--rdzv_conf", f"timeout={join_timeout}",
             "-m", "hyft_trainer.worker", config_path]
 
 
@@ -127,8 +132,8 @@ class NodeLog:
             self._logger.removeHandler(handler)
 
 
-def preflight(config) -> None:
-    """Fail fast (exit 2) on what can be checked before any process starts."""
+def check_inputs(config) -> None:
+    """Fail fast (exit 2) on the config's inputs: what can be checked before any process starts."""
     if not Path(config.model_name_or_path).is_dir():
         raise ConfigError(f"model_name_or_path: {config.model_name_or_path} is not a folder")
     if isinstance(config.resume_from_checkpoint, str) and not Path(config.resume_from_checkpoint).is_dir():
@@ -139,7 +144,6 @@ def preflight(config) -> None:
         sources_for_config(config)
     except DataError as err:
         raise ConfigError(f"data: {err}") from None
-    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def launch(config_path: str, config, log: NodeLog) -> int:
     """This node's workers under torchrun, their output to the console and the node's log."""
-    preflight(config)
+    check_inputs(config)
     from .deepspeed_config import settle
 
     gpus = gpu_count()
@@ -174,9 +178,9 @@ def launch(config_path: str, config, log: NodeLog) -> int:
     for note in (*config.notes, *settled.notes):  # once per node, before any process starts
         log.say(f"hyft: {note}")
     try:
-        passed = preflight_checks.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,
+        passed = preflight.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,
                                       rdzv.nproc_per_node)
-    except preflight_checks.PreflightError as err:
+    except preflight.PreflightError as err:
         log.say(f"hyft: preflight: {err}", sys.stderr)
         termination_message(f"preflight: {err}")
         return err.exit_code
@@ -184,18 +188,19 @@ def launch(config_path: str, config, log: NodeLog) -> int:
             + (", master reachable)" if rdzv.node_rank else ")"))
 
     workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
-    stop_file, invalid_file = workdir / "stop", workdir / "invalid"
+    stop_file, exit_file = workdir / STOP_FILE, workdir / EXIT_FILE
     # unbuffered: the workers' lines reach the console and the log as they are printed, not at exit
-    env = {**os.environ, STOP_FILE_ENV: str(stop_file), INVALID_FILE_ENV: str(invalid_file), "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, LAUNCH_DIR_ENV: str(workdir), "PYTHONUNBUFFERED": "1",
            PREFLIGHT_SECONDS_ENV: f"{passed.seconds:.3f}"}
     log.say(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
             f"master {rdzv.master_addr}:{rdzv.master_port}; log: {log.path}")
     # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers
     # after 30 s instead of letting them checkpoint.
-    proc = subprocess.Popen(torchrun_command(rdzv, config_path), env=env, start_new_session=True,
+    timeout = int(settled.config.preflight_timeout)
+    proc = subprocess.Popen(torchrun_command(rdzv, config_path, timeout), env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    relays = [threading.Thread(target=relay, args=(proc.stdout, sys.stdout.buffer, log), daemon=True),
-              threading.Thread(target=relay, args=(proc.stderr, sys.stderr.buffer, log, invalid_file), daemon=True)]
+    errors = Relay(proc.stderr, sys.stderr.buffer, log, exit_file)
+    relays = [Relay(proc.stdout, sys.stdout.buffer, log), errors]
     for thread in relays:
         thread.start()
 
@@ -211,30 +216,49 @@ def launch(config_path: str, config, log: NodeLog) -> int:
     rc = proc.wait()
     for thread in relays:
         thread.join(timeout=10)
-    if invalid_file.exists():
-        log.say(f"hyft: {invalid_file.read_text()}", sys.stderr)
-        termination_message(invalid_file.read_text())
-        return EXIT_INVALID
+    if exit_file.exists():
+        code, _, message = exit_file.read_text().partition("\n")
+        log.say(f"hyft: {message}", sys.stderr)  # again, last: where `kubectl logs` readers look
+        termination_message(message)
+        return int(code)
+    if rc != 0 and not (workdir / STARTED_FILE).exists():
+        # torchrun failed before any worker ran: its rendezvous never saw every node
+        message = (f"preflight: not every one of the {rdzv.nnodes} nodes joined the rendezvous at "
+                   f"{rdzv.master_addr}:{rdzv.master_port} within {timeout}s (preflight_timeout): are all the "
+                   f"job's pods scheduled and running? torchrun said: {errors.last_line or f'exit code {rc}'}")
+        log.say(f"hyft: {message}", sys.stderr)
+        termination_message(message)
+        return EXIT_GANG_INCOMPLETE
     if rc == 0 and stop_file.exists():
         # Exit 0 with a checkpoint; the message tells the operator this was an interruption, not the end.
         termination_message(f"{STOPPED_EARLY}: a checkpoint was saved; a restart resumes from it")
     return rc
 
 
-def relay(source, sink, log: NodeLog, invalid_file: Path | None = None) -> None:
-    """Pass the workers' and torchrun's output through as it comes, and into the node's log. On the
-    console, torchrun's own traceback for a worker that stopped on a configuration or data error (it
-    wrote invalid_file first) is left out: that error is reported once, in plain words, and a
-    traceback would suggest a crash. The log keeps it."""
-    swallowing = False
-    for line in iter(source.readline, b""):
-        log.write(line)
-        if invalid_file and line.startswith(b"Traceback (most recent call last):") and invalid_file.exists():
-            swallowing = True
-        if not swallowing:
-            sink.write(line)
-            sink.flush()
-    source.close()
+class Relay(threading.Thread):
+    """Passes the workers' and torchrun's output through as it comes, and into the node's log. On
+    the console, torchrun's own traceback for a worker that stopped for a known reason (it wrote
+    exit_file first) is left out: that error is reported once, in plain words, and a traceback would
+    suggest a crash. The log keeps it."""
+
+    def __init__(self, source, sink, log: NodeLog, exit_file: Path | None = None):
+        super().__init__(daemon=True)
+        self.source, self.sink, self.log, self.exit_file = source, sink, log, exit_file
+        self.last_line = ""  # the last words, for a failure message
+
+    def run(self) -> None:
+        swallowing = False
+        for line in iter(self.source.readline, b""):
+            self.log.write(line)
+            if text := line.decode("utf-8", errors="replace").strip():
+                self.last_line = text[-300:]
+            if (self.exit_file and line.startswith(b"Traceback (most recent call last):")
+                    and self.exit_file.exists()):
+                swallowing = True
+            if not swallowing:
+                self.sink.write(line)
+                self.sink.flush()
+        self.source.close()
 
 
 def termination_message(text: str) -> None:

@@ -55,6 +55,7 @@ class TrainingMetrics:
         self.peak_gpu = gauge(c.PEAK_GPU_MEMORY, "Peak GPU memory allocated by this process")
         self.process_start = gauge(c.PROCESS_START, "Unix time the trainer process started (before loading)")
         self.process_start.set(time.time())
+        self.preflight = gauge(c.PREFLIGHT_SECONDS, "Seconds the preflight took; set once every rank passed it")
         Gauge(c.HEARTBEAT, "The trainer's clock at this scrape (stall and start-up timeouts in its own time)",
               names, registry=self.registry).labels(**self.labels).set_function(time.time)
         self.step_seconds = Series(Histogram(c.STEP_DURATION, "Wall time of one optimizer step",

@@ -1,9 +1,15 @@
-"""The node's preflight: what `hyft train` checks before torchrun and the model start, each with
-its own message and exit code (contract.EXIT_*), instead of an error deep inside torch or
-DeepSpeed half an hour later. The network calls are parameters, for the tests."""
+"""The preflight, each check with its own message and exit code (contract.EXIT_*), instead of an
+error deep inside torch or DeepSpeed half an hour later:
+
+* run(): on every node, before torchrun (/dev/shm, the output volume, the master's address);
+* check_gang(): in every training process once the process group exists, before the model loads
+  (a one-number all-reduce within a timeout, and the output volume shared between the nodes).
+
+The network calls are parameters, for the tests."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainerConfig
-from .contract import EXIT_MASTER_UNREACHABLE, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL
+from .contract import EXIT_COLLECTIVE_TIMEOUT, EXIT_MASTER_UNREACHABLE, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -117,3 +123,57 @@ def run(config: TrainerConfig, node_rank: int, master_addr: str, master_port: in
     if node_rank > 0:  # the master's own port opens with its torchrun
         check_master(master_addr, master_port, config.preflight_timeout)
     return Passed(time.monotonic() - started)
+
+
+MARKER_DIR = ".hyft-preflight"
+
+
+def check_gang(output_dir: str, timeout_seconds: float, device) -> float:
+    """Every rank at once: rank 0 writes a marker with a fresh random name on the output volume and
+    all-reduces that name to every rank (the tiny all-reduce, bounded by timeout_seconds); each rank
+    looks for the marker, and a second all-reduce tells all of them who could not see it. Returns
+    the seconds it took."""
+    import torch
+    import torch.distributed as dist
+
+    started = time.monotonic()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    folder = Path(output_dir) / MARKER_DIR
+    nonce = 0
+    if rank == 0:
+        nonce = secrets.randbits(62) + 1  # fresh per attempt: an old attempt's marker proves nothing
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / str(nonce), "w") as f:
+            f.write(f"written by rank 0 on {socket.gethostname()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+    try:
+        shared = torch.tensor([nonce], dtype=torch.int64, device=device)
+        _all_reduce(shared, timeout_seconds, "the marker's name")
+        unseen = torch.zeros(world, dtype=torch.int64, device=device)
+        unseen[rank] = int(not (folder / str(int(shared.item()))).is_file())
+        _all_reduce(unseen, timeout_seconds, "who sees the marker")
+    finally:
+        if rank == 0:
+            (folder / str(nonce)).unlink(missing_ok=True)
+    blind = [r for r, flag in enumerate(unseen.tolist()) if flag]
+    if blind:
+        raise PreflightError(EXIT_OUTPUT_UNUSABLE, f"output_dir {output_dir} is not shared between the nodes: "
+                             f"rank(s) {blind} do not see the marker rank 0 wrote there; a multi-node job needs "
+                             "one volume every node mounts (NFS, or a ReadWriteMany PVC)")
+    return time.monotonic() - started
+
+
+def _all_reduce(tensor, timeout_seconds: float, what: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    work = dist.all_reduce(tensor, async_op=True)
+    try:
+        work.wait(timeout=datetime.timedelta(seconds=timeout_seconds))
+    except RuntimeError as err:  # gloo and NCCL report a timed-out wait as a RuntimeError subclass
+        raise PreflightError(EXIT_COLLECTIVE_TIMEOUT, f"an all-reduce of {what} across all "
+                             f"{dist.get_world_size()} ranks did not finish within {timeout_seconds:.0f}s "
+                             f"(preflight_timeout): a rank is stuck or the nodes cannot reach each other on the "
+                             f"collective backend's ports ({str(err).splitlines()[0][:200]})") from None

@@ -17,9 +17,18 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .encode import IGNORE, MaskOptions
 from .loading import DataError, sources_for_config
 from .packing import first_fit_decreasing, pack
+from .preflight import PreflightError, check_gang
 
-STOP_FILE_ENV = "HYFT_STOP_FILE"
-INVALID_FILE_ENV = "HYFT_INVALID_FILE"
+# The launcher's folder for talking with its workers (torchrun passes only exit status 1 on):
+LAUNCH_DIR_ENV = "HYFT_LAUNCH_DIR"
+STOP_FILE = "stop"  # the launcher got SIGTERM: checkpoint at the next step and exit 0
+EXIT_FILE = "exit"  # a worker stopped for a known reason: "<exit code>\n<message>", the launcher exits so
+STARTED_FILE = "started"  # a worker process ran: the gang assembled (its absence after a failure: it did not)
+
+
+def launch_file(name: str) -> Path | None:
+    folder = os.environ.get(LAUNCH_DIR_ENV)
+    return Path(folder) / name if folder else None
 
 
 def init_distributed(deepspeed: bool, timeout_s: int):
@@ -219,7 +228,7 @@ def train(config: TrainerConfig) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
-    from .callbacks import CompleteMarker, StopOnSignal
+    from .callbacks import CompleteMarker, StopOnSignal, Timeline
     from .deepspeed_config import settle
     from .metrics import MetricsCallback, TrainingMetrics
 
@@ -237,6 +246,10 @@ def train(config: TrainerConfig) -> int:
     settled = settle(config, world_size, on_gpu)  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
     state = init_distributed(ds is not None, config.ddp_timeout)
+    preflight_seconds = float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0"))
+    if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
+        preflight_seconds += check_gang(config.output_dir, config.preflight_timeout, state.device)
+    metrics.preflight.set(preflight_seconds)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
     args = training_arguments(config, ds, on_gpu)
@@ -251,8 +264,8 @@ def train(config: TrainerConfig) -> int:
     memory = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
     model = apply_method(model, config)
 
-    stop = StopOnSignal(os.environ.get(STOP_FILE_ENV))
-    callbacks = [stop, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
+    stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
+    callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
                  MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
                                  * state.num_processes)]
     if args.load_best_model_at_end:
@@ -271,7 +284,8 @@ def train(config: TrainerConfig) -> int:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
     else:
         export(trainer, config, tokenizer, state, report, result, started, resume,
-               {**memory, "peak_host_rss_bytes": _peak_rss()})
+               {**memory, "peak_host_rss_bytes": _peak_rss(), "preflight_seconds": round(preflight_seconds, 3),
+                "timeline": timeline.points})
     # Leave together: a rank that exits while another still talks to it makes gloo abort.
     state.wait_for_everyone()
     state.destroy_process_group()
@@ -296,7 +310,7 @@ def _anon_rss() -> int | None:
 
 
 def export(trainer, config: TrainerConfig, tokenizer, state, report, result, started: float, resume,
-           memory: dict[str, int]) -> None:
+           measured: dict[str, object]) -> None:
     from .report import write_loss_curve
 
     out = Path(config.output_dir) / "export"
@@ -322,12 +336,11 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "resumed_from": str(resume) if resume else None,
         "world_size": state.num_processes,
         "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
-        "preflight_seconds": float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0")) or None,
         "pod": os.environ.get(POD_NAME_ENV),
         "finetuning_type": config.finetuning_type,
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),
                  "invalid_examples": report.examples[:20], "chat_template_check": report.template_check},
-        **memory,
+        **measured,
         "log_history": history,
     }
     (Path(config.output_dir) / "report.json").write_text(json.dumps(run, indent=2))
@@ -337,13 +350,15 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if started := launch_file(STARTED_FILE):
+        started.touch()
     try:
         config = load_config(argv[0])
         code = train(config)
     except (ConfigError, DataError) as err:
-        print(f"hyft: {err}", file=sys.stderr, flush=True)
-        _mark_permanent_error(str(err))
-        return EXIT_INVALID
+        return _stop(EXIT_INVALID, str(err))
+    except PreflightError as err:
+        return _stop(err.exit_code, f"preflight: {err}")
     # Everything is saved and the process group is gone. Skip interpreter teardown: a DeepSpeed/gloo
     # thread still joinable at exit makes C++ abort ("terminate called without an active exception",
     # SIGABRT), and the other node's launcher then waits 300 s on its exit barrier.
@@ -352,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)
 
 
-def _mark_permanent_error(text: str) -> None:
-    """Tell the launcher (torchrun reports any worker failure as 1) that the error is permanent."""
-    path = os.environ.get(INVALID_FILE_ENV)
-    if path:
-        Path(path).write_text(text)
+def _stop(code: int, message: str) -> int:
+    """A known failure: said once, in plain words, and passed to the launcher with its exit code."""
+    print(f"hyft: {message}", file=sys.stderr, flush=True)
+    if path := launch_file(EXIT_FILE):
+        path.write_text(f"{code}\n{message}")
+    return code
 
 
 if __name__ == "__main__":
