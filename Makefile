@@ -69,6 +69,7 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run (in
 	bash bench/setup_llamafactory.sh
 	$(PY) bench/data_prep.py --workers 2
 	$(PY) bench/data_prep.py --workers 1
+	$(PY) bench/train_vs_llamafactory.py
 	$(PY) bench/train_step.py
 	$(PY) bench/estimate_vs_measured.py
 	$(PY) bench/operator_scale.py

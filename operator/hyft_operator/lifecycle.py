@@ -29,11 +29,12 @@ import datetime as dt
 import posixpath
 import signal
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from hyft_trainer.contract import EXIT_MEANINGS, STOPPED_EARLY, log_file
 
-from .admission import check_memory
+from .admission import MemoryCheck, check_memory
 from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
 from .progress import Scrape
@@ -175,6 +176,10 @@ class _Planner:
         self.creation_failure = next((c.message for c in self.st.conditions if c.type == "Created"
                                       and c.status == "False" and c.reason == CREATION_FAILED), None)
 
+    @cached_property
+    def memory(self) -> MemoryCheck | None:
+        return check_memory(self.job)
+
     # -- helpers -------------------------------------------------------------
     def transition(self, phase: str, reason: str, message: str, event_type: str = "Normal",
                    announce: bool = True) -> None:
@@ -240,7 +245,7 @@ class _Planner:
         """runPolicy.memoryCheck Enforce: a job whose pods would not hold its model states never starts."""
         if self.spec.runPolicy.memoryCheck != "Enforce" or self.st.startTime or self.current:
             return False
-        check = check_memory(self.job)
+        check = self.memory
         if check is None or not check.at_risk:
             return False
         self.finish("Failed", "MemoryRisk", f"not started: {check.message} (runPolicy.memoryCheck: Enforce)",
@@ -250,7 +255,7 @@ class _Planner:
     def memory_condition(self) -> None:
         if self.spec.runPolicy.memoryCheck == "Off":
             return
-        check = check_memory(self.job)
+        check = self.memory
         if check is None:
             status, reason = "Unknown", "ModelSizeUnknown"
             message = "the model's size is neither in spec.model.parameters nor in its path's name"

@@ -95,6 +95,7 @@ class Reconciler:
         # (name, attempt) and the pod UIDs we deleted.
         self._replaced_version: dict[tuple[str, str], str] = {}
         self._expected: dict[tuple[str, str], Expectation] = {}
+        self._checked: dict[tuple[str, str], tuple[str, int]] = {}  # (uid, generation) builders.check passed
 
     # ------------------------------------------------------------------ entry
     def reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None = None,
@@ -133,9 +134,12 @@ class Reconciler:
         if obj["metadata"].get("deletionTimestamp"):
             self._forget((namespace, name))
             return None
+        meta = obj["metadata"]
         try:
             job = api.HunyuanFineTune.model_validate(obj)
-            builders.check(job)
+            if self._checked.get((namespace, name)) != (meta.get("uid"), meta.get("generation")):
+                builders.check(job)  # a spec is checked once per generation, not on every pod event
+                self._checked[(namespace, name)] = (meta.get("uid"), meta.get("generation"))
         except ValidationError as err:  # what the API server cannot check (or a CRD older than this operator)
             self._write_invalid(obj, "; ".join(api.describe(err)))
             return None
@@ -198,7 +202,7 @@ class Reconciler:
     def _forget(self, key: tuple[str, str]) -> None:
         """A deleted job: nothing of it stays in memory (its lock aside: a reconcile may hold it)."""
         self.phases.observe(key, None)
-        for seen in (self._scrapes_seen, self._replaced_version, self._expected):
+        for seen in (self._scrapes_seen, self._replaced_version, self._expected, self._checked):
             seen.pop(key, None)
 
     # ---------------------------------------------------------------- observe

@@ -179,7 +179,7 @@ def launch(config_path: str, config, log: NodeLog) -> int:
         log.say(f"hyft: {note}")
     try:
         passed = preflight.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,
-                                      rdzv.nproc_per_node)
+                               rdzv.nproc_per_node)
     except preflight.PreflightError as err:
         log.say(f"hyft: preflight: {err}", sys.stderr)
         termination_message(f"preflight: {err}")
