@@ -449,7 +449,7 @@ def test_zero3_loads_each_process_shard_only(tmp_path, memorisable):
         config = write_config(subdir(tmp_path, f"n{nodes}"), big, memorisable, max_steps=1)
         held[nodes] = run(config, nodes, tmp_path / f"n{nodes}")["host_model_bytes_at_load"]
     assert held[1] > 0.9 * model_bytes
-    assert held[2] < 0.7 * held[1], held
+    assert held[2] < 0.65 * held[1], held
 
 
 def test_a_chat_template_one_token_off_stops_training_with_a_diff(tiny, memorisable, tmp_path):
