@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic_core import core_schema
 
 from hyft_trainer.choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
@@ -125,28 +125,6 @@ class ApiModel(BaseModel):
         if broken:
             raise ValueError("; ".join(broken))
         return self
-
-
-_FIELD = re.compile(r"^([A-Za-z][\w.\[\]]*): (.*)$", re.S)
-
-
-def field_path(loc: tuple[str | int, ...], relative: bool = False) -> str:
-    """('spec', 'env', 0, 'name') -> 'spec.env[0].name' (or '.spec.env[0].name', to append)."""
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-    return path if relative else path.lstrip(".")
-
-
-def describe(err: ValidationError) -> list[str]:
-    """pydantic's errors as the API server words them: 'spec.data.names: names need datasetInfo'."""
-    out = []
-    for error in err.errors():
-        loc = field_path(error["loc"])
-        text = error["msg"].removeprefix("Value error, ")
-        for part in text.split("; ") if error["type"] == "value_error" else [text]:
-            match = _FIELD.match(part)
-            path, message = (f"{loc}.{match[1]}".lstrip("."), match[2]) if match else (loc, part)
-            out.append(f"{path or 'spec'}: {message}")
-    return out
 
 
 RelativePath = Annotated[str, Rule("!self.startsWith('/') && !self.contains('..')",

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ValidationError
 from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
 from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
 from hyft_trainer.deepspeed_config import settle
+from hyft_trainer.problems import describe
 
-from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, field_path, k8s_object
+from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, k8s_object
 
 LABEL_JOB = "hyft.io/job-name"
 LABEL_ROLE = "hyft.io/role"
@@ -112,8 +113,7 @@ def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
         config = _trainer_config(job)
         settle(config, world_size=spec.nodes * max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
     except ValidationError as err:
-        raise InvalidSpec("spec: the trainer refuses its config: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+        raise InvalidSpec("spec: the trainer refuses its config: " + "; ".join(describe(err, whole="config"))) from None
     except ConfigError as err:  # only the DeepSpeed overrides can contradict the rest of a valid spec
         raise InvalidSpec(f"spec.deepspeed.overrides: {err}") from None
     return config
@@ -175,7 +175,7 @@ def check(job: HunyuanFineTune) -> None:
         try:
             model.model_validate(value)
         except ValidationError as err:
-            problems += [f"{where}{field_path(e['loc'], relative=True)}: {e['msg']}" for e in err.errors()]
+            problems += describe(err, at=where)
     if problems:
         raise InvalidSpec("; ".join(problems))
 

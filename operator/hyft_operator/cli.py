@@ -28,7 +28,9 @@ from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
 def _load_resource(path: str, namespace: str):
     from pydantic import ValidationError
 
-    from .api import HunyuanFineTune, describe
+    from hyft_trainer.problems import describe
+
+    from .api import HunyuanFineTune
     from .builders import InvalidSpec, check
 
     try:

@@ -43,6 +43,7 @@ PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
 STALE_REQUEUE = 2.0
 CREATION_FAILED = "PodCreationFailed"  # the Created condition's reason when admission refused a pod
 PREFLIGHT = "PreflightPassed"
+SPEC_VALID = "SpecValid"  # False only while a running attempt outlives an invalid edit (the reconciler's)
 
 
 @dataclass(frozen=True)
@@ -305,10 +306,9 @@ class _Planner:
         what = f"pod {failure.pod} failed ({describe_exit(failure.exitCode, failure.reason)})"
         if failure.message:
             what += f": {failure.message.splitlines()[-1][:200]}"
-        if meaning := EXIT_MEANINGS.get(failure.exitCode):
-            if meaning.preflight_reason:
-                set_condition(self.st.conditions, PREFLIGHT, "False", meaning.preflight_reason,
-                              f"attempt {self.st.attempt}: {what}", self.now, self.st.observedGeneration)
+        if (meaning := EXIT_MEANINGS.get(failure.exitCode)) and meaning.preflight_reason:
+            set_condition(self.st.conditions, PREFLIGHT, "False", meaning.preflight_reason,
+                          f"attempt {self.st.attempt}: {what}", self.now, self.st.observedGeneration)
         self.restart_or_fail(failure, what)
         return True
 
@@ -316,10 +316,9 @@ class _Planner:
         """A Running gang whose master trainer stopped stepping (or never started): restart it."""
         policy = self.spec.runPolicy
         stall, startup = policy.stallTimeoutSeconds, policy.startupTimeoutSeconds
-        running = [p for p in self.current if p.phase == "Running" and p.started_at is not None]
-        if not self.watching or not (stall or startup) or self.st.phase != "Running" or len(running) < self.total:
+        gang_started = self.gang_started()
+        if not self.watching or not (stall or startup) or self.st.phase != "Running" or gang_started is None:
             return False
-        gang_started = max(p.started_at for p in running)
         # the trainer's clock, from a scrape of this gang's master (not the previous attempt's)
         clock = scrape.clock if (scrape := self.current_scrape()) else None
         if clock is not None and clock.last_step is not None:
@@ -341,10 +340,15 @@ class _Planner:
                                          retryable=True), why, reason)
         return True
 
+    def gang_started(self) -> float | None:
+        """When the last of the gang's pods started running; None while any is not running."""
+        running = [p.started_at for p in self.current if p.phase == "Running" and p.started_at is not None]
+        return max(running) if running and len(running) >= self.total else None
+
     def current_scrape(self) -> Scrape | None:
         """The master trainer's latest answer, if it came from this gang (not the previous attempt's)."""
-        running = [p.started_at for p in self.current if p.phase == "Running" and p.started_at is not None]
-        if not self.scrape or len(running) < self.total or self.scrape.at < max(running):
+        gang_started = self.gang_started()
+        if not self.scrape or gang_started is None or self.scrape.at < gang_started:
             return None
         return self.scrape
 

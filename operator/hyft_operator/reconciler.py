@@ -24,7 +24,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
+from hyft_trainer.problems import describe
+
 from . import api, builders, lifecycle, metrics
+from .lifecycle import SPEC_VALID
 from .progress import Scrape, parse_scrape
 
 log = logging.getLogger("hyft.operator")
@@ -63,6 +66,10 @@ def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) 
 def master_metrics_url(job: api.HunyuanFineTune) -> str:
     return (f"http://{builders.master_address(job.metadata['name'], job.metadata['namespace'])}:"
             f"{job.spec.metrics.port}/metrics")
+
+
+def _drop_condition(status: api.HunyuanFineTuneStatus, type_: str) -> None:
+    status.conditions = [c for c in status.conditions if c.type != type_]
 
 
 def _api_message(err: ApiException) -> str:
@@ -134,33 +141,36 @@ class Reconciler:
         if obj["metadata"].get("deletionTimestamp"):
             self._forget((namespace, name))
             return None
-        meta = obj["metadata"]
         try:
             job = api.HunyuanFineTune.model_validate(obj)
-            if self._checked.get((namespace, name)) != (meta.get("uid"), meta.get("generation")):
-                builders.check(job)  # a spec is checked once per generation, not on every pod event
-                self._checked[(namespace, name)] = (meta.get("uid"), meta.get("generation"))
-        except ValidationError as err:  # what the API server cannot check (or a CRD older than this operator)
-            self._write_invalid(obj, "; ".join(api.describe(err)))
+        except ValidationError as err:  # a CRD older than this operator
+            self._write_invalid(obj, "; ".join(describe(err)))
             return None
-        except builders.InvalidSpec as err:
-            self._write_invalid(obj, str(err))
-            return None
+        problem = self._spec_problem(job)
 
         listed = self._list_pods(namespace, name) if cached_pods is None else cached_pods
         pods = [p for p in listed if self._owned(p, obj)]
         views = [lifecycle.pod_view(p) for p in pods]
         now = dt.datetime.now(dt.UTC)
+        live = job.status.phase not in api.TERMINAL_PHASES
+        if problem and live and not self._running_attempt(job, views):
+            self._write_invalid(obj, problem)
+            return 0.0 if views else None  # next pass: Failed, and lifecycle deletes what still runs
         if not job.status.startTime and not views:
-            problem = self._preflight(job)
-            if problem:
-                self._write_invalid(obj, problem, reason="OutputNotShared")
+            unshared = self._preflight(job)
+            if unshared:
+                self._write_invalid(obj, unshared, reason="OutputNotShared")
                 return None
         watching = self.scrape_progress and job.spec.metrics.enabled
         scrape = self._latest_scrape(job) if watching and job.status.phase == "Running" else None
         if scrape and scrape.progress:
             job.status.progress = scrape.progress
         plan = lifecycle.plan(job, views, now, scrape, watching)
+        if problem and live and (failure := self._invalid_edit(job, plan, problem, now)):
+            self._write_invalid(obj, failure)
+            return 0.0
+        if not problem or plan.status.phase in api.TERMINAL_PHASES:  # valid again, or the attempt finished
+            _drop_condition(plan.status, SPEC_VALID)
 
         if plan.status != api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {}):
             self._write_status(obj, plan.status)
@@ -198,6 +208,44 @@ class Reconciler:
             self._event(obj, event)
         self.phases.observe((namespace, name), plan.status.phase)
         return plan.requeue_after
+
+    def _spec_problem(self, job: api.HunyuanFineTune) -> str | None:
+        """What the API server cannot check (what the trainer refuses, pass-through Kubernetes objects),
+        checked once per generation while it passes."""
+        meta = job.metadata
+        key, seen = (meta["namespace"], meta["name"]), (meta.get("uid"), meta.get("generation"))
+        if self._checked.get(key) == seen:
+            return None
+        try:
+            builders.check(job)
+        except builders.InvalidSpec as err:
+            return str(err)
+        self._checked[key] = seen
+        return None
+
+    @staticmethod
+    def _running_attempt(job: api.HunyuanFineTune, views: list[lifecycle.PodView]) -> bool:
+        return any(v.attempt == job.status.attempt and v.phase in ("Pending", "Running") and not v.deleting
+                   for v in views)
+
+    @staticmethod
+    def _invalid_edit(job: api.HunyuanFineTune, plan: lifecycle.Plan, problem: str, now: dt.datetime) -> str | None:
+        """An edit of a mutable field (scheduling, env, volumes, ...) made a running job's spec invalid. Its
+        pods came from a valid generation and the edit would only shape the next attempt's: they train on,
+        told by a condition and one event per generation. The failure message, once the gang needs new pods."""
+        if plan.create or plan.status.attempt != job.status.attempt:
+            ended = plan.status.lastFailure
+            return f"{problem}; the gang cannot restart on it" + (
+                f" after pod {ended.pod} ended ({ended.reason})" if ended and ended.pod else "")
+        generation = job.metadata.get("generation")
+        lifecycle.set_condition(plan.status.conditions, SPEC_VALID, "False", "InvalidSpec",
+                                f"{problem}; the running attempt goes on, a restart would fail the job",
+                                now, generation)
+        if generation != next((c.observedGeneration for c in job.status.conditions if c.type == SPEC_VALID), None):
+            plan.events.append(lifecycle.Event(
+                "Warning", "InvalidSpec", f"generation {generation} is invalid: {problem}; the running pods "
+                "keep training until they finish or need a restart, which fails the job"))
+        return None
 
     def _forget(self, key: tuple[str, str]) -> None:
         """A deleted job: nothing of it stays in memory (its lock aside: a reconcile may hold it)."""
@@ -286,6 +334,7 @@ class Reconciler:
         old_phase = status.phase
         status.phase, status.message = "Failed", message
         status.observedGeneration = obj["metadata"].get("generation")
+        _drop_condition(status, SPEC_VALID)  # the Failed condition says it now
         for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):
             lifecycle.set_condition(status.conditions, type_, value, reason, message, now, status.observedGeneration)
         self._write_status(obj, status)

@@ -156,6 +156,40 @@ def test_permanent_exit_code_fails_without_restart(api_client, op_namespace):
     assert status["restarts"] == 0 and "permanent" in status["message"]
 
 
+def test_an_invalid_edit_leaves_the_running_attempt_alone_and_fails_the_job_when_it_needs_new_pods(
+        api_client, op_namespace):
+    """Pods are made from a valid generation; an edit of a mutable field that the operator refuses
+    (CEL cannot read pass-through affinity) is reported at once but only applies at a restart."""
+    create(api_client, op_namespace, cpu_job("edited"))
+    wait_phase(api_client, op_namespace, "edited", "Running")
+    running = {p.metadata.uid for p in pods(api_client, op_namespace, "edited")}
+
+    def spec_valid():
+        status = get(api_client, op_namespace, "edited")["status"]
+        return next((c for c in status["conditions"] if c["type"] == "SpecValid"), None), status
+
+    patch_spec(api_client, op_namespace, "edited", {"scheduling": {"affinity": {"nodeAffinity": "gpu"}}})
+    condition, status = wait_for(lambda: (found := spec_valid())[0] and found, what="SpecValid False")
+    assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
+    assert "spec.scheduling.affinity.nodeAffinity" in condition["message"] and status["phase"] == "Running"
+    patch_spec(api_client, op_namespace, "edited", {"scheduling": {"affinity": None}})  # fixed: the condition goes
+    wait_for(lambda: spec_valid()[0] is None, what="SpecValid gone once the spec is valid again")
+    patch_spec(api_client, op_namespace, "edited", {"scheduling": {"affinity": {"nodeAffinity": "gpu"}}})
+    wait_for(lambda: spec_valid()[0], what="SpecValid False again")
+    assert {p.metadata.uid for p in pods(api_client, op_namespace, "edited")} == running
+    warnings = client.CoreV1Api(api_client).list_namespaced_event(
+        op_namespace, field_selector="involvedObject.name=edited,reason=InvalidSpec").items
+    assert len(warnings) == 2  # once per invalid generation, not per reconcile
+
+    exit_pod(api_client, op_namespace, "edited-worker-0", 1)  # a restart needs pods from the invalid spec
+    status = wait_phase(api_client, op_namespace, "edited", "Failed")
+    assert status["restarts"] == 0 and "spec.scheduling.affinity.nodeAffinity" in status["message"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Failed"]["reason"] == "InvalidSpec" and "SpecValid" not in conditions
+    wait_for(lambda: [p.metadata.name for p in pods(api_client, op_namespace, "edited")] == ["edited-worker-0"],
+             what="the master stopped")
+
+
 def test_suspend_and_resume(api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("pausable"))
     wait_phase(api_client, op_namespace, "pausable", "Running")

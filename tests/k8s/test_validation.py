@@ -14,6 +14,7 @@ from kubernetes.client.rest import ApiException
 from pydantic import ValidationError
 
 from hyft_operator import api, builders
+from hyft_trainer.problems import describe
 from tests.helpers import wait_for
 from tests.invalid_specs import CASES
 from tests.jobs import cpu_job, create, get, pods
@@ -97,7 +98,7 @@ def _python_verdict(body) -> tuple[str, list[str]]:
     try:
         job = api.HunyuanFineTune.model_validate(body)
     except ValidationError as err:
-        return "api", [line.split(": ")[0] for line in api.describe(err)]
+        return "api", [line.split(": ")[0] for line in describe(err)]
     try:
         builders.check(job)
     except builders.InvalidSpec as err:

@@ -8,6 +8,7 @@ import yaml
 from pydantic import ValidationError
 
 from hyft_operator import api, cli, crdgen
+from hyft_trainer.problems import describe
 from tests.helpers import EXAMPLES, ROOT, load_example
 from tests.invalid_specs import CASES
 from tests.jobs import cpu_job
@@ -96,7 +97,7 @@ def test_the_invalid_table_covers_every_rule():
         try:
             api.HunyuanFineTune.model_validate(body)
         except ValidationError as err:
-            refusals.append(" ".join(api.describe(err)))
+            refusals.append(" ".join(describe(err)))
     untested = [rule for rule in rules if not any(rule in refusal for refusal in refusals)]
     assert not untested
 

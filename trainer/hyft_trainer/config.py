@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
 from .data_check import TEMPLATE_CHECK_SAMPLES
 from .llamafactory_keys import known_keys, translate
+from .problems import describe
 
 
 class _FileSystemPath:
@@ -180,10 +181,7 @@ def parse_config(data: Any, source: str = "config") -> TrainerConfig:
     try:
         config = TrainerConfig.model_validate(data)
     except ValidationError as err:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(f"{source}: {details}") from None
+        raise ConfigError(f"{source}: " + "; ".join(describe(err, whole="config"))) from None
     config._notes.extend(notes)
     return config
 
