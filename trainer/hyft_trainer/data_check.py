@@ -88,16 +88,11 @@ def _columns(ds, *names: str) -> dict[str, list]:
     return ds.select_columns(list(names)).to_dict()
 
 
-def _where(test):
-    """A batched datasets filter over one column (reads only that column)."""
-    return lambda values: [test(v) for v in values]
-
-
-def encode_messages(rows: list[list[dict] | None], tokenizer, family: Family, opts: MaskOptions) -> dict[str, list]:
+def encode_messages(rows: list[list[Message] | None], tokenizer, family: Family, opts: MaskOptions
+                    ) -> dict[str, list]:
     """input_ids, labels and length per row, in one tokenizer call; empty for an invalid row (None)."""
     valid = [i for i, messages in enumerate(rows) if messages is not None]
-    encoded = encode_batch(tokenizer, family, [[Message(m["role"], m["content"]) for m in rows[i]] for i in valid],
-                           opts)
+    encoded = encode_batch(tokenizer, family, [rows[i] for i in valid], opts)
     out: dict[str, list] = {"input_ids": [[]] * len(rows), "labels": [[]] * len(rows), "length": [0] * len(rows)}
     for i, ids, labels in zip(valid, encoded["input_ids"], encoded["labels"], strict=True):
         out["input_ids"][i], out["labels"][i], out["length"][i] = ids, labels, len(ids)
@@ -130,29 +125,30 @@ def prepare(sources, tokenizer=None, template: str = "auto", cutoff_len: int = 2
     ds = load_checked(sources, require_markup, num_proc, max_samples, encoder,
                       _encoded_features() if encoder else None)
     report = Report(samples=ds.num_rows, cutoff_len=cutoff_len if tokenizer is not None else None)
-    bad = ds.filter(_where(lambda reason: reason != ""), input_columns="reason", batched=True)
-    bad_rows = _columns(bad, "reason", "error")
-    report.errors.update(bad_rows["reason"])
-    report.examples += bad_rows["error"][:50]
-    good = ds.filter(_where(lambda reason: reason == ""), input_columns="reason", batched=True)
-    report.valid = good.num_rows
-    counts = _columns(good, "fast", "slow", "plain")
-    report.fast, report.slow, report.plain = (sum(counts[k]) for k in ("fast", "slow", "plain"))
+    # the verdicts in one read of the small columns; rows are then picked by index (no filter passes)
+    summary = _columns(ds, "reason", "fast", "slow", "plain", *(["length"] if encoder else []))
+    reasons = summary["reason"]
+    bad = [i for i, reason in enumerate(reasons) if reason]
+    report.errors.update(reasons[i] for i in bad)
+    report.examples += _columns(ds.select(bad[:50]), "error")["error"]
+    good = [i for i, reason in enumerate(reasons) if not reason]
+    report.valid = len(good)
+    report.fast, report.slow, report.plain = (sum(summary[k][i] for i in good) for k in ("fast", "slow", "plain"))
     report.turns = report.fast + report.slow + report.plain
-    if tokenizer is None or not good.num_rows:
+    if tokenizer is None or not good:
         return None, report
 
-    too_long = good.filter(_where(lambda n: n > cutoff_len), input_columns="length", batched=True)
-    report.errors["too_long"] += too_long.num_rows
-    report.valid -= too_long.num_rows
-    for row in too_long.select(range(min(50, too_long.num_rows))):
+    lengths = summary["length"]
+    too_long = [i for i in good if lengths[i] > cutoff_len]
+    report.errors["too_long"] += len(too_long)
+    report.valid -= len(too_long)
+    for row in ds.select(too_long[:50]):
         report.examples.append(f"{location(row)}: {row['length']} tokens > cutoff_len {cutoff_len}")
     if not report.errors["too_long"]:
         del report.errors["too_long"]
-    fitting = good
-    if too_long.num_rows:
-        fitting = good.filter(_where(lambda n: n <= cutoff_len), input_columns="length", batched=True)
-    report.lengths = _columns(fitting, "length")["length"]
+    fits = [i for i in good if lengths[i] <= cutoff_len]
+    fitting = ds if len(fits) == ds.num_rows else ds.select(fits)
+    report.lengths = [lengths[i] for i in fits]
     if report.lengths:
         report.padded_efficiency = padded_efficiency(report.lengths, 8)
         report.packed_efficiency = packed_efficiency(report.lengths, cutoff_len)

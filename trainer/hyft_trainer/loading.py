@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat_format import Message
 from .samples import Columns, SampleError, excerpt, to_conversation
 
 DATA_SUFFIXES = (".jsonl", ".json")
@@ -204,7 +205,13 @@ MAX_ERROR_CHARS = 400
 
 
 def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
-    out = {"messages": [], "reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0, "turns": 0, "system": False}
+    out, messages = _checked(row, columns, require_markup)
+    return {**out, "messages": _as_dicts(messages)}
+
+
+def _checked(row: dict, columns: dict[str, Columns], require_markup: bool) -> tuple[dict, list[Message] | None]:
+    """(the row's report columns, its messages or None when it is invalid)."""
+    out = {"reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0, "turns": 0, "system": False}
     try:
         record = parse_record(row)
         conv = to_conversation(record, row["format"], columns.get(row["file"], Columns()), require_markup)
@@ -212,10 +219,13 @@ def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -
             check_text(message.role, message.content)
     except SampleError as err:
         error = f"{location(row)}: {err.message}"
-        return {**out, "reason": err.reason, "error": error[:MAX_ERROR_CHARS]}
-    return {**out, "messages": [{"role": m.role, "content": m.content} for m in conv.messages],
-            "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns,
-            "turns": len(conv.messages), "system": conv.messages[0].role == "system"}
+        return {**out, "reason": err.reason, "error": error[:MAX_ERROR_CHARS]}, None
+    return {**out, "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns,
+            "turns": len(conv.messages), "system": conv.messages[0].role == "system"}, conv.messages
+
+
+def _as_dicts(messages: list[Message] | None) -> list[dict]:
+    return [{"role": m.role, "content": m.content} for m in messages or []]
 
 
 def load_checked(sources: list[Source], require_markup: bool = False, num_proc: int | None = None,
@@ -242,13 +252,14 @@ def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_mar
     """check_record over a batch of rows (a batched map: no per-row formatting by datasets); with an
     encoder (each row's messages, None for an invalid row -> columns), its columns replace messages."""
     names = list(batch)
-    checked = [check_record(dict(zip(names, values, strict=True)), columns, require_markup)
+    checked = [_checked(dict(zip(names, values, strict=True)), columns, require_markup)
                for values in zip(*batch.values(), strict=True)]
-    out = {key: [row[key] for row in checked] for key in checked[0]} if checked else {}
-    if encoder is not None:
-        out.update(encoder([None if reason else messages for reason, messages in zip(out["reason"], out["messages"],
-                                                                                      strict=True)]))
-        del out["messages"]
+    if not checked:
+        return {}
+    out = {key: [row[key] for row, _ in checked] for key in checked[0][0]}
+    messages = [m for _, m in checked]
+    # the encoder takes the Message objects as they are (no round trip through dicts)
+    out.update(encoder(messages) if encoder is not None else {"messages": [_as_dicts(m) for m in messages]})
     return out
 
 
