@@ -181,9 +181,7 @@ def launch(config_path: str, config, log: NodeLog) -> int:
         passed = preflight.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,
                                rdzv.nproc_per_node)
     except preflight.PreflightError as err:
-        log.say(f"hyft: preflight: {err}", sys.stderr)
-        termination_message(f"preflight: {err}")
-        return err.exit_code
+        return failed(log, f"preflight: {err}", err.exit_code)
     log.say(f"hyft: preflight passed in {passed.seconds:.1f}s (/dev/shm, output volume"
             + (", master reachable)" if rdzv.node_rank else ")"))
 
@@ -218,17 +216,13 @@ def launch(config_path: str, config, log: NodeLog) -> int:
         thread.join(timeout=10)
     if exit_file.exists():
         code, _, message = exit_file.read_text().partition("\n")
-        log.say(f"hyft: {message}", sys.stderr)  # again, last: where `kubectl logs` readers look
-        termination_message(message)
-        return int(code)
+        return failed(log, message, int(code))  # said again, last: where `kubectl logs` readers look
     if rc != 0 and not (workdir / STARTED_FILE).exists():
         # torchrun failed before any worker ran: its rendezvous never saw every node
         message = (f"preflight: not every one of the {rdzv.nnodes} nodes joined the rendezvous at "
                    f"{rdzv.master_addr}:{rdzv.master_port} within {timeout}s (preflight_timeout): are all the "
                    f"job's pods scheduled and running? torchrun said: {errors.last_line or f'exit code {rc}'}")
-        log.say(f"hyft: {message}", sys.stderr)
-        termination_message(message)
-        return EXIT_GANG_INCOMPLETE
+        return failed(log, message, EXIT_GANG_INCOMPLETE)
     if rc == 0 and stop_file.exists():
         # Exit 0 with a checkpoint; the message tells the operator this was an interruption, not the end.
         termination_message(f"{STOPPED_EARLY}: a checkpoint was saved; a restart resumes from it")
@@ -259,6 +253,13 @@ class Relay(threading.Thread):
                 self.sink.write(line)
                 self.sink.flush()
         self.source.close()
+
+
+def failed(log: NodeLog, message: str, code: int) -> int:
+    """A known failure: on stderr, in the node's log and in the pod's termination message."""
+    log.say(f"hyft: {message}", sys.stderr)
+    termination_message(message)
+    return code
 
 
 def termination_message(text: str) -> None:
