@@ -13,6 +13,9 @@ hyft batch until every job's status says its pods exist and the operator has bee
 few resync periods, less the bench's own requests. The operator's share per job is compared
 with what it must write: 4 objects and the status writes.
 
+CPU: the seconds each process (API server, etcd, operator, the bench) spent in each phase, per
+job. On a machine with few cores the latencies follow the sum: it shows which side to make cheaper.
+
 Last line: p99_vs_raw_creates=<hyft p99 / raw p99> api_calls_per_job=<calls>
 """
 from __future__ import annotations
@@ -87,6 +90,20 @@ def request_counts(cp: ControlPlane) -> Counter:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of the control plane's processes, the bench and (once started) the operator."""
+
+    def __init__(self, cp: ControlPlane):
+        self.pids = {p.name: p.popen.pid for p in cp.processes} | {"bench": os.getpid()}
+
+    def read(self) -> Counter:
+        return Counter({name: cpu_seconds(pid) for name, pid in self.pids.items()})
+
+    @staticmethod
+    def report(phase: str, spent: Counter, jobs: int) -> None:
+        print(f"CPU per job, {phase}: " + ", ".join(f"{k} {1000 * v / jobs:.1f} ms" for k, v in spent.most_common()))
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -166,7 +183,10 @@ def main() -> None:
         cp.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io")
         api_client = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api_client)
+        cpu = CpuMeter(cp)
+        before = cpu.read()
         raw = raw_pods(core, namespace(core, "bench-raw"), args.jobs)
+        cpu.report("raw pod creates", cpu.read() - before, args.jobs)
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig),
                "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator", "trainer"))}
         log = Path(tmp) / "operator.log"
@@ -176,10 +196,10 @@ def main() -> None:
                  "-m", "hyft_operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             time.sleep(3)
-            cpu_before = cpu_seconds(operator.pid)
+            cpu.pids["operator"] = operator.pid
+            before = cpu.read()
             ours, calls = hyft_jobs(cp, api_client, core, namespace(core, "bench-hyft"), args.jobs)
-            print(f"operator CPU: {cpu_seconds(operator.pid) - cpu_before:.1f}s over the hyft batch "
-                  f"(API server: {sum(cpu_seconds(p.popen.pid) for p in cp.processes):.1f}s in all)")
+            cpu.report(f"hyft jobs (with {IDLE_SECONDS:.0f}s idle)", cpu.read() - before, args.jobs)
         except SystemExit:
             print(log.read_text()[-4000:])
             raise

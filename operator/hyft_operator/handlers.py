@@ -46,6 +46,15 @@ def _api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf builds each event's "essence" (a deep copy of the whole body, managedFields
+    included) for on.create/on.update handlers to diff. hyft has none: its daemon reads the
+    live body. At 100 jobs created at once that copying was a tenth of the operator's CPU."""
+
+    def build(self, *, body: kopf.Body, extra_fields=None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+
 @kopf.on.login()
 def login(**kwargs):
     # Kopf's own readers look KUBECONFIG up at call time (the client library's at import time).
@@ -56,7 +65,7 @@ def login(**kwargs):
 async def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Kopf's own bookkeeping goes to annotations under our prefix; the status is ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hyft.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="hyft.io")
+    settings.persistence.diffbase_storage = _NoDiffBase(prefix="hyft.io")
     settings.persistence.finalizer = FINALIZER
     settings.posting.enabled = False  # we post our own events, one per transition
     # Kopf logs every handler call ("Handler 'pod_changed' succeeded": one per pod event); at scale

@@ -347,7 +347,8 @@ class Reconciler:
         create = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
                   "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
-            create(meta["namespace"], desired)
+            # The created object is not read: reading is the body, not its decoding into client models
+            create(meta["namespace"], desired, _preload_content=False).read()
         except ApiException as err:
             if err.status != 409:
                 raise

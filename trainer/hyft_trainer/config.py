@@ -197,4 +197,6 @@ def load_config(path: str | Path) -> TrainerConfig:
 
 def dump_config(config: TrainerConfig) -> str:
     """YAML the trainer reads back with load_config (defaults included, for the record)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    # libyaml's emitter where the wheel has it: the operator writes one per gang it creates
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(config.model_dump(mode="json"), Dumper=dumper, sort_keys=False)
