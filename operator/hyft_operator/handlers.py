@@ -13,7 +13,7 @@ API call or progress scrape holds up only its own job. Kopf stops the daemons
 while peering pauses this replica. Settings come from the environment:
 HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
 HYFT_RESYNC_SECONDS, HYFT_RECONCILE_WORKERS, HYFT_SCRAPE_PROGRESS,
-HYFT_PEERING_LIFETIME.
+HYFT_PROGRESS_SECONDS, HYFT_PEERING_LIFETIME.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from . import api, builders
-from .reconciler import Reconciler
+from .reconciler import PROGRESS_WRITE_SECONDS, Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("HYFT_RESYNC_SECONDS", "10"))
 FINALIZER = "hyft.io/operator"  # Kopf's, while a daemon runs
@@ -79,7 +79,9 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
         image_pull_policy=os.environ.get("HYFT_TRAINER_IMAGE_PULL_POLICY", builders.OperatorDefaults.image_pull_policy),
     )
     reconciler = Reconciler(_api_client(), defaults,
-                            scrape_progress=os.environ.get("HYFT_SCRAPE_PROGRESS", "1") == "1")
+                            scrape_progress=os.environ.get("HYFT_SCRAPE_PROGRESS", "1") == "1",
+                            progress_write_seconds=float(os.environ.get("HYFT_PROGRESS_SECONDS",
+                                                                        PROGRESS_WRITE_SECONDS)))
     loop = asyncio.get_running_loop()
     reconciler.on_progress = lambda namespace, name: loop.call_soon_threadsafe(_wake, namespace, name)
     _state["reconciler"] = reconciler

@@ -33,6 +33,9 @@ from .progress import Scrape, parse_scrape
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
 SCRAPE_INTERVAL_SECONDS = 5.0
+# Each status write costs the API server a validation of the whole resource and every watcher a copy;
+# training progress alone goes out at most this often (the trainer's metrics have every step).
+PROGRESS_WRITE_SECONDS = 30.0
 CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
 
 
@@ -82,13 +85,16 @@ def _api_message(err: ApiException) -> str:
 class Reconciler:
     def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
                  scrape_progress: bool = True, scrape_timeout: float = 2.0,
-                 metrics_url: Callable[[api.HunyuanFineTune], str] | None = None):
+                 metrics_url: Callable[[api.HunyuanFineTune], str] | None = None,
+                 progress_write_seconds: float = PROGRESS_WRITE_SECONDS):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.defaults = defaults
         self.scrape_progress = scrape_progress
         self.scrape_timeout = scrape_timeout
         self.metrics_url = metrics_url or master_metrics_url
+        self.progress_write_seconds = progress_write_seconds
+        self._progress_written: dict[tuple[str, str], float] = {}  # monotonic time of the last progress write
         # Progress is scraped beside the reconciles, never inside one: a slow or dead trainer endpoint
         # holds up no reconcile. A new value wakes the job's reconcile (on_progress, set by the daemon).
         self.on_progress: Callable[[str, str], None] = lambda namespace, name: None
@@ -172,8 +178,11 @@ class Reconciler:
         if not problem or plan.status.phase in api.TERMINAL_PHASES:  # valid again, or the attempt finished
             _drop_condition(plan.status, SPEC_VALID)
 
-        if plan.status != api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {}):
+        written = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
+        if plan.status != written and not self._progress_held((namespace, name), written, plan.status):
             self._write_status(obj, plan.status)
+            if plan.status.progress != written.progress:
+                self._progress_written[(namespace, name)] = time.monotonic()
         if plan.create:  # the pods mount the ConfigMap and resolve MASTER_ADDR through the Service
             self._ensure(builders.service(job))
             self._ensure(builders.config_map(job))
@@ -208,6 +217,18 @@ class Reconciler:
             self._event(obj, event)
         self.phases.observe((namespace, name), plan.status.phase)
         return plan.requeue_after
+
+    def _progress_held(self, key: tuple[str, str], written: api.HunyuanFineTuneStatus,
+                       status: api.HunyuanFineTuneStatus) -> bool:
+        """Whether to leave a status unwritten for now: only its training progress is new, and the last
+        progress went out less than progress_write_seconds ago. The first progress, and any other
+        change (which carries the latest progress with it), go out at once."""
+        if written.progress is None:
+            return False
+        unchanged = {"progress": written.progress, "progressSummary": written.progressSummary}
+        if status.model_copy(update=unchanged) != written:
+            return False
+        return time.monotonic() - self._progress_written.get(key, -float("inf")) < self.progress_write_seconds
 
     def _spec_problem(self, job: api.HunyuanFineTune) -> str | None:
         """What the API server cannot check (what the trainer refuses, pass-through Kubernetes objects),
@@ -250,7 +271,8 @@ class Reconciler:
     def _forget(self, key: tuple[str, str]) -> None:
         """A deleted job: nothing of it stays in memory (its lock aside: a reconcile may hold it)."""
         self.phases.observe(key, None)
-        for seen in (self._scrapes_seen, self._replaced_version, self._expected, self._checked):
+        for seen in (self._scrapes_seen, self._replaced_version, self._expected, self._checked,
+                     self._progress_written):
             seen.pop(key, None)
 
     # ---------------------------------------------------------------- observe

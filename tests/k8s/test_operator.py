@@ -396,7 +396,7 @@ def test_a_stale_delete_cannot_remove_the_next_attempts_pod(crds, api_client, na
 
 class TrainerMetricsEndpoint:
     """The trainer's own exporter (hyft_trainer.metrics) behind a test HTTP server that can be
-    made slow; counts the scrapes still being answered."""
+    made slow; counts the scrapes still being answered, and those answered."""
 
     def __init__(self):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -408,6 +408,7 @@ class TrainerMetricsEndpoint:
         self.metrics = TrainingMetrics("scraped", 0)
         self.delay = 0.0
         self.in_flight = 0
+        self.served = 0
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -419,6 +420,7 @@ class TrainerMetricsEndpoint:
                     self.send_response(200)
                     self.end_headers()
                     self.wfile.write(body)
+                    endpoint.served += 1
                 except OSError:
                     pass
                 finally:
@@ -465,6 +467,40 @@ def test_progress_is_scraped_beside_the_reconcile_and_a_hung_trainer_endpoint_ho
         restarted = wait_for(lambda: (st := status_after_a_pass()).get("restarts") == 1 and st,
                              what="the gang restarted while the scrape hangs")
         assert endpoint.in_flight == 1 and restarted["progress"]["step"] == 5
+    finally:
+        reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
+        endpoint.close()
+
+
+def test_progress_alone_goes_to_the_status_at_most_once_per_interval(crds, gpu_nodes, api_client, namespace):
+    """Each status write costs the API server a validation of the whole resource and every watcher a
+    copy: a step counter that moves with every scrape must not rewrite the status each time."""
+    endpoint = TrainerMetricsEndpoint()
+    try:
+        create(api_client, namespace, cpu_job("paced"))
+        r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: endpoint.url,
+                       progress_write_seconds=3600)
+        reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0
+
+        def status_after_a_pass():
+            r.reconcile(namespace, "paced")
+            return get(api_client, namespace, "paced").get("status") or {}
+
+        wait_for(lambda: status_after_a_pass().get("phase") == "Running", what="Running")
+        endpoint.metrics.total_steps.set(20)
+        endpoint.metrics.global_step.set(5)
+        wait_for(lambda: status_after_a_pass().get("progress", {}).get("step") == 5, what="the first progress, at once")
+        version = get(api_client, namespace, "paced")["metadata"]["resourceVersion"]
+
+        endpoint.metrics.global_step.set(6)
+        answered = endpoint.served
+        wait_for(lambda: status_after_a_pass() and endpoint.served >= answered + 2, what="two scrapes of step 6")
+        held = status_after_a_pass()
+        assert held["progress"]["step"] == 5 and held["phase"] == "Running"
+        assert get(api_client, namespace, "paced")["metadata"]["resourceVersion"] == version
+
+        r.progress_write_seconds = 0.0  # as if the interval had passed
+        assert status_after_a_pass()["progress"]["step"] == 6
     finally:
         reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
         endpoint.close()
