@@ -1,7 +1,7 @@
 """The operator at scale on the test control plane: N two-node jobs created at once, against
 the same number of pods created directly, in the same run.
 
-    python bench/operator_scale.py [--jobs 100]
+    python bench/operator_scale.py [--jobs 100] [--repeats 3]
 
 Raw: the bench creates the 2N pods itself (the same client concurrency it uses for the jobs).
 hyft: it creates N HunyuanFineTunes and the operator (`hyft operator`, a separate process)
@@ -16,6 +16,9 @@ with what it must write: 4 objects and the status writes.
 CPU: the seconds each process (API server, etcd, operator, the bench) spent in each phase, per
 job. On a machine with few cores the latencies follow the sum: it shows which side to make cheaper.
 
+Each round has its own namespaces and a fresh operator; the figures are medians over the rounds
+(the ratio: the median of each round's own ratio, whose two sides ran seconds apart).
+
 Last line: p99_vs_raw_creates=<hyft p99 / raw p99> api_calls_per_job=<calls>
 """
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,9 +176,45 @@ def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], fl
     return latencies, sum(operators.values()) / jobs
 
 
+def one_round(cp: ControlPlane, api_client, core, cpu: CpuMeter, jobs: int, index: int, workdir: Path) -> dict:
+    """Raw pod creates, then the same number of pods through hyft jobs with a fresh operator, each in
+    a namespace of its own."""
+    before = cpu.read()
+    raw = raw_pods(core, namespace(core, f"bench-raw-{index}"), jobs)
+    cpu.report("raw pod creates", cpu.read() - before, jobs)
+    ns = f"bench-hyft-{index}"
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig),
+           "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator", "trainer"))}
+    log = workdir / f"operator-{index}.log"
+    with log.open("w") as out:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", ns, "-m", "hyft_operator.handlers"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3)
+        cpu.pids["operator"] = operator.pid
+        before = cpu.read()
+        ours, calls = hyft_jobs(cp, api_client, core, namespace(core, ns), jobs)
+        cpu.report(f"hyft jobs (with {IDLE_SECONDS:.0f}s idle)", cpu.read() - before, jobs)
+    except SystemExit:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        operator.terminate()
+        operator.wait(30)
+        cpu.pids.pop("operator", None)
+    tracebacks = len(re.findall("Traceback", log.read_text()))
+    result = {"raw_p50": percentile(raw, 0.5), "raw_p99": percentile(raw, 0.99), "p50": percentile(ours, 0.5),
+              "p99": percentile(ours, 0.99), "calls": calls, "tracebacks": tracebacks}
+    print(f"round {index + 1}: raw pod creates p50 {result['raw_p50']:.2f}s p99 {result['raw_p99']:.2f}s; "
+          f"hyft jobs p50 {result['p50']:.2f}s p99 {result['p99']:.2f}s; ratio {result['p99'] / result['raw_p99']:.2f}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ensure()
     with tempfile.TemporaryDirectory(prefix="hyft-scale-") as tmp, \
@@ -184,38 +224,19 @@ def main() -> None:
         api_client = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api_client)
         cpu = CpuMeter(cp)
-        before = cpu.read()
-        raw = raw_pods(core, namespace(core, "bench-raw"), args.jobs)
-        cpu.report("raw pod creates", cpu.read() - before, args.jobs)
-        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig),
-               "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator", "trainer"))}
-        log = Path(tmp) / "operator.log"
-        with log.open("w") as out:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", "bench-hyft",
-                 "-m", "hyft_operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            time.sleep(3)
-            cpu.pids["operator"] = operator.pid
-            before = cpu.read()
-            ours, calls = hyft_jobs(cp, api_client, core, namespace(core, "bench-hyft"), args.jobs)
-            cpu.report(f"hyft jobs (with {IDLE_SECONDS:.0f}s idle)", cpu.read() - before, args.jobs)
-        except SystemExit:
-            print(log.read_text()[-4000:])
-            raise
-        finally:
-            operator.terminate()
-            operator.wait(30)
-        tracebacks = len(re.findall("Traceback", log.read_text()))
+        rounds = [one_round(cp, api_client, core, cpu, args.jobs, i, Path(tmp)) for i in range(args.repeats)]
         api_client.close()
-    raw_p50, raw_p99 = percentile(raw, 0.5), percentile(raw, 0.99)
-    p50, p99 = percentile(ours, 0.5), percentile(ours, 0.99)
-    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.jobs} jobs x 2 pods; "
-          f"operator tracebacks: {tracebacks}")
-    print(f"raw pod creates: p50 {raw_p50:.2f}s p99 {raw_p99:.2f}s")
-    print(f"hyft jobs:       p50 {p50:.2f}s p99 {p99:.2f}s")
-    print(f"operator API calls per job: {calls:.1f} (it creates 4 objects: Service, ConfigMap, 2 pods)")
-    print(f"p99_vs_raw_creates={p99 / raw_p99:.2f} api_calls_per_job={calls:.1f}")
+
+    def median(key):
+        return statistics.median(r[key] for r in rounds)
+
+    ratio = statistics.median(r["p99"] / r["raw_p99"] for r in rounds)
+    print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.jobs} jobs x 2 pods; medians of "
+          f"{args.repeats} rounds; operator tracebacks: {sum(r['tracebacks'] for r in rounds)}")
+    print(f"raw pod creates: p50 {median('raw_p50'):.2f}s p99 {median('raw_p99'):.2f}s")
+    print(f"hyft jobs:       p50 {median('p50'):.2f}s p99 {median('p99'):.2f}s")
+    print(f"operator API calls per job: {median('calls'):.1f} (it creates 4 objects: Service, ConfigMap, 2 pods)")
+    print(f"p99_vs_raw_creates={ratio:.2f} api_calls_per_job={median('calls'):.1f}")
 
 
 if __name__ == "__main__":
