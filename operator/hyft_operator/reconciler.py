@@ -369,7 +369,7 @@ class Reconciler:
         create = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
                   "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
-            # The created object is not read: reading is the body, not its decoding into client models
+            # The answer is read (the connection goes back to the pool) but not decoded into client models
             create(meta["namespace"], desired, _preload_content=False).read()
         except ApiException as err:
             if err.status != 409:

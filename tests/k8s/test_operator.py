@@ -438,72 +438,53 @@ class TrainerMetricsEndpoint:
         self.server.server_close()
 
 
+def _running_and_scraped(api_client, namespace, name, endpoint, **options) -> Reconciler:
+    """A job driven to Running by a reconciler that scrapes the test's trainer endpoint."""
+    create(api_client, namespace, cpu_job(name))
+    r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: endpoint.url, **options)
+    _drive(r, namespace, name, lambda st: st.get("phase") == "Running", "Running")
+    return r
+
+
 def test_progress_is_scraped_beside_the_reconcile_and_a_hung_trainer_endpoint_holds_nothing_up(
-        crds, gpu_nodes, api_client, namespace):
-    endpoint = TrainerMetricsEndpoint()
-    try:
-        create(api_client, namespace, cpu_job("scraped"))
-        r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: endpoint.url,
-                       scrape_timeout=30)
-        reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0  # scrape on every pass here
+        crds, gpu_nodes, api_client, namespace, trainer_endpoint):
+    r = _running_and_scraped(api_client, namespace, "scraped", trainer_endpoint, scrape_timeout=30)
+    trainer_endpoint.metrics.global_step.set(5)
+    trainer_endpoint.metrics.total_steps.set(20)
+    trainer_endpoint.metrics.loss.set(1.25)
+    status = _drive(r, namespace, "scraped", lambda st: st.get("progress", {}).get("step") == 5, "progress 5")
+    progress = status["progress"]
+    assert (progress["totalSteps"], progress["loss"], progress["percent"]) == (20, 1.25, 25.0)
+    assert status["progressSummary"] == "5/20 (25%)"
 
-        def status_after_a_pass():
-            r.reconcile(namespace, "scraped")
-            return get(api_client, namespace, "scraped").get("status") or {}
-
-        wait_for(lambda: status_after_a_pass().get("phase") == "Running", what="Running")
-        endpoint.metrics.global_step.set(5)
-        endpoint.metrics.total_steps.set(20)
-        endpoint.metrics.loss.set(1.25)
-        progress = wait_for(lambda: status_after_a_pass().get("progress", {}).get("step") == 5
-                            and get(api_client, namespace, "scraped")["status"]["progress"], what="progress 5")
-        assert (progress["totalSteps"], progress["loss"], progress["percent"]) == (20, 1.25, 25.0)
-        assert get(api_client, namespace, "scraped")["status"]["progressSummary"] == "5/20 (25%)"
-
-        endpoint.delay = 30.0  # a trainer that hangs on /metrics
-        endpoint.metrics.global_step.set(6)
-        wait_for(lambda: status_after_a_pass() and endpoint.in_flight == 1, what="a scrape in flight")
-        exit_pod(api_client, namespace, "scraped-worker-0", 137)  # the reconciles go on meanwhile
-        restarted = wait_for(lambda: (st := status_after_a_pass()).get("restarts") == 1 and st,
-                             what="the gang restarted while the scrape hangs")
-        assert endpoint.in_flight == 1 and restarted["progress"]["step"] == 5
-    finally:
-        reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
-        endpoint.close()
+    trainer_endpoint.delay = 30.0  # a trainer that hangs on /metrics
+    trainer_endpoint.metrics.global_step.set(6)
+    _drive(r, namespace, "scraped", lambda st: trainer_endpoint.in_flight == 1, "a scrape in flight")
+    exit_pod(api_client, namespace, "scraped-worker-0", 137)  # the reconciles go on meanwhile
+    restarted = _drive(r, namespace, "scraped", lambda st: st.get("restarts") == 1,
+                       "the gang restarted while the scrape hangs")
+    assert trainer_endpoint.in_flight == 1 and restarted["progress"]["step"] == 5
 
 
-def test_progress_alone_goes_to_the_status_at_most_once_per_interval(crds, gpu_nodes, api_client, namespace):
+def test_progress_alone_goes_to_the_status_at_most_once_per_interval(crds, gpu_nodes, api_client, namespace,
+                                                                       trainer_endpoint):
     """Each status write costs the API server a validation of the whole resource and every watcher a
     copy: a step counter that moves with every scrape must not rewrite the status each time."""
-    endpoint = TrainerMetricsEndpoint()
-    try:
-        create(api_client, namespace, cpu_job("paced"))
-        r = Reconciler(api_client, builders.OperatorDefaults(), metrics_url=lambda job: endpoint.url,
-                       progress_write_seconds=3600)
-        reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0
+    r = _running_and_scraped(api_client, namespace, "paced", trainer_endpoint, progress_write_seconds=3600)
+    trainer_endpoint.metrics.total_steps.set(20)
+    trainer_endpoint.metrics.global_step.set(5)
+    _drive(r, namespace, "paced", lambda st: st.get("progress", {}).get("step") == 5, "the first progress, at once")
+    version = get(api_client, namespace, "paced")["metadata"]["resourceVersion"]
 
-        def status_after_a_pass():
-            r.reconcile(namespace, "paced")
-            return get(api_client, namespace, "paced").get("status") or {}
+    trainer_endpoint.metrics.global_step.set(6)
+    answered = trainer_endpoint.served
+    _drive(r, namespace, "paced", lambda st: trainer_endpoint.served >= answered + 2, "two scrapes of step 6")
+    held = _drive(r, namespace, "paced", lambda st: True, "one more pass")
+    assert held["progress"]["step"] == 5 and held["phase"] == "Running"
+    assert get(api_client, namespace, "paced")["metadata"]["resourceVersion"] == version
 
-        wait_for(lambda: status_after_a_pass().get("phase") == "Running", what="Running")
-        endpoint.metrics.total_steps.set(20)
-        endpoint.metrics.global_step.set(5)
-        wait_for(lambda: status_after_a_pass().get("progress", {}).get("step") == 5, what="the first progress, at once")
-        version = get(api_client, namespace, "paced")["metadata"]["resourceVersion"]
-
-        endpoint.metrics.global_step.set(6)
-        answered = endpoint.served
-        wait_for(lambda: status_after_a_pass() and endpoint.served >= answered + 2, what="two scrapes of step 6")
-        held = status_after_a_pass()
-        assert held["progress"]["step"] == 5 and held["phase"] == "Running"
-        assert get(api_client, namespace, "paced")["metadata"]["resourceVersion"] == version
-
-        r.progress_write_seconds = 0.0  # as if the interval had passed
-        assert status_after_a_pass()["progress"]["step"] == 6
-    finally:
-        reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
-        endpoint.close()
+    r.progress_write_seconds = 0.0  # as if the interval had passed
+    assert _drive(r, namespace, "paced", lambda st: True, "one more pass")["progress"]["step"] == 6
 
 
 def _stall_job(name, **run_policy):
