@@ -108,7 +108,8 @@ class Reconciler:
         # (name, attempt) and the pod UIDs we deleted.
         self._replaced_version: dict[tuple[str, str], str] = {}
         self._expected: dict[tuple[str, str], Expectation] = {}
-        self._checked: dict[tuple[str, str], tuple[str, int]] = {}  # (uid, generation) builders.check passed
+        # builders.check's verdict (None: passed) per job, for its (uid, generation)
+        self._checked: dict[tuple[str, str], tuple[tuple[str, int], str | None]] = {}
 
     # ------------------------------------------------------------------ entry
     def reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None = None,
@@ -232,17 +233,19 @@ class Reconciler:
 
     def _spec_problem(self, job: api.HunyuanFineTune) -> str | None:
         """What the API server cannot check (what the trainer refuses, pass-through Kubernetes objects),
-        checked once per generation while it passes."""
+        checked once per generation: the verdict depends on the spec alone."""
         meta = job.metadata
         key, seen = (meta["namespace"], meta["name"]), (meta.get("uid"), meta.get("generation"))
-        if self._checked.get(key) == seen:
-            return None
+        cached = self._checked.get(key)
+        if cached and cached[0] == seen:
+            return cached[1]
         try:
             builders.check(job)
+            problem = None
         except builders.InvalidSpec as err:
-            return str(err)
-        self._checked[key] = seen
-        return None
+            problem = str(err)
+        self._checked[key] = (seen, problem)
+        return problem
 
     @staticmethod
     def _running_attempt(job: api.HunyuanFineTune, views: list[lifecycle.PodView]) -> bool:

@@ -9,10 +9,9 @@ from pydantic import ValidationError
 _FIELD = re.compile(r"^([A-Za-z][\w.\[\]]*): (.*)$", re.S)
 
 
-def field_path(loc: tuple[str | int, ...], relative: bool = False) -> str:
-    """('spec', 'env', 0, 'name') -> 'spec.env[0].name' (or '.spec.env[0].name', to append)."""
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-    return path if relative else path.lstrip(".")
+def _path_suffix(loc: tuple[str | int, ...]) -> str:
+    """('spec', 'env', 0, 'name') -> '.spec.env[0].name', to append to a path."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
 
 
 def describe(err: ValidationError, at: str = "", whole: str = "spec") -> list[str]:
@@ -20,7 +19,7 @@ def describe(err: ValidationError, at: str = "", whole: str = "spec") -> list[st
     `whole`. A validator's message 'a.b: why; c: why' (one check naming several fields) is split."""
     out = []
     for error in err.errors():
-        loc = at + field_path(error["loc"], relative=True)
+        loc = at + _path_suffix(error["loc"])
         text = error["msg"].removeprefix("Value error, ")
         for part in text.split("; ") if error["type"] == "value_error" else [text]:
             match = _FIELD.match(part)
