@@ -84,7 +84,7 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
     """(where, JSON value or SampleError) per sample, read as training reads data (loading.raw_records)."""
     for row in raw_records(Source(path)):
         try:
-            yield location(row), parse_record(row)
+            yield location(row), parse_record(row["raw"], row["load_error"])
         except SampleError as err:
             yield location(row), err
 

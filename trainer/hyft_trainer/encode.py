@@ -28,22 +28,22 @@ class MaskOptions:
     train_assistant_header: bool = False
 
 
-def trained(piece: Piece, last_turn: int, opts: MaskOptions) -> bool:
-    if piece.kind == "end":
-        return False
+def trained_kinds(opts: MaskOptions) -> frozenset[str]:
+    """The kinds of piece whose tokens are trained (mask_history then keeps only the last turn's)."""
     if opts.train_on_prompt:
-        return True
-    if piece.kind in ("content", "eos") or (piece.kind == "header" and opts.train_assistant_header):
-        return not opts.mask_history or piece.turn == last_turn
-    return False
+        return frozenset({"prompt", "header", "content", "eos", "history"})  # all but the closing "end"
+    return frozenset({"content", "eos", *(["header"] if opts.train_assistant_header else [])})
 
 
 def trained_spans(pieces: list[Piece], opts: MaskOptions) -> list[tuple[int, int]]:
-    last_turn = max((p.turn for p in pieces if p.kind in ("content", "eos")), default=-1)
+    kinds = trained_kinds(opts)
+    only_turn = None  # with mask_history: the last assistant turn
+    if opts.mask_history and not opts.train_on_prompt:
+        only_turn = max((p.turn for p in pieces if p.kind in ("content", "eos")), default=-1)
     spans, pos = [], 0
-    for piece in pieces:
-        end = pos + len(piece.text)
-        if trained(piece, last_turn, opts) and end > pos:
+    for text, kind, turn in pieces:
+        end = pos + len(text)
+        if kind in kinds and end > pos and (only_turn is None or turn == only_turn):
             if spans and spans[-1][1] == pos:
                 spans[-1] = (spans[-1][0], end)
             else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .chat_format import Message
-from .samples import Columns, SampleError, excerpt, to_conversation
+from .samples import Columns, Conversation, SampleError, excerpt, to_conversation
 
 DATA_SUFFIXES = (".jsonl", ".json")
 RECORDS_VERSION = 3  # part of the cache key: bump when _all_records' output changes
@@ -180,14 +180,14 @@ def location(row: dict) -> str:
     return where
 
 
-def parse_record(row: dict):
-    """The JSON value of one raw record (raw_records' row); SampleError when it is not JSON."""
-    if row["load_error"]:
-        raise SampleError("invalid_json", row["load_error"])
+def parse_record(raw: str, load_error: str = ""):
+    """The JSON value of one raw record (raw_records' raw and load_error); SampleError when it is not JSON."""
+    if load_error:
+        raise SampleError("invalid_json", load_error)
     try:
-        return json.loads(row["raw"])
+        return json.loads(raw)
     except ValueError as err:
-        raise SampleError("invalid_json", f"invalid JSON: {err} (line starts {excerpt(row['raw'][:40])})") from None
+        raise SampleError("invalid_json", f"invalid JSON: {err} (line starts {excerpt(raw[:40])})") from None
     except RecursionError:
         raise SampleError("invalid_json", "invalid JSON: nested too deeply") from None
 
@@ -207,23 +207,35 @@ MAX_ERROR_CHARS = 400
 
 
 def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
-    out, messages = _checked(row, columns, require_markup)
-    return {**out, "messages": _as_dicts(messages)}
+    conv, problem = _checked(row["raw"], row["load_error"], row["format"], columns.get(row["file"], NO_COLUMNS),
+                             require_markup)
+    return dict(zip(REPORT_COLUMNS, _report(row, conv, problem), strict=True)) | {
+        "messages": _as_dicts(conv.messages if conv else None)}
 
 
-def _checked(row: dict, columns: dict[str, Columns], require_markup: bool) -> tuple[dict, list[Message] | None]:
-    """(the row's report columns, its messages or None when it is invalid)."""
-    out = {"reason": "", "error": "", "fast": 0, "slow": 0, "plain": 0, "turns": 0, "system": False}
+NO_COLUMNS = Columns()
+# what check_batch adds per row (with the messages, or the encoder's columns)
+REPORT_COLUMNS = ("reason", "error", "fast", "slow", "plain", "turns", "system")
+
+
+def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup: bool
+             ) -> tuple[Conversation | None, SampleError | None]:
+    """One raw record -> (its conversation, None) or (None, what is wrong with it)."""
     try:
-        record = parse_record(row)
-        conv = to_conversation(record, row["format"], columns.get(row["file"], Columns()), require_markup)
+        conv = to_conversation(parse_record(raw, load_error), fmt, cols, require_markup)
         for message in conv.messages:
             check_text(message.role, message.content)
     except SampleError as err:
-        error = f"{location(row)}: {err.message}"
-        return {**out, "reason": err.reason, "error": error[:MAX_ERROR_CHARS]}, None
-    return {**out, "fast": conv.fast_turns, "slow": conv.slow_turns, "plain": conv.plain_turns,
-            "turns": len(conv.messages), "system": conv.messages[0].role == "system"}, conv.messages
+        return None, err
+    return conv, None
+
+
+def _report(row: dict, conv: Conversation | None, problem: SampleError | None) -> tuple:
+    """The row's REPORT_COLUMNS."""
+    if problem is not None:
+        return problem.reason, f"{location(row)}: {problem.message}"[:MAX_ERROR_CHARS], 0, 0, 0, 0, False
+    return ("", "", conv.fast_turns, conv.slow_turns, conv.plain_turns, len(conv.messages),
+            conv.messages[0].role == "system")
 
 
 def _as_dicts(messages: list[Message] | None) -> list[dict]:
@@ -271,13 +283,16 @@ def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_mar
                 encoder=None) -> dict[str, list]:
     """check_record over a batch of rows (a batched map: no per-row formatting by datasets); with an
     encoder (each row's messages, None for an invalid row -> columns), its columns replace messages."""
-    names = list(batch)
-    checked = [_checked(dict(zip(names, values, strict=True)), columns, require_markup)
-               for values in zip(*batch.values(), strict=True)]
+    checked = [_checked(raw, load_error, fmt, columns.get(file, NO_COLUMNS), require_markup)
+               for raw, load_error, fmt, file in zip(batch["raw"], batch["load_error"], batch["format"], batch["file"],
+                                                     strict=True)]
     if not checked:
         return {}
-    out = {key: [row[key] for row, _ in checked] for key in checked[0][0]}
-    messages = [m for _, m in checked]
+    reports = [_report({"file": file, "line": line, "index": index}, conv, problem)
+               for (conv, problem), file, line, index in zip(checked, batch["file"], batch["line"], batch["index"],
+                                                             strict=True)]
+    out = dict(zip(REPORT_COLUMNS, map(list, zip(*reports, strict=True)), strict=True))
+    messages = [conv.messages if conv else None for conv, _ in checked]
     # the encoder takes the Message objects as they are (no round trip through dicts)
     out.update(encoder(messages) if encoder is not None else {"messages": [_as_dicts(m) for m in messages]})
     return out

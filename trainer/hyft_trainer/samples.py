@@ -11,7 +11,7 @@ starting with /no_think) an empty one. Whitespace is kept as written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Message
@@ -51,13 +51,12 @@ class Columns:
     history: str = "history"
 
 
-@dataclass
+@dataclass(slots=True)
 class Conversation:
     messages: list[Message]
     fast_turns: int = 0
     slow_turns: int = 0
     plain_turns: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def detect_format(record: Any) -> str:
@@ -91,6 +90,7 @@ def from_sharegpt(record: Any, cols: Columns = Columns()) -> list[Message]:
     if not turns:
         raise SampleError("empty_conversation", f"'{key}' is empty")
     messages = []
+    roles = _roles(cols)
     system_column = cols.system and record.get(cols.system)
     if system_column:
         messages.append(Message("system", _text(system_column, cols.system)))
@@ -102,7 +102,7 @@ def from_sharegpt(record: Any, cols: Columns = Columns()) -> list[Message]:
         if role_key not in turn:
             raise SampleError("missing_role", f"{where}: no '{role_key}'{_stray(turn, role_key, content_key)}")
         raw_role = turn[role_key]
-        role = _role(raw_role, cols)
+        role = roles.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise SampleError("unknown_role", f"{where}: unknown role {excerpt(raw_role)} (expected system, "
                                               "user/human, assistant/gpt)")
@@ -130,12 +130,11 @@ def _stray(turn: dict, role_key: str, content_key: str) -> str:
     return f" (it has {', '.join(map(repr, stray))}: write role/content or from/value)" if stray else ""
 
 
-def _role(raw: Any, cols: Columns) -> str | None:
-    if not isinstance(raw, str):
-        return None
+def _roles(cols: Columns) -> dict[str, str]:
+    """Role names as written -> roles: the dataset's own tags first, then the usual ShareGPT names."""
     custom = {cols.user_tag: "user", cols.assistant_tag: "assistant", cols.system_tag: "system"}
     custom.pop(None, None)
-    return custom.get(raw) or SHAREGPT_ROLES.get(raw)
+    return {**SHAREGPT_ROLES, **custom} if custom else SHAREGPT_ROLES
 
 
 def from_alpaca(record: Any, cols: Columns = Columns()) -> list[Message]:
@@ -183,12 +182,14 @@ def check_order(messages: list[Message]) -> None:
 
 _WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
 _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+_ANY_TAG = re.compile("|".join(map(re.escape, _TAGS)))
 
 
 def thinking(content: str, user: str, where: str) -> str:
     """'slow', 'fast' or 'plain' for one assistant turn; SampleError for broken markup."""
     match = _WELL_FORMED.fullmatch(content)  # the common case in one pass; anything else is diagnosed below
-    if match and not any(tag in match.group(1) or tag in match.group(2) for tag in _TAGS):
+    if match and not _ANY_TAG.search(content, match.start(1), match.end(1)) \
+            and not _ANY_TAG.search(content, match.start(2), match.end(2)):
         return _kind(match.group(1), match.group(2), user, where)
     counts = {tag: content.count(tag) for tag in _TAGS}
     if not any(counts.values()):
