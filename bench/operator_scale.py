@@ -13,13 +13,18 @@ hyft batch until every job's status says its pods exist and the operator has bee
 few resync periods, less the bench's own requests. The operator's share per job is compared
 with what it must write: 4 objects and the status writes.
 
+Floor: what no operator can avoid here. The bench itself does a job's writes with no decisions and
+no watch delay in between: it creates each HunyuanFineTune, then its Service, ConfigMap and two
+pods as `hyft render` builds them, then one status write. Its p99 against the raw creates is the
+best p99_vs_raw_creates any operator could reach on this machine and control plane.
+
 CPU: the seconds each process (API server, etcd, operator, the bench) spent in each phase, per
 job. On a machine with few cores the latencies follow the sum: it shows which side to make cheaper.
 
 Each round has its own namespaces and a fresh operator; the figures are medians over the rounds
 (the ratio: the median of each round's own ratio, whose two sides ran seconds apart).
 
-Last line: p99_vs_raw_creates=<hyft p99 / raw p99> api_calls_per_job=<calls>
+Last line: p99_vs_raw_creates=<hyft p99 / raw p99> api_calls_per_job=<calls> floor_vs_raw_creates=<floor p99 / raw p99>
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from kubernetes import client, config, watch  # noqa: E402
 
 from hyft_envtest.build import ensure  # noqa: E402
 from hyft_envtest.controlplane import ControlPlane  # noqa: E402
-from hyft_operator import api  # noqa: E402
+from hyft_operator import api, builders  # noqa: E402
 from tests.jobs import cpu_job  # noqa: E402
 
 CONCURRENCY = 16
@@ -141,6 +146,30 @@ def raw_pods(core, ns: str, jobs: int) -> list[float]:
     return [max(watcher.seen[f"raw-{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
 
 
+def floor_jobs(api_client, core, ns: str, jobs: int) -> list[float]:
+    """A job's writes done by the bench itself, each right after the last: the floor under any operator."""
+    custom = client.CustomObjectsApi(api_client)
+    watcher = PodWatch(core, ns)
+    time.sleep(1.0)
+    create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
+              "ConfigMap": core.create_namespaced_config_map}
+
+    def make(i):
+        created = custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, cpu_job(f"f{i}"))
+        job = api.HunyuanFineTune.model_validate(created)
+        for obj in [builders.service(job), builders.config_map(job), *builders.gang(job, 0)]:
+            create[obj["kind"]](ns, obj, _preload_content=False).read()
+        custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, ns, api.PLURAL, f"f{i}",
+                                                     {"status": {"phase": "Pending", "nodes": {"created": 2}}})
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(make, range(jobs)))
+    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 300, "the floor's pods")
+    watcher.stop()
+    return [max(watcher.seen[f"f{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+
+
 def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], float]:
     custom = client.CustomObjectsApi(api_client)
     watcher = PodWatch(core, ns)
@@ -177,11 +206,14 @@ def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], fl
 
 
 def one_round(cp: ControlPlane, api_client, core, cpu: CpuMeter, jobs: int, index: int, workdir: Path) -> dict:
-    """Raw pod creates, then the same number of pods through hyft jobs with a fresh operator, each in
-    a namespace of its own."""
+    """Raw pod creates, the floor, then the same number of pods through hyft jobs with a fresh operator,
+    each in a namespace of its own."""
     before = cpu.read()
     raw = raw_pods(core, namespace(core, f"bench-raw-{index}"), jobs)
     cpu.report("raw pod creates", cpu.read() - before, jobs)
+    before = cpu.read()
+    floor = floor_jobs(api_client, core, namespace(core, f"bench-floor-{index}"), jobs)
+    cpu.report("floor (a job's writes by the bench)", cpu.read() - before, jobs)
     ns = f"bench-hyft-{index}"
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig),
            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator", "trainer"))}
@@ -205,8 +237,10 @@ def one_round(cp: ControlPlane, api_client, core, cpu: CpuMeter, jobs: int, inde
         cpu.pids.pop("operator", None)
     tracebacks = len(re.findall("Traceback", log.read_text()))
     result = {"raw_p50": percentile(raw, 0.5), "raw_p99": percentile(raw, 0.99), "p50": percentile(ours, 0.5),
-              "p99": percentile(ours, 0.99), "calls": calls, "tracebacks": tracebacks}
+              "p99": percentile(ours, 0.99), "floor_p50": percentile(floor, 0.5), "floor_p99": percentile(floor, 0.99),
+              "calls": calls, "tracebacks": tracebacks}
     print(f"round {index + 1}: raw pod creates p50 {result['raw_p50']:.2f}s p99 {result['raw_p99']:.2f}s; "
+          f"floor p50 {result['floor_p50']:.2f}s p99 {result['floor_p99']:.2f}s; "
           f"hyft jobs p50 {result['p50']:.2f}s p99 {result['p99']:.2f}s; ratio {result['p99'] / result['raw_p99']:.2f}")
     return result
 
@@ -231,12 +265,16 @@ def main() -> None:
         return statistics.median(r[key] for r in rounds)
 
     ratio = statistics.median(r["p99"] / r["raw_p99"] for r in rounds)
+    floor_ratio = statistics.median(r["floor_p99"] / r["raw_p99"] for r in rounds)
     print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; {args.jobs} jobs x 2 pods; medians of "
           f"{args.repeats} rounds; operator tracebacks: {sum(r['tracebacks'] for r in rounds)}")
     print(f"raw pod creates: p50 {median('raw_p50'):.2f}s p99 {median('raw_p99'):.2f}s")
+    print(f"floor:           p50 {median('floor_p50'):.2f}s p99 {median('floor_p99'):.2f}s (a job's writes, "
+          "no operator)")
     print(f"hyft jobs:       p50 {median('p50'):.2f}s p99 {median('p99'):.2f}s")
     print(f"operator API calls per job: {median('calls'):.1f} (it creates 4 objects: Service, ConfigMap, 2 pods)")
-    print(f"p99_vs_raw_creates={ratio:.2f} api_calls_per_job={median('calls'):.1f}")
+    print(f"p99_vs_raw_creates={ratio:.2f} api_calls_per_job={median('calls'):.1f} "
+          f"floor_vs_raw_creates={floor_ratio:.2f}")
 
 
 if __name__ == "__main__":
