@@ -10,14 +10,16 @@ the job from Kopf's live body and its pods from a Kopf index (both fed by the
 watches), so a reconcile that changes nothing makes no API call. The blocking
 reconcile runs in a worker thread (HYFT_RECONCILE_WORKERS of them), so a slow
 API call or progress scrape holds up only its own job. Kopf stops the daemons
-while peering pauses this replica. Settings come from the environment:
-HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
+while peering pauses this replica. A job's daemon ends when the job is deleted,
+and no finalizer holds the deletion up (_without_finalizers). Settings come from
+the environment: HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
 HYFT_RESYNC_SECONDS, HYFT_RECONCILE_WORKERS, HYFT_SCRAPE_PROGRESS,
 HYFT_PROGRESS_SECONDS, HYFT_PEERING_LIFETIME.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -28,10 +30,10 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from . import api, builders
-from .reconciler import PROGRESS_WRITE_SECONDS, Reconciler
+from .reconciler import PROGRESS_WRITE_SECONDS, JobGone, Reconciler
 
 RESYNC_SECONDS = float(os.environ.get("HYFT_RESYNC_SECONDS", "10"))
-FINALIZER = "hyft.io/operator"  # Kopf's, while a daemon runs
+FINALIZER = "hyft.io/operator"  # earlier builds put it on every job; Kopf now takes it off the jobs it sees
 # Reconciles block on API calls, not on the CPU: many jobs at once need more threads than asyncio's default.
 RECONCILE_WORKERS = ThreadPoolExecutor(int(os.environ.get("HYFT_RECONCILE_WORKERS", "32")),
                                        thread_name_prefix="hyft-reconcile")
@@ -90,13 +92,10 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
         start_http_server(port)
 
 
-_wakeups: dict[tuple[str, str], asyncio.Event] = {}
+_wakeups: dict[tuple[str, str], asyncio.Event] = {}  # each running daemon's, by job
+_deleted: set[str] = set()  # uids of deleted jobs whose daemon has yet to end
 log = logging.getLogger("hyft.operator")
 ERROR_RETRY_SECONDS = 5.0
-
-
-def _wakeup(namespace: str, name: str) -> asyncio.Event:
-    return _wakeups.setdefault((namespace, name), asyncio.Event())
 
 
 def _wake(namespace: str, name: str) -> None:
@@ -105,9 +104,10 @@ def _wake(namespace: str, name: str) -> None:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def job_changed(type: str, name: str, namespace: str, **_) -> None:
-    if type != "DELETED":
-        _wakeup(namespace, name).set()
+async def job_changed(type: str, name: str, namespace: str, uid: str, **_) -> None:
+    if type == "DELETED" and (namespace, name) in _wakeups:
+        _deleted.add(uid)
+    _wake(namespace, name)
 
 
 @kopf.index("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
@@ -120,32 +120,28 @@ def job_pods(namespace: str, labels: dict, body: kopf.Body, **_) -> dict:
 
 @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT})
 async def pod_changed(labels: dict, namespace: str, **_) -> None:
-    _wakeup(namespace, labels[builders.LABEL_JOB]).set()
+    _wake(namespace, labels[builders.LABEL_JOB])
 
 
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10)
-async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, body: kopf.Body,
+async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, uid: str, body: kopf.Body,
                           job_pods: kopf.Index, **_) -> None:
-    wakeup = _wakeup(namespace, name)
+    key = (namespace, name)
+    wakeup = _wakeups[key] = asyncio.Event()  # a deleted namesake's daemon may still be ending: this one wins
     loop = asyncio.get_running_loop()
     try:
-        while not stopped:
+        while not stopped and uid not in _deleted:
             wakeup.clear()  # an event during the reconcile below sets it again: one more pass
             # body is Kopf's live view of the job: the latest watched version (snapshot as above)
-            obj = dict(body)
-            meta = obj.get("metadata") or {}
-            if FINALIZER not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
-                # Kopf is adding its finalizer right now: a status write would conflict with it (409)
-                requeue = None
-            else:
-                reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=obj,
-                                              pods=list(job_pods.get((namespace, name), [])))
-                try:
-                    requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
-                except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
-                    log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name,
-                                  ERROR_RETRY_SECONDS)
-                    requeue = ERROR_RETRY_SECONDS
+            reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=dict(body),
+                                          pods=list(job_pods.get(key, [])))
+            try:
+                requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
+            except JobGone:  # deleted while the watch was away: no DELETED event came
+                break
+            except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
+                log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name, ERROR_RETRY_SECONDS)
+                requeue = ERROR_RETRY_SECONDS
             wait = RESYNC_SECONDS if requeue is None else min(max(requeue, 0.0), RESYNC_SECONDS)
             woken = asyncio.ensure_future(wakeup.wait())
             stopping = asyncio.ensure_future(stopped.wait())
@@ -153,4 +149,22 @@ async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str
             woken.cancel()
             stopping.cancel()
     finally:
-        _wakeups.pop((namespace, name), None)
+        if _wakeups.get(key) is wakeup:
+            del _wakeups[key]
+        if uid in _deleted:
+            _deleted.discard(uid)
+            await loop.run_in_executor(RECONCILE_WORKERS, _state["reconciler"].forget, namespace, name)
+
+
+def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """Kopf puts a finalizer on every resource that has a daemon, so that it can stop the daemon
+    before the resource goes. hyft's daemon ends itself on the DELETED event (or on the 404 of a
+    deletion the watch missed), and the job's children go by their owner references. So the
+    finalizer only cost a write per job, and held every deletion up while no operator ran (an
+    uninstalled or crashed operator): JobSet and Kubeflow's training operator add none either.
+    Kopf has no public switch for it (nolar/kopf#896): its own handler record is rewritten."""
+    spawning = registry._spawning
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]
+
+
+_without_finalizers(kopf.get_default_registry())

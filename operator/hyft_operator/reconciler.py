@@ -82,6 +82,10 @@ def _api_message(err: ApiException) -> str:
         return str(err.reason)
 
 
+class JobGone(Exception):
+    """The job was deleted: its loop ends."""
+
+
 class Reconciler:
     def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
                  scrape_progress: bool = True, scrape_timeout: float = 2.0,
@@ -132,7 +136,25 @@ class Reconciler:
                     metrics.RECONCILES.labels("conflict").inc()
                     return 1.0
                 metrics.RECONCILES.labels("error").inc()
+                if err.status == 404 and obj is not None and self._gone(namespace, name, obj):
+                    raise JobGone(f"{namespace}/{name}") from None
                 raise
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._locks[(namespace, name)]:
+            self._forget((namespace, name))
+
+    def _gone(self, namespace: str, name: str, obj: dict[str, Any]) -> bool:
+        """After a 404: whether the job the cache showed is gone (a deletion the watch missed), forgotten."""
+        try:
+            gone = self._get(namespace, name)["metadata"]["uid"] != obj["metadata"]["uid"]
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            gone = True
+        if gone:
+            self._forget((namespace, name))
+        return gone
 
     def _reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None,
                    cached_pods: list[dict[str, Any]] | None) -> float | None:

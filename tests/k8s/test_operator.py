@@ -11,9 +11,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from hyft_operator import api, builders
+from hyft_operator import api, builders, handlers
 from hyft_operator import reconciler as reconciliation
-from hyft_operator.reconciler import Reconciler
+from hyft_operator.reconciler import JobGone, Reconciler
 from hyft_trainer.config import parse_config
 from tests.helpers import EXAMPLES, ROOT, wait_for
 from tests.jobs import (
@@ -238,6 +238,49 @@ def test_deleting_the_resource_removes_every_child(api_client, op_namespace):
         return not left
 
     wait_for(all_gone, timeout=90, what="children garbage-collected")
+
+
+def test_jobs_carry_no_finalizer_go_at_once_and_their_name_can_be_reused(api_client, op_namespace):
+    custom = client.CustomObjectsApi(api_client)
+    create(api_client, op_namespace, cpu_job("again"))
+    wait_phase(api_client, op_namespace, "again", "Running")
+    first = get(api_client, op_namespace, "again")
+    assert not first["metadata"].get("finalizers")
+    custom.delete_namespaced_custom_object(*GVP, op_namespace, api.PLURAL, "again")
+    with pytest.raises(ApiException) as gone:  # nothing holds the deletion up
+        get(api_client, op_namespace, "again")
+    assert gone.value.status == 404
+    wait_for(lambda: (op_namespace, "again") not in handlers._wakeups, timeout=15, what="the job's loop to end")
+
+    # the same name again, while the first job's pods may still await garbage collection
+    create(api_client, op_namespace, cpu_job("again"))
+    wait_phase(api_client, op_namespace, "again", "Running", timeout=90)
+    uid = get(api_client, op_namespace, "again")["metadata"]["uid"]
+    assert uid != first["metadata"]["uid"]
+    wait_for(lambda: [p.metadata.owner_references[0].uid for p in pods(api_client, op_namespace, "again")]
+             == [uid, uid], timeout=90, what="the new job's own two pods")
+
+
+def test_a_finalizer_left_by_an_earlier_operator_is_taken_off(api_client, op_namespace):
+    body = cpu_job("legacy")
+    body["metadata"]["finalizers"] = [handlers.FINALIZER]
+    create(api_client, op_namespace, body)
+    wait_for(lambda: not get(api_client, op_namespace, "legacy")["metadata"].get("finalizers"), timeout=30,
+             what="the old finalizer to go")
+    wait_phase(api_client, op_namespace, "legacy", "Running")
+
+
+def test_a_deletion_the_watch_missed_ends_the_loop_before_any_pod(crds, api_client, namespace):
+    """A stale cached job (deleted while the watch was away, so no DELETED event): the first write's
+    404 is checked against the API server, and the pass ends without creating anything."""
+    create(api_client, namespace, cpu_job("ghost"))
+    stale = get(api_client, namespace, "ghost")
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(*GVP, namespace, api.PLURAL, "ghost")
+    r = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    with pytest.raises(JobGone):
+        r.reconcile(namespace, "ghost", obj=stale, pods=[])
+    assert pods(api_client, namespace, "ghost") == []
+    assert client.CoreV1Api(api_client).list_namespaced_service(namespace).items == []
 
 
 def test_local_tiny_example_runs_on_read_write_many_claims(crds, api_client, op_namespace):
