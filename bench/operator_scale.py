@@ -128,9 +128,20 @@ def namespace(core: client.CoreV1Api, name: str) -> str:
     return name
 
 
-def raw_pods(core, ns: str, jobs: int) -> list[float]:
+def pod_latencies(core, ns: str, jobs: int, make, prefix: str) -> list[float]:
+    """make(i) for each job, CONCURRENCY at a time; a job's latency runs from the batch's start to the
+    moment the watch sees the later of its pods <prefix><i>-master-0 and <prefix><i>-worker-0."""
     watcher = PodWatch(core, ns)
     time.sleep(1.0)
+    start = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        list(pool.map(make, range(jobs)))
+    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 300, f"the pods {prefix}*")
+    watcher.stop()
+    return [max(watcher.seen[f"{prefix}{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+
+
+def raw_pods(core, ns: str, jobs: int) -> list[float]:
     body = {"metadata": {}, "spec": {"containers": [{"name": "c", "image": "hyft-trainer:dev"}],
                                      "restartPolicy": "Never"}}
 
@@ -138,19 +149,12 @@ def raw_pods(core, ns: str, jobs: int) -> list[float]:
         for role in ("master-0", "worker-0"):
             core.create_namespaced_pod(ns, {**body, "metadata": {"name": f"raw-{i}-{role}"}})
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(make, range(jobs)))
-    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 300, "raw pods")
-    watcher.stop()
-    return [max(watcher.seen[f"raw-{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+    return pod_latencies(core, ns, jobs, make, "raw-")
 
 
 def floor_jobs(api_client, core, ns: str, jobs: int) -> list[float]:
     """A job's writes done by the bench itself, each right after the last: the floor under any operator."""
     custom = client.CustomObjectsApi(api_client)
-    watcher = PodWatch(core, ns)
-    time.sleep(1.0)
     create = {"Pod": core.create_namespaced_pod, "Service": core.create_namespaced_service,
               "ConfigMap": core.create_namespaced_config_map}
 
@@ -162,29 +166,18 @@ def floor_jobs(api_client, core, ns: str, jobs: int) -> list[float]:
         custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, ns, api.PLURAL, f"f{i}",
                                                      {"status": {"phase": "Pending", "nodes": {"created": 2}}})
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(make, range(jobs)))
-    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 300, "the floor's pods")
-    watcher.stop()
-    return [max(watcher.seen[f"f{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+    return pod_latencies(core, ns, jobs, make, "f")
 
 
 def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], float]:
     custom = client.CustomObjectsApi(api_client)
-    watcher = PodWatch(core, ns)
-    time.sleep(1.0)
     before = request_counts(cp)
     own = Counter({"GET ": 1, "POST hunyuanfinetunes": jobs})  # the bench's own: metrics reads, creates, lists
 
     def make(i):
         custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, cpu_job(f"j{i}"))
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(make, range(jobs)))
-    wait_until(lambda: len(watcher.seen) >= 2 * jobs, 120, "the operator's pods")
-    latencies = [max(watcher.seen[f"j{i}-{r}"] for r in ("master-0", "worker-0")) - start for i in range(jobs)]
+    latencies = pod_latencies(core, ns, jobs, make, "j")
 
     def settled():
         own["LIST hunyuanfinetunes"] += 1
@@ -197,7 +190,6 @@ def hyft_jobs(cp, api_client, core, ns: str, jobs: int) -> tuple[list[float], fl
     time.sleep(IDLE_SECONDS)
     after = request_counts(cp)
     own["GET "] += 2
-    watcher.stop()
     idle = sum((after - quiet_start).values()) - 1
     print(f"operator requests while idle for {IDLE_SECONDS:.0f}s: {idle} ({idle / jobs:.2f} per job)")
     operators = after - before - own
