@@ -230,8 +230,8 @@ def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup:
     return conv, None
 
 
-def _report(row: dict, conv: Conversation | None, problem: SampleError | None) -> tuple:
-    """The row's REPORT_COLUMNS."""
+def _report(row: dict | None, conv: Conversation | None, problem: SampleError | None) -> tuple:
+    """The row's REPORT_COLUMNS (row: its location, read only for a problem)."""
     if problem is not None:
         return problem.reason, f"{location(row)}: {problem.message}"[:MAX_ERROR_CHARS], 0, 0, 0, 0, False
     return ("", "", conv.fast_turns, conv.slow_turns, conv.plain_turns, len(conv.messages),
@@ -288,7 +288,8 @@ def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_mar
                                                      strict=True)]
     if not checked:
         return {}
-    reports = [_report({"file": file, "line": line, "index": index}, conv, problem)
+    # a row's location is needed only for its error message
+    reports = [_report(problem and {"file": file, "line": line, "index": index}, conv, problem)
                for (conv, problem), file, line, index in zip(checked, batch["file"], batch["line"], batch["index"],
                                                              strict=True)]
     out = dict(zip(REPORT_COLUMNS, map(list, zip(*reports, strict=True)), strict=True))
