@@ -29,16 +29,6 @@ def test_efficiency_figures():
     assert packed_efficiency([6, 4, 5, 5], 10) == 1.0
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hyft_trainer.tiny import build
-
-    path = build(tmp_path_factory.mktemp("tiny") / "small", "small")
-    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
-
-
 def test_each_sample_loss_in_a_pack_equals_its_loss_alone(tiny_model):
     import torch
 

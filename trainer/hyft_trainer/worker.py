@@ -51,13 +51,35 @@ def init_distributed(deepspeed: bool, timeout_s: int):
     return PartialState(cpu=True, backend="gloo", timeout=timeout)
 
 
+def trained_positions(labels):
+    """The positions whose logits the loss reads: position p predicts token p + 1, so p is kept
+    when labels[p + 1] is a target. Prompts, padding and each row's last position are not."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:].ne(IGNORE)
+    return keep
+
+
+def keeps_trained_logits(model) -> bool:
+    """transformers' own causal LMs take a boolean `logits_to_keep` (B, T) and project only those
+    positions onto the vocabulary; remote-code models may slice it differently, so they get all."""
+    import inspect
+
+    return (type(model).__module__.startswith("transformers.")
+            and "logits_to_keep" in inspect.signature(type(model).forward).parameters)
+
+
 class PaddingCollator:
     """Pads to the longest in the batch; packed rows carry position_ids and NO attention mask, so
-    transformers builds a block-diagonal causal mask from the restarting positions."""
+    transformers builds a block-diagonal causal mask from the restarting positions. With
+    keep_trained_logits the batch says which positions need logits: the LM head (vocabulary x
+    hidden, and its float32 copy for the loss) then runs on the target tokens only."""
 
-    def __init__(self, pad_id: int, batch_log: str | None = None):
+    def __init__(self, pad_id: int, batch_log: str | None = None, keep_trained_logits: bool = False):
         self.pad_id = pad_id
         self.batch_log = batch_log  # diagnostics: which samples this rank trained on
+        self.keep_trained_logits = keep_trained_logits
 
     def __call__(self, rows):
         import torch
@@ -77,6 +99,8 @@ class PaddingCollator:
         else:
             batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"]))
                                                     for r in rows])
+        if self.keep_trained_logits:
+            batch["logits_to_keep"] = trained_positions(batch["labels"])
         return batch
 
 
@@ -151,11 +175,16 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None):
     import torch
 
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-    shift_logits = logits[..., :-1, :].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
-    total = torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+    targets = labels[..., 1:]
+    if logits.dim() == 2:  # the trained positions' logits only (trained_positions), in the targets' order
+        targets = targets[targets.ne(IGNORE)]
+    else:
+        logits = logits[..., :-1, :]
+    targets = targets.reshape(-1).to(logits.device)
+    total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets,
+                                              ignore_index=IGNORE, reduction="sum")
     if num_items_in_batch is None:
-        return total / shift_labels.ne(IGNORE).sum().clamp(min=1)
+        return total / targets.ne(IGNORE).sum().clamp(min=1)
     return total / num_items_in_batch
 
 
@@ -262,6 +291,7 @@ def train(config: TrainerConfig) -> int:
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
     memory = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
+    trained_logits_only = keeps_trained_logits(model)
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
@@ -272,7 +302,7 @@ def train(config: TrainerConfig) -> int:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds if config.evaluating else None,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id, _batch_log(state)),
+                      data_collator=PaddingCollator(tokenizer.pad_token_id, _batch_log(state), trained_logits_only),
                       processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
     resume = starting_point(config)
