@@ -15,6 +15,7 @@ after the stop token and is never trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from .chat_format import Family, Message, Piece, render, text_of
 
@@ -28,6 +29,7 @@ class MaskOptions:
     train_assistant_header: bool = False
 
 
+@cache  # once per MaskOptions, not per sample
 def trained_kinds(opts: MaskOptions) -> frozenset[str]:
     """The kinds of piece whose tokens are trained (mask_history then keeps only the last turn's)."""
     if opts.train_on_prompt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Message
@@ -130,6 +131,7 @@ def _stray(turn: dict, role_key: str, content_key: str) -> str:
     return f" (it has {', '.join(map(repr, stray))}: write role/content or from/value)" if stray else ""
 
 
+@cache  # once per dataset's columns, not per sample
 def _roles(cols: Columns) -> dict[str, str]:
     """Role names as written -> roles: the dataset's own tags first, then the usual ShareGPT names."""
     custom = {cols.user_tag: "user", cols.assistant_tag: "assistant", cols.system_tag: "system"}
