@@ -290,8 +290,9 @@ def train(config: TrainerConfig) -> int:
                                                  attn_implementation="sdpa", trust_remote_code=remote)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
-    memory = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
-    trained_logits_only = keeps_trained_logits(model)
+    measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
+    collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model))
+    measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
@@ -302,11 +303,11 @@ def train(config: TrainerConfig) -> int:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds if config.evaluating else None,
-                      data_collator=PaddingCollator(tokenizer.pad_token_id, _batch_log(state), trained_logits_only),
+                      data_collator=collator,
                       processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
     resume = starting_point(config)
-    memory["host_rss_before_training"] = _peak_rss()
+    measured["host_rss_before_training"] = _peak_rss()
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if stop.stopped_at is not None:
@@ -314,7 +315,7 @@ def train(config: TrainerConfig) -> int:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
     else:
         export(trainer, config, tokenizer, state, report, result, started, resume,
-               {**memory, "peak_host_rss_bytes": _peak_rss(), "preflight_seconds": round(preflight_seconds, 3),
+               {**measured, "peak_host_rss_bytes": _peak_rss(), "preflight_seconds": round(preflight_seconds, 3),
                 "timeline": timeline.points})
     # Leave together: a rank that exits while another still talks to it makes gloo abort.
     state.wait_for_everyone()
