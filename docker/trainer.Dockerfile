@@ -24,8 +24,13 @@ COPY docker/pip-ca/ /tmp/pip-ca/
 # in pyproject.toml.)
 # torch and DeepSpeed (gigabytes) come first, in a layer of their own: a change to the
 # other dependencies in pyproject.toml then reinstalls only those.
+# CXX: a g++ that builds for a documented x86-64 baseline, not the build machine's -march=native
+# (docker/portable-g++); each compile line is kept in the image, for the record.
+COPY docker/portable-g++ /usr/local/bin/hyft-portable-g++
+ENV CXX=/usr/local/bin/hyft-portable-g++ HYFT_CXX_LOG=/opt/venv/share/hyft/cpu-ops-build.log
 # hadolint ignore=DL3013
 RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt; fi \
+    && mkdir -p /opt/venv/share/hyft \
     && pip install --no-cache-dir "torch==2.11.0" "setuptools==80.9.0" \
     && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8"
 COPY pyproject.toml ./
@@ -37,19 +42,23 @@ RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt;
 
 FROM debian:bookworm-slim
 # A C++ compiler and ninja stay: DeepSpeed checks its JIT-built ops with them on load,
-# and rebuilds them on a CPU node whose SIMD width differs from the build machine's.
+# and rebuilds them (for the same baseline) on a CPU node whose SIMD width differs.
+# rdma-core's user-space libraries (libibverbs with its providers: mlx5, efa, ...; librdmacm):
+# without them NCCL cannot use InfiniBand, RoCE or EFA and falls back to TCP sockets.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-dev g++ ninja-build \
+       libibverbs1 ibverbs-providers librdmacm1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 1000 --create-home --shell /usr/sbin/nologin hyft
 COPY --from=build /opt/venv /opt/venv
+COPY docker/portable-g++ /usr/local/bin/hyft-portable-g++
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 TORCH_EXTENSIONS_DIR=/opt/torch-extensions HF_HOME=/tmp/hf \
-    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility CXX=/usr/local/bin/hyft-portable-g++
 # CPU nodes (tests, CI): DeepSpeed's accelerator there is "cpu", whose ops are built on
 # first use (minutes per pod). Build them once here, where the pods look for them.
-RUN python3 -c "from deepspeed.accelerator import get_accelerator as a; \
-[a().create_op_builder(op).load() for op in ('CPUAdamBuilder', 'ShareMemCommBuilder')]" \
+RUN HYFT_CXX_LOG=/opt/venv/share/hyft/cpu-ops-build.log python3 -c "from deepspeed.accelerator import \
+get_accelerator as a; [a().create_op_builder(op).load() for op in ('CPUAdamBuilder', 'ShareMemCommBuilder')]" \
     && chown -R 1000:1000 /opt/torch-extensions
 WORKDIR /opt/hyft
 COPY pyproject.toml README.md ./

@@ -15,6 +15,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(_ROOT / d) for d in ("operator", "trainer", "envtest")] + [str(_ROOT)]
     + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
 
+# CPU for every tier, also on a GPU host (the GPU check is `make gpu-check`, a script of its own): two
+# local "nodes" would otherwise both take cuda:0.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 TIERS = ("unit", "k8s", "trainer", "e2e", "gpu")
 
 

@@ -317,11 +317,14 @@ def k8s_object(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
 
+QUALIFIED_KEYS = Rule(f"self.all(k, size(k) <= 317 && k.matches(r'{QUALIFIED_NAME}'))",
+                      "keys must be label keys ([prefix/]name)",
+                      lambda labels: all(len(k) <= 317 and re.match(QUALIFIED_NAME, k) for k in labels))
+Labels = Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], QUALIFIED_KEYS]
+
+
 class SchedulingSpec(ApiModel):
-    nodeSelector: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], Rule(
-        f"self.all(k, size(k) <= 317 && k.matches(r'{QUALIFIED_NAME}'))", "keys must be label keys ([prefix/]name)",
-        lambda labels: all(len(k) <= 317 and re.match(QUALIFIED_NAME, k) for k in labels))] = Field(
-        default_factory=dict, max_length=64, description="Node labels the pods must match.")
+    nodeSelector: Labels = Field(default_factory=dict, max_length=64, description="Node labels the pods must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=64,
                                               description="Pod tolerations (core/v1 Toleration).",
                                               json_schema_extra={"items": PASSTHROUGH})
@@ -333,6 +336,37 @@ class SchedulingSpec(ApiModel):
                                       description="Scheduler for the pods (e.g. volcano for gang scheduling).")
     queueName: str | None = Field(None, min_length=1, max_length=63, pattern=LABEL_VALUE,
                                   description="Kueue LocalQueue: pods join one Kueue pod group.")
+    runtimeClassName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
+                                         description="Pod RuntimeClass (e.g. nvidia, where the NVIDIA container "
+                                                     "runtime is not the node's default).")
+    onePodPerNode: bool | None = Field(
+        None, description="Keep the job's pods on different nodes (a required pod anti-affinity on "
+                          "kubernetes.io/hostname): two pods on one node would look like two hosts to NCCL and share "
+                          "its NICs. Default: on when gpusPerNode > 0, unless affinity has a podAntiAffinity.")
+
+
+class PodMetadata(ApiModel):
+    labels: Annotated[Labels, Rule("self.all(k, !k.startsWith('hyft.io/'))", "hyft.io/ labels are hyft's own",
+                                   lambda labels: not any(k.startswith("hyft.io/") for k in labels))] = Field(
+        default_factory=dict, max_length=64, description="Extra labels on the trainer pods.")
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=65536)]], QUALIFIED_KEYS] = Field(
+        default_factory=dict, max_length=64,
+        description="Extra annotations on the trainer pods, e.g. k8s.v1.cni.cncf.io/networks (Multus) for the "
+                    "RDMA networks of a multi-node job.")
+
+
+class NetworkSpec(ApiModel):
+    hostNetwork: bool = Field(
+        False, description="Run the trainer pods in the node's network namespace (its RDMA and TCP interfaces "
+                           "without an overlay). dnsPolicy becomes ClusterFirstWithHostNet, and masterPort and "
+                           "metrics.port become host ports (the scheduler keeps two pods that use them apart).")
+    resources: Annotated[dict[str, Annotated[str, Field(pattern=QUANTITY_PATTERN)]], QUALIFIED_KEYS, Rule(
+        "!self.exists(k, k in ['cpu', 'memory', 'ephemeral-storage'])", "cpu and memory have fields of their own",
+        lambda r: not {"cpu", "memory", "ephemeral-storage"} & set(r))] = Field(
+        default_factory=dict, max_length=16,
+        description="Extra resources per pod, requested and limited, for the fabric: e.g. rdma/ib: '1', "
+                    "rdma/rdma_shared_device_a: '1' or vpc.amazonaws.com/efa: '32'. NCCL settings the cluster needs "
+                    "(NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) go in env.")
 
 
 class RunPolicy(ApiModel):
@@ -441,6 +475,10 @@ class HunyuanFineTuneSpec(ApiModel):
                     "at /hyft/volumes/<name>; model, data and output name one of them.")
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec,
                                        description="Where the pods may run.")
+    network: NetworkSpec = Field(default_factory=NetworkSpec,
+                                 description="The pods' network: the node's own, and fabric resources (RDMA, EFA).")
+    podMetadata: PodMetadata = Field(default_factory=PodMetadata,
+                                     description="Extra labels and annotations on the trainer pods.")
     runPolicy: RunPolicy = Field(default_factory=RunPolicy,
                                  description="Restarts, deadlines, cleanup and suspension.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Trainer metrics.")
@@ -482,6 +520,9 @@ class HunyuanFineTuneSpec(ApiModel):
              lambda s: s.metrics.enabled or (s.runPolicy.stallTimeoutSeconds is None
                                              and s.runPolicy.startupTimeoutSeconds is None),
              field="runPolicy"),
+        Rule("!(self.gpuResourceName in self.network.resources)",
+             "the GPU resource is set by gpusPerNode, not network.resources",
+             lambda s: s.gpuResourceName not in s.network.resources, field="network.resources"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
              "a variable is set both in env and in secretEnv: keep one",
              lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),

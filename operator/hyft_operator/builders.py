@@ -14,7 +14,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
-from hyft_trainer.contract import ATTEMPT_ENV, CONFIG_ENV, POD_NAME_ENV, RENDEZVOUS_ENV
+from hyft_trainer.contract import (
+    ATTEMPT_ENV,
+    CONFIG_ENV,
+    GPUS_PER_NODE_ENV,
+    HIDE_GPUS_ENV,
+    POD_NAME_ENV,
+    RENDEZVOUS_ENV,
+)
 from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.problems import describe
 
@@ -208,6 +215,8 @@ def _resources(job: HunyuanFineTune) -> dict[str, Any]:
         requests["cpu"] = spec.cpu
     if spec.memory:
         requests["memory"] = limits["memory"] = spec.memory
+    for name, quantity in spec.network.resources.items():  # extended resources: request == limit
+        requests[name] = limits[name] = quantity
     out = {}
     if requests:
         out["requests"] = requests
@@ -225,13 +234,32 @@ def _tolerations(job: HunyuanFineTune) -> list[dict[str, Any]]:
     return tolerations
 
 
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def _affinity(job: HunyuanFineTune) -> dict[str, Any] | None:
+    """The user's affinity, plus one pod of the job per node (scheduling.onePodPerNode; default: GPU jobs
+    whose affinity has no podAntiAffinity of its own)."""
+    spec, affinity = job.spec, dict(job.spec.scheduling.affinity or {})
+    spread = spec.scheduling.onePodPerNode
+    if spread is None:
+        spread = spec.gpusPerNode > 0 and "podAntiAffinity" not in affinity
+    if spread and spec.nodes > 1:
+        anti = dict(affinity.get("podAntiAffinity") or {})
+        required = "requiredDuringSchedulingIgnoredDuringExecution"
+        anti[required] = [*anti.get(required, []), {"labelSelector": {"matchLabels": {LABEL_JOB: job.metadata["name"]}},
+                                                    "topologyKey": HOSTNAME_TOPOLOGY}]
+        affinity["podAntiAffinity"] = anti
+    return affinity or None
+
+
 def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults()
         ) -> dict[str, Any]:
     spec = job.spec
     name = job.metadata["name"]
     namespace = job.metadata["namespace"]
-    pod_labels = labels(name, rank, attempt)
-    annotations = {}
+    pod_labels = {**spec.podMetadata.labels, **labels(name, rank, attempt)}  # hyft's own labels win
+    annotations = dict(spec.podMetadata.annotations)
     if spec.scheduling.queueName:
         # Kueue's plain-pod integration: the gang is admitted as one pod group.
         pod_labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queueName
@@ -244,14 +272,19 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
         {"name": CONFIG_ENV, "value": f"{CONFIG_DIR}/{CONFIG_KEY}"},
         {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": GPUS_PER_NODE_ENV, "value": str(spec.gpusPerNode)},
     ]
     env += [{"name": s.name, "valueFrom": {"secretKeyRef": {"name": s.secretName, "key": s.key}}}
             for s in spec.secretEnv]
     env += [k8s_object(e) for e in spec.env]
+    if not spec.gpusPerNode:  # last, so that it wins: a CPU pod on a GPU node must not grab the node's GPUs
+        env += [{"name": k, "value": v} for k, v in HIDE_GPUS_ENV.items()]
 
     ports = [{"name": "metrics", "containerPort": spec.metrics.port}] if spec.metrics.enabled else []
     if rank == 0:
         ports.insert(0, {"name": "rendezvous", "containerPort": spec.masterPort})
+    if spec.network.hostNetwork:  # the node's ports: declared, so the scheduler keeps their users apart
+        ports = [{**p, "hostPort": p["containerPort"]} for p in ports]
 
     mounts = [{"name": v.name, "mountPath": f"{VOLUME_ROOT}/{v.name}"} for v in spec.volumes]
     mounts += [{"name": "hyft-config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -289,8 +322,13 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
         pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
     if tolerations := _tolerations(job):
         pod_spec["tolerations"] = tolerations
-    if scheduling.affinity:
-        pod_spec["affinity"] = scheduling.affinity
+    if affinity := _affinity(job):
+        pod_spec["affinity"] = affinity
+    if scheduling.runtimeClassName:
+        pod_spec["runtimeClassName"] = scheduling.runtimeClassName
+    if spec.network.hostNetwork:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"  # MASTER_ADDR is a cluster name
     if scheduling.priorityClassName:
         pod_spec["priorityClassName"] = scheduling.priorityClassName
     if scheduling.schedulerName:

@@ -90,7 +90,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="hyft-local-"))
     print(f"[hyft] running {job.metadata['name']}: {job.spec.nodes} node(s) as local processes; "
           f"rendered configs in {workdir}", flush=True)
-    sys.exit(run(job, folders, workdir))
+    try:
+        sys.exit(run(job, folders, workdir))
+    except LocalRunError as err:
+        sys.exit(f"{args.file}: {err}")
 
 
 def cmd_operator(args: argparse.Namespace) -> None:

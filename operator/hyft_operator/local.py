@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from hyft_trainer import gpus
 from hyft_trainer.config import map_paths
 from hyft_trainer.contract import CONFIG_ENV
 from hyft_trainer.launcher import free_port
@@ -72,10 +73,22 @@ class LocalPod:
     process: subprocess.Popen | None = None
 
 
-def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path) -> list[LocalPod]:
+def local_devices(job: HunyuanFineTune, env: dict[str, str], count: int) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES for each local node: its own GPUs, never one shared by two nodes (NCCL stops
+    with "Duplicate GPU detected"). None for a CPU job, whose pods hide every GPU themselves."""
+    if not job.spec.gpusPerNode:
+        return None
+    try:
+        return gpus.split_devices(job.spec.nodes, job.spec.gpusPerNode, gpus.visible_devices(env, count))
+    except ValueError as err:
+        raise LocalRunError(f"spec.gpusPerNode: {err}") from None
+
+
+def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path,
+              devices: list[str] | None = None) -> list[LocalPod]:
     master_port = free_port()
     pods = []
-    for pod in builders.gang(job, attempt=0):
+    for rank, pod in enumerate(builders.gang(job, attempt=0)):
         name = pod["metadata"]["name"]
         env = {}
         for var in pod["spec"]["containers"][0]["env"]:
@@ -89,6 +102,8 @@ def plan_pods(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path) -> 
             env[key] = "127.0.0.1"
         for key in ("MASTER_PORT", "PET_MASTER_PORT"):
             env[key] = str(master_port)
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[rank]
         metrics_port = free_port() if job.spec.metrics.enabled else None
         folder = workdir / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +141,8 @@ def _progress_line(port: int) -> str | None:
 
 def run(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path, out=sys.stdout,
         progress_interval: float = 2.0) -> int:
-    pods = plan_pods(job, folders, workdir)
+    devices = local_devices(job, dict(os.environ), gpus.probe().count) if job.spec.gpusPerNode else None
+    pods = plan_pods(job, folders, workdir, devices)
     for pod in pods:
         pod.process = subprocess.Popen(
             [sys.executable, "-m", "hyft_operator.cli", "train", str(pod.config_path)],

@@ -212,6 +212,14 @@ def test_images_run_as_documented(built_images):
         " ", 2)
     assert (accelerator, cpu_adam) == ("cuda", "1")  # prebuilt for GPU nodes
     assert "cpu_adam" in cpu_ops and "deepspeed_shm_comm" in cpu_ops  # and for CPU nodes
+    # CPU-Adam (GPU and CPU builds) for the documented baseline, never the build machine's -march=native
+    compiles = [line for line in run(trainer, "/opt/venv/share/hyft/cpu-ops-build.log", entrypoint="cat").splitlines()
+                if " -c " in line]
+    assert len(compiles) >= 3 and all("-march=x86-64-v3" in c and "-march=native" not in c for c in compiles)
+    assert {"cpu_adam", "shm"} <= {word for c in compiles for word in ("cpu_adam", "shm") if word in c}
+    # rdma-core's libraries, for NCCL's InfiniBand/RoCE/EFA transports
+    libraries = run(trainer, "-p", entrypoint="ldconfig")
+    assert all(lib in libraries for lib in ("libibverbs.so.1", "librdmacm.so.1", "libmlx5.so.1", "libefa.so.1"))
     # the pip CA bundle handed to the build stage is not in the image
     assert run(trainer, "-c", "import glob; print(glob.glob('/tmp/pip-ca/*'))", entrypoint="python3").strip() == "[]"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,19 +59,20 @@ def write_config(tmp_path, tiny, data, **overrides):
     return path
 
 
-def launch(config, nodes, tmp_path, port=None, extra_env=None):
+def launch(config, nodes, tmp_path, port=None, extra_env=None, env=None, wrapper=()):
     port = port or free_port()
-    return [launch_node(config, rank, nodes, port, tmp_path, extra_env) for rank in range(nodes)]
+    return [launch_node(config, rank, nodes, port, tmp_path, extra_env, wrapper, env) for rank in range(nodes)]
 
 
-def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=()):
+def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=(), base_env=None):
     """One node's `hyft train`; wrapper: a command to run it under (a namespace of its own)."""
-    env = {**os.environ, "NNODES": str(nodes), "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+    env = {**(os.environ if base_env is None else base_env), "NNODES": str(nodes), "NODE_RANK": str(rank),
+           "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(port), "NPROC_PER_NODE": "1",
            "HF_DATASETS_CACHE": str(tmp_path / f"hf-cache-{rank}"),  # each pod has its own
-           # one intra-op thread: float reductions then do not depend on the machine's load
-           "OMP_NUM_THREADS": "1",
            "HYFT_BATCH_LOG": str(tmp_path / f"batches-{nodes}n"), **(extra_env or {})}
+    if base_env is None:  # one intra-op thread: float reductions then do not depend on the machine's load
+        env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / f"node{rank}-{port}.log", "w")
     return (subprocess.Popen([*wrapper, sys.executable, "-m", "hyft_operator.cli", "train", str(config)],
                              env=env, stdout=log, stderr=subprocess.STDOUT), log)
@@ -365,6 +367,78 @@ def test_preflight_a_rank_stuck_before_the_all_reduce_fails_the_others(tmp_path)
            "finish within 3s (preflight_timeout)" in out.stdout, out.stdout + out.stderr[-2000:]
     assert time.monotonic() - started < 30  # rank 0 did not wait for rank 1's 30 s
     assert not list((tmp_path / MARKER_DIR).iterdir())
+
+
+def test_preflight_a_rank_that_dies_is_a_backend_failure_not_a_timeout(tmp_path):
+    """Rank 1's process is gone before the all-reduce: gloo reports the closed connection, and the
+    preflight says the backend failed (exit 9), not that the gang is slow (exit 7)."""
+    from hyft_trainer.contract import EXIT_COLLECTIVE_FAILED
+
+    script = tmp_path / "gang_check.py"
+    script.write_text(GANG_CHECK.replace("time.sleep(30)", "pass"))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert f"exit {EXIT_COLLECTIVE_FAILED}: an all-reduce of the marker's name across all 2 ranks failed in the " \
+           "collective backend (gloo)" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ GPUs and threads
+def test_a_node_that_expects_a_gpu_it_cannot_use_fails_fast_with_the_facts(tiny, memorisable, tmp_path):
+    """The pod contract says 1 GPU; this machine (CUDA hidden by the test session, as by a broken device
+    plugin) has none: exit 8 with torch's CUDA, the driver and CUDA_VISIBLE_DEVICES, before any training."""
+    from hyft_trainer.contract import EXIT_GPU_UNAVAILABLE
+
+    config = write_config(tmp_path, tiny, memorisable, bf16=True)
+    procs = launch(config, 1, tmp_path, extra_env={"HYFT_GPUS_PER_NODE": "1"})
+    codes = wait(procs, timeout=60)
+    text = logs(tmp_path)
+    assert codes == [EXIT_GPU_UNAVAILABLE], text[-3000:]
+    assert "preflight: this node expects 1 GPU(s) (spec.gpusPerNode) but torch can use 0" in text
+    assert "CUDA_VISIBLE_DEVICES ''" in text and "NVIDIA driver:" in text and "Traceback" not in text
+    assert "bf16: off" not in text  # never a silent float32 run
+    assert "preflight passed" not in text and not (tmp_path / "out" / "report.json").exists()
+
+
+@pytest.fixture
+def one_cpu_cgroup():
+    """A cgroup with a quota of one CPU, as a pod's CPU limit of 1 (cgroup v1's cpu controller, or v2's where
+    the root delegates cpu); removed after the test."""
+    import uuid
+
+    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        root, limit = v1, {"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"}
+    elif "cpu" in ((v2 / "cgroup.subtree_control").read_text().split() if (v2 / "cgroup.subtree_control").exists()
+                   else []):
+        root, limit = v2, {"cpu.max": "100000 100000"}
+    else:
+        pytest.skip("no cgroup cpu controller to limit a process with")
+    folder = root / f"hyft-test-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    try:
+        for name, value in limit.items():
+            (folder / name).write_text(value)
+        yield folder
+    finally:
+        folder.rmdir()  # its processes have exited
+
+
+def test_openmp_threads_follow_the_pods_cpu_limit(tiny, memorisable, tmp_path, one_cpu_cgroup):
+    """torchrun would set 1 thread only for several processes; the launcher shares the pod's CPU limit
+    between its processes. One process, unlimited: every CPU of this machine; limited to 1 CPU: 1."""
+    config = write_config(tmp_path, tiny, memorisable, max_steps=2)
+    unset = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    from hyft_trainer.gpus import node_cpu_limit, omp_threads
+
+    free = run(config, 1, tmp_path, env=unset)
+    assert free["omp_threads"] == omp_threads(node_cpu_limit(), len(os.sched_getaffinity(0)), 1) >= 1
+    assert set(free["fabric"]) == {"nccl_version", "rdma_devices", "memlock_bytes", "nccl_env"}
+    shutil.rmtree(tmp_path / "out")
+    in_cgroup = ("sh", "-c", f'echo $$ > {one_cpu_cgroup}/cgroup.procs && exec "$@"', "sh")
+    limited = run(config, 1, tmp_path, env=unset, wrapper=in_cgroup)
+    assert limited["omp_threads"] == 1, limited["omp_threads"]
+    assert "1 OpenMP thread(s) per process (CPU limit 1" in logs(tmp_path)
 
 
 def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):

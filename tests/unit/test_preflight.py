@@ -91,7 +91,7 @@ def test_an_output_without_room_for_a_checkpoint_fails(tmp_path, monkeypatch):
 
 def test_the_launcher_exits_with_the_checks_code_and_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(os, "statvfs", lambda path: SimpleNamespace(f_blocks=1, f_frsize=4096))
-    monkeypatch.setattr(launcher, "gpu_count", lambda: 0)
+    monkeypatch.setattr(launcher.gpus, "probe", lambda env: launcher.gpus.GpuFacts())
     termination = tmp_path / "termination-log"
     monkeypatch.setenv("HYFT_TERMINATION_LOG", str(termination))
     path = tmp_path / "train.yaml"

@@ -150,3 +150,25 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert newest_complete(tmp_path / "missing") is None
     mark_complete(tmp_path / "checkpoint-15", resumable=False)  # save_only_model: no optimizer state
     assert newest_complete(tmp_path).name == "checkpoint-10"
+
+
+@pytest.mark.parametrize("brought, on_gpu, nvcc, torch_adam", [
+    ({"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "zero_optimization": {"stage": 2}}, True, False, True),
+    ({"optimizer": {"type": "Adam", "params": {}}, "zero_optimization": {"stage": 3}}, True, False, True),
+    ({"optimizer": {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 2}}, True, True, False),  # nvcc
+    ({"optimizer": {"type": "AdamW", "params": {}}, "zero_optimization": {"stage": 2}}, False, False, False),  # CPU
+    ({"optimizer": {"type": "AdamW", "params": {}},  # CPU-Adam, no FusedAdam
+      "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, True, False, False),
+    ({"optimizer": {"type": "Lion", "params": {}}, "zero_optimization": {"stage": 2}}, True, False, False),
+    ({"zero_optimization": {"stage": 2}}, True, False, False),  # the Trainer's own optimizer
+])
+def test_a_brought_fused_adam_without_nvcc_is_torchs_fused_adamw_with_a_note(brought, on_gpu, nvcc, torch_adam):
+    settled = settle(parse_config({**BASE, "deepspeed": brought}), 1, on_gpu=on_gpu, nvcc=nvcc)
+    params = (settled.deepspeed.get("optimizer") or {}).get("params", {})
+    assert bool(params.get("torch_adam")) == torch_adam and bool(params.get("fused")) == torch_adam
+    assert any("torch's fused AdamW instead of DeepSpeed's FusedAdam" in n for n in settled.notes) == torch_adam
+
+
+def test_overlap_comm_is_deepspeeds_default_on_gpu_and_off_on_cpu():
+    assert "overlap_comm" not in settle(parse_config(BASE), 1, on_gpu=True).deepspeed["zero_optimization"]
+    assert settle(parse_config(BASE), 1, on_gpu=False).deepspeed["zero_optimization"]["overlap_comm"] is False

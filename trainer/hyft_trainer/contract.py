@@ -14,6 +14,9 @@ EXIT_SHM_TOO_SMALL = 4  # /dev/shm below what the processes need: permanent (spe
 EXIT_OUTPUT_UNUSABLE = 5  # output_dir not writable, not shared between nodes, or too full: permanent
 EXIT_GANG_INCOMPLETE = 6  # not every node joined the rendezvous within preflight_timeout: retryable
 EXIT_COLLECTIVE_TIMEOUT = 7  # a one-number all-reduce over every rank did not finish within preflight_timeout
+EXIT_GPU_UNAVAILABLE = 8  # the node expects GPUs that torch cannot use (driver, toolkit, bf16): retryable, another
+#                           node may be healthy
+EXIT_COLLECTIVE_FAILED = 9  # the collective backend (NCCL, gloo) failed the preflight all-reduce: retryable
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ EXIT_MEANINGS = {
                                       "OutputUnusable"),
     EXIT_GANG_INCOMPLETE: ExitMeaning("preflight: not every node joined", "GangIncomplete"),
     EXIT_COLLECTIVE_TIMEOUT: ExitMeaning("preflight: the test all-reduce timed out", "CollectiveTimeout"),
+    EXIT_GPU_UNAVAILABLE: ExitMeaning("preflight: the node's GPUs are not usable", "GpuUnavailable"),
+    EXIT_COLLECTIVE_FAILED: ExitMeaning("preflight: the collective backend failed", "CollectiveFailed"),
 }
 PREFLIGHT_SECONDS_ENV = "HYFT_PREFLIGHT_SECONDS"  # the node checks' time; the workers add the gang check's
 # exit 0 with this termination message: SIGTERM stopped training after a checkpoint (restart, do not finish)
@@ -38,11 +43,15 @@ STOPPED_EARLY = "hyft: stopped early by SIGTERM"
 # --- the environment of every trainer pod
 RENDEZVOUS_ENV = ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE")  # and PET_* twins
 CONFIG_ENV = "HYFT_CONFIG"  # the trainer config `hyft train` reads when given no path
+GPUS_PER_NODE_ENV = "HYFT_GPUS_PER_NODE"  # the GPUs this node must have (spec.gpusPerNode; 0: CPU, GPUs hidden)
+# what hides every GPU from a CPU pod: CUDA (torch) and the NVIDIA container toolkit (the trainer image says "all")
+HIDE_GPUS_ENV = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
 ATTEMPT_ENV = "HYFT_ATTEMPT"  # the gang's attempt (0, 1, ... one per restart), recorded in report.json
 POD_NAME_ENV = "HYFT_POD_NAME"  # recorded in report.json next to the attempt
 TERMINATION_LOG_ENV = "HYFT_TERMINATION_LOG"  # where the termination message goes (default /dev/termination-log)
 # what a user's env may not set: the contract above, and what torchrun derives per process
 RESERVED_ENV = (*RENDEZVOUS_ENV, *(f"PET_{name}" for name in RENDEZVOUS_ENV), CONFIG_ENV, ATTEMPT_ENV, POD_NAME_ENV,
+                GPUS_PER_NODE_ENV,
                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")
 
 # --- each pod's log, kept with the output (survives gang restarts, TTL and pod deletion)

@@ -23,8 +23,10 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def generated(config: TrainerConfig) -> dict[str, Any]:
-    zero: dict[str, Any] = {"stage": config.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
+def generated(config: TrainerConfig, on_gpu: bool) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": config.zero_stage, "contiguous_gradients": True}
+    if not on_gpu:  # on GPU DeepSpeed's own default: communication overlaps the backward pass under ZeRO-3
+        zero["overlap_comm"] = False
     if config.zero_stage == 3:
         zero.update({
             "sub_group_size": 1_000_000_000,
@@ -96,17 +98,42 @@ def _get(ds: dict[str, Any], path: tuple[str, ...]) -> Any:
     return ds
 
 
-def settle(config: TrainerConfig, world_size: int, on_gpu: bool) -> Settled:
+def nvcc_available() -> bool:
+    """Whether DeepSpeed could JIT-build its CUDA ops here (the trainer image has no nvcc)."""
+    import os
+    import shutil
+
+    return shutil.which("nvcc") is not None or Path(os.environ.get("CUDA_HOME", "/nonexistent"), "bin", "nvcc").exists()
+
+
+def settle_optimizer(ds: dict[str, Any], on_gpu: bool, nvcc: bool) -> tuple[dict[str, Any], str | None]:
+    """A brought JSON's Adam/AdamW on GPU without CPU offload makes DeepSpeed build FusedAdam, which needs
+    nvcc: without one, torch's own fused AdamW (the same update, a CUDA kernel torch ships) instead."""
+    optimizer = ds.get("optimizer")
+    if not on_gpu or nvcc or not isinstance(optimizer, dict) or str(optimizer.get("type", "")).lower() not in (
+            "adam", "adamw"):
+        return ds, None
+    params = optimizer.get("params") or {}
+    offloaded = _get(ds, ("zero_optimization", "offload_optimizer", "device")) in ("cpu", "nvme")
+    if offloaded or params.get("torch_adam"):
+        return ds, None
+    ds = merge(ds, {"optimizer": {"params": {"torch_adam": True, "fused": True}}})
+    return ds, (f"deepspeed optimizer {optimizer['type']}: torch's fused AdamW instead of DeepSpeed's FusedAdam, "
+                "which needs nvcc to build (not in this image); set optimizer.params.torch_adam to choose yourself")
+
+
+def settle(config: TrainerConfig, world_size: int, on_gpu: bool, nvcc: bool = False) -> Settled:
     """Reconcile the DeepSpeed JSON with the training arguments before transformers sees either: a
     value set in one place only is taken by the other, a value set differently in both is an error
-    naming both, and half precision without a GPU is turned off in both (with a note)."""
+    naming both, and half precision without a GPU is turned off in both (with a note). nvcc: whether
+    DeepSpeed can build CUDA ops here (settle_optimizer)."""
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
     elif config.zero_stage == 0:
         ds = None
     else:
         check_overrides(config)
-        ds = merge(generated(config), config.deepspeed_overrides)
+        ds = merge(generated(config, on_gpu), config.deepspeed_overrides)
     notes: list[str] = []
     update: dict[str, Any] = {}
     for path, field in AGREEING if ds is not None else ():
@@ -131,6 +158,8 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool) -> Settled:
                      + (" (config and DeepSpeed JSON)" if ds is not None else ""))
     if ds is not None:
         check_batch_sizes(ds, config, world_size)
+        ds, note = settle_optimizer(ds, on_gpu, nvcc)
+        notes += [note] if note else []
     return Settled(config, ds, tuple(notes))
 
 

@@ -7,8 +7,8 @@ them it runs on this machine alone.
 
 Exit codes (the operator reads them, contract.EXIT_MEANINGS): 0 done (or
 stopped with a checkpoint on SIGTERM); 2 invalid config or data, permanent;
-3-7 a preflight check; anything else from the workers (torchrun reports a
-failed worker as 1), retryable.
+3-9 a preflight check (8: the GPUs the pod expects are not usable); anything
+else from the workers (torchrun reports a failed worker as 1), retryable.
 SIGTERM/SIGINT: every rank saves a checkpoint at the next step and exits 0; a
 second signal stops the workers at once.
 """
@@ -26,13 +26,16 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import preflight
+from . import gpus, preflight
 from .config import ConfigError, load_config
 from .contract import (
     ATTEMPT_ENV,
     CONFIG_ENV,
     EXIT_GANG_INCOMPLETE,
+    EXIT_GPU_UNAVAILABLE,
     EXIT_INVALID,
+    GPUS_PER_NODE_ENV,
+    HIDE_GPUS_ENV,
     LOG_BACKUPS,
     LOG_MAX_BYTES,
     POD_NAME_ENV,
@@ -89,12 +92,13 @@ def torchrun_command(rdzv: Rendezvous, config_path: str, join_timeout: int) -> l
             "-m", "hyft_trainer.worker", config_path]
 
 
-def gpu_count() -> int:
-    """CUDA devices, asked in a short-lived process: this launcher stays up for the whole run, and
-    importing torch here would hold half a GiB of host memory per node for nothing."""
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                         capture_output=True, text=True)
-    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+def expected_gpus(env: dict[str, str]) -> int | None:
+    """The GPUs the pod contract says this node has (None: `hyft train` run by hand, any device goes)."""
+    value = env.get(GPUS_PER_NODE_ENV)
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise ConfigError(f"{GPUS_PER_NODE_ENV}={value!r} is not a number of GPUs") from None
 
 
 class NodeLog:
@@ -170,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
 def launch(config_path: str, config, log: NodeLog) -> int:
     """This node's workers under torchrun, their output to the console and the node's log."""
     check_inputs(config)
-    from .deepspeed_config import settle
+    from .deepspeed_config import nvcc_available, settle
 
-    gpus = gpu_count()
-    rdzv = rendezvous_from_env(dict(os.environ), gpus)
-    settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, gpus > 0)
+    expected = expected_gpus(dict(os.environ))
+    env = {**os.environ, **(HIDE_GPUS_ENV if expected == 0 else {})}  # a CPU node: CPU it is
+    facts = gpus.probe(env)
+    precision = "bf16" if config.bf16 else "fp16" if config.fp16 else "fp32"
+    if problem := gpus.check(expected or 0, precision, facts):
+        return failed(log, f"preflight: {problem}", EXIT_GPU_UNAVAILABLE)
+    rdzv = rendezvous_from_env(env, facts.count)
+    settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, facts.count > 0, nvcc_available())
     for note in (*config.notes, *settled.notes):  # once per node, before any process starts
         log.say(f"hyft: {note}")
     try:
@@ -187,11 +196,19 @@ def launch(config_path: str, config, log: NodeLog) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="hyft-launch-"))
     stop_file, exit_file = workdir / STOP_FILE, workdir / EXIT_FILE
+    cpus, limit = len(os.sched_getaffinity(0)), gpus.node_cpu_limit()
+    added = gpus.worker_env(env, rdzv.nproc_per_node, cpus, limit, facts.count > 0,
+                            trace_prefix=str(log.path.with_name(f"{log.path.stem}-nccl-trace-rank-")))
     # unbuffered: the workers' lines reach the console and the log as they are printed, not at exit
-    env = {**os.environ, LAUNCH_DIR_ENV: str(workdir), "PYTHONUNBUFFERED": "1",
+    env = {**env, **added, LAUNCH_DIR_ENV: str(workdir), "PYTHONUNBUFFERED": "1",
            PREFLIGHT_SECONDS_ENV: f"{passed.seconds:.3f}"}
-    log.say(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es), "
+    devices = f"{facts.count} GPU(s) ({', '.join(facts.names)})" if facts.count else "CPU"
+    log.say(f"hyft: node {rdzv.node_rank}/{rdzv.nnodes}, {rdzv.nproc_per_node} process(es) on {devices}, "
             f"master {rdzv.master_addr}:{rdzv.master_port}; log: {log.path}")
+    log.say(f"hyft: {env['OMP_NUM_THREADS']} OpenMP thread(s) per process ("
+            + ("OMP_NUM_THREADS set by you)" if "OMP_NUM_THREADS" not in added else
+               f"{'CPU limit ' + format(limit, 'g') if limit else 'no CPU limit'}, {cpus} CPUs, "
+               f"{rdzv.nproc_per_node} process(es))"))
     # A session of its own: a terminal's Ctrl-C must not reach torchrun, which would kill the workers
     # after 30 s instead of letting them checkpoint.
     timeout = int(settled.config.preflight_timeout)

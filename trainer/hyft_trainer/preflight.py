@@ -9,16 +9,24 @@ The network calls are parameters, for the tests."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainerConfig
-from .contract import EXIT_COLLECTIVE_TIMEOUT, EXIT_MASTER_UNREACHABLE, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL
+from .contract import (
+    EXIT_COLLECTIVE_FAILED,
+    EXIT_COLLECTIVE_TIMEOUT,
+    EXIT_MASTER_UNREACHABLE,
+    EXIT_OUTPUT_UNUSABLE,
+    EXIT_SHM_TOO_SMALL,
+)
 
 MIB = 1024 ** 2
 GIB = 1024 ** 3
@@ -164,16 +172,46 @@ def check_gang(output_dir: str, timeout_seconds: float, device) -> float:
     return time.monotonic() - started
 
 
+# gloo: "Timed out waiting 3000ms for recv"; NCCL: "Work ... ran for 3000 milliseconds before timing out"
+TIMED_OUT = re.compile(r"tim(ed|ing) ?out|timeout", re.IGNORECASE)
+
+
+def collective_verdict(finished: bool, error: str | None) -> int | None:
+    """None: the all-reduce passed; else its exit code: still running or timed out (a rank that never came,
+    a fabric that drops packets) apart from the backend's own failure (a peer gone, an NCCL error)."""
+    if finished and error is None:
+        return None
+    if not finished or TIMED_OUT.search(error or ""):
+        return EXIT_COLLECTIVE_TIMEOUT
+    return EXIT_COLLECTIVE_FAILED
+
+
 def _all_reduce(tensor, timeout_seconds: float, what: str) -> None:
+    """The all-reduce in a thread, bounded as a whole: NCCL builds its communicator inside the first
+    collective's call (not in the work's wait), and a fabric fault can hang it there."""
     import datetime
 
     import torch.distributed as dist
 
-    work = dist.all_reduce(tensor, async_op=True)
-    try:
-        work.wait(timeout=datetime.timedelta(seconds=timeout_seconds))
-    except RuntimeError as err:  # gloo and NCCL report a timed-out wait as a RuntimeError subclass
-        raise PreflightError(EXIT_COLLECTIVE_TIMEOUT, f"an all-reduce of {what} across all "
-                             f"{dist.get_world_size()} ranks did not finish within {timeout_seconds:.0f}s "
-                             f"(preflight_timeout): a rank is stuck or the nodes cannot reach each other on the "
-                             f"collective backend's ports ({str(err).splitlines()[0][:200]})") from None
+    errors: list[str] = []
+
+    def call() -> None:
+        try:
+            dist.all_reduce(tensor, async_op=True).wait(timeout=datetime.timedelta(seconds=timeout_seconds))
+        except Exception as err:  # noqa: BLE001 - every backend error is reported, classified below
+            errors.append(f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+
+    thread = threading.Thread(target=call, name="hyft-preflight-all-reduce", daemon=True)
+    thread.start()
+    thread.join(timeout_seconds + 5)  # the wait's own timeout, then a margin for it to report
+    code = collective_verdict(not thread.is_alive(), errors[0] if errors else None)
+    if code is None:
+        return
+    world, said = dist.get_world_size(), errors[0] if errors else "no answer"
+    if code == EXIT_COLLECTIVE_TIMEOUT:
+        raise PreflightError(code, f"an all-reduce of {what} across all {world} ranks did not finish within "
+                             f"{timeout_seconds:.0f}s (preflight_timeout): a rank is stuck or the nodes cannot reach "
+                             f"each other on the collective backend's ports ({said})")
+    raise PreflightError(code, f"an all-reduce of {what} across all {world} ranks failed in the collective backend "
+                         f"({dist.get_backend()}): {said}; look at the other nodes' logs for the rank that failed "
+                         "first, and with NCCL at NCCL_DEBUG=INFO and the fabric (NCCL_SOCKET_IFNAME, NCCL_IB_HCA)")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import fabric
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
@@ -258,7 +259,7 @@ def train(config: TrainerConfig) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
     from .callbacks import CompleteMarker, StopOnSignal, Timeline
-    from .deepspeed_config import settle
+    from .deepspeed_config import nvcc_available, settle
     from .metrics import MetricsCallback, TrainingMetrics
 
     # Serve the metrics before anything slow: the operator's start-up timeout and the alerts see a
@@ -272,13 +273,21 @@ def train(config: TrainerConfig) -> int:
     model_config = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     check_model(config, model_config)
     on_gpu = torch.cuda.is_available()
-    settled = settle(config, world_size, on_gpu)  # the launcher printed its notes
+    settled = settle(config, world_size, on_gpu, nvcc_available())  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
     state = init_distributed(ds is not None, config.ddp_timeout)
     preflight_seconds = float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0"))
     if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
         preflight_seconds += check_gang(config.output_dir, config.preflight_timeout, state.device)
     metrics.preflight.set(preflight_seconds)
+    nnodes = int(os.environ.get("NNODES", os.environ.get("PET_NNODES", "1")))
+    fabric_facts, fabric_warnings = fabric.read(nnodes, on_gpu)
+    if state.local_process_index == 0:
+        nccl = f"NCCL {fabric_facts['nccl_version']}, " if on_gpu else ""
+        print(f"hyft: fabric: {nccl}RDMA devices: {', '.join(fabric_facts['rdma_devices']) or 'none'}; "
+              f"NCCL settings: {fabric_facts['nccl_env'] or 'none'}", flush=True)
+        for warning in fabric_warnings:
+            print(f"hyft: WARNING: {warning}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
     args = training_arguments(config, ds, on_gpu)
@@ -293,6 +302,7 @@ def train(config: TrainerConfig) -> int:
     measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
     collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model))
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
+    measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts)
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
@@ -402,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         return _stop(EXIT_INVALID, str(err))
     except PreflightError as err:
-        return _stop(err.exit_code, f"preflight: {err}")
+        # at once: a collective still hanging in the backend (a daemon thread) must not hold the exit up
+        _stop(err.exit_code, f"preflight: {err}")
+        os._exit(err.exit_code)
     # Everything is saved and the process group is gone. Skip interpreter teardown: a DeepSpeed/gloo
     # thread still joinable at exit makes C++ abort ("terminate called without an active exception",
     # SIGABRT), and the other node's launcher then waits 300 s on its exit barrier.
