@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)/envtest:$(CU
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster real-node demo images bench
+.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster real-node demo images bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -74,3 +74,7 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run (in
 	$(PY) bench/trained_logits.py
 	$(PY) bench/estimate_vs_measured.py
 	$(PY) bench/operator_scale.py
+
+gpu-check: ## on a GPU machine: facts, fail-fast, 30 steps of the default GPU path, MFU, memory -> $$OUT/gpu-check.json
+	PYTHONPATH=$(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} \
+	  python3 -m hyft_trainer.gpu_check --out $${OUT:-.}/gpu-check.json

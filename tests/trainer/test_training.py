@@ -543,3 +543,39 @@ def test_a_chat_template_one_token_off_stops_training_with_a_diff(tiny, memorisa
     assert "the model's chat_template and hyft's small-family rendering differ at token" in log
     assert "chat_template: '" in log and "hyft:          '" in log and "Traceback" not in log
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_the_data_is_prepared_once_per_job_and_the_other_node_maps_it(tiny, tmp_path):
+    """Rank 0 tokenizes and packs into the shared data cache; node 1 waits, then memory-maps the same
+    rows (it never tokenizes: its memory grows less), and a restart loads the cache without preparing."""
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in make_samples(3000, seed=5)))
+    config = write_config(tmp_path, tiny, data, max_steps=2, packing=True, cutoff_len=512)
+    report = run(config, 2, tmp_path)
+    cache = report["data_cache"]
+    assert cache["built_here"] and Path(cache["folder"]).parent == tmp_path / "out" / ".hyft-data-cache"
+    text = logs(tmp_path)
+    assert "preparing the data once for every rank" in text and "waiting for global rank 0" in text
+    assert f"loaded the prepared data from {cache['folder']}" in text  # node 1
+    rank0, rank1 = cache["peak_rss_growth_by_rank"]
+    assert rank1 < rank0 / 2, cache["peak_rss_growth_by_rank"]
+
+    for log in tmp_path.glob("node*.log"):
+        log.unlink()
+    shutil.rmtree(tmp_path / "out" / "export")
+    again = run(write_config(tmp_path, tiny, data, max_steps=4, packing=True, cutoff_len=512), 2, tmp_path)
+    assert not again["data_cache"]["built_here"] and again["data_cache"]["folder"] == cache["folder"]
+    assert "preparing the data" not in logs(tmp_path)
+
+
+def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
+    """make gpu-check's own logic on the CPU: the fail-fast step sees exit 8, the default path trains."""
+    out = tmp_path / "gpu-check.json"
+    proc = subprocess.run([sys.executable, "-m", "hyft_trainer.gpu_check", "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and result["facts"]["count"] == 0
+    assert result["fail_fast"]["passed"] and "this node expects 1 GPU(s)" in result["fail_fast"]["message"]
+    assert result["train"]["exit_code"] == 0 and result["train"]["steps"] == 3
+    assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None

@@ -78,6 +78,9 @@ class TrainerConfig(BaseModel):
     preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for validation and "
                                                   "tokenization (default: up to 8, by data size)")
     val_size: float = Field(0.0, ge=0)
+    data_cache_dir: Annotated[str | None, PATH] = Field(
+        None, description="where global rank 0 keeps the prepared (tokenized, packed) data for every rank and later "
+                          "runs, one folder per content and settings (default: output_dir/.hyft-data-cache)")
     # training
     learning_rate: float = Field(1e-4, gt=0)
     num_train_epochs: float = Field(3.0, gt=0)

@@ -41,20 +41,24 @@ def build_tokenizer(family_name: str, vocab_size: int = 1024):
 
 
 def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers: int = 2, seed: int = 0,
-          dtype: str = "float32") -> Path:
+          dtype: str = "float32", width: dict | None = None) -> Path:
+    """width: a published size's shape (estimate.SIZES: hidden, ffn, heads, kv_heads, head_dim, vocab) at
+    `layers` layers, instead of the tiny one (the GPU check's model)."""
     import torch
     from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
 
     out = Path(out)
     tokenizer = build_tokenizer(family)
+    width = width or dict(hidden=hidden_size, ffn=hidden_size * 2, heads=4, kv_heads=2, head_dim=hidden_size // 4,
+                          vocab=len(tokenizer))
     config = HunYuanDenseV1Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
+        vocab_size=max(width["vocab"], len(tokenizer)),
+        hidden_size=width["hidden"],
+        intermediate_size=width["ffn"],
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden_size // 4,  # must be explicit: HunYuan reads head_dim from the config
+        num_attention_heads=width["heads"],
+        num_key_value_heads=width["kv_heads"],
+        head_dim=width["head_dim"],  # must be explicit: HunYuan reads head_dim from the config
         max_position_embeddings=4096,
         tie_word_embeddings=family == "small",
         bos_token_id=tokenizer.bos_token_id,

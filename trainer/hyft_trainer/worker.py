@@ -105,26 +105,18 @@ class PaddingCollator:
         return batch
 
 
-def build_datasets(config: TrainerConfig, tokenizer, state):
+def prepare_data(config: TrainerConfig, tokenizer):
+    """Validate, tokenize, split and pack (global rank 0, for every rank: build_datasets)."""
     from datasets import Dataset
 
     from .data_check import prepare
 
     opts = MaskOptions(config.train_on_prompt, config.mask_history, config.train_assistant_header)
-    with state.main_process_first():  # rank 0 preprocesses, the others read its cache
-        encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
-                                  opts=opts, num_proc=config.preprocessing_num_workers,
-                                  max_samples=config.max_samples,
-                                  template_check_samples=config.template_check_samples)
-    if report.template_mismatch:
-        raise ConfigError(report.template_mismatch)
-    if report.failed and not config.skip_invalid_samples:
-        raise DataError("invalid training data (set skip_invalid_samples to train without these):\n"
-                        + report.render())
+    encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
+                              opts=opts, num_proc=config.preprocessing_num_workers, max_samples=config.max_samples,
+                              template_check_samples=config.template_check_samples)
     if encoded is None or not encoded.num_rows:
-        raise DataError("no valid training samples" + (":\n" + report.render() if report.failed else ""))
-    if report.failed and state.is_main_process:
-        print(f"hyft: {report.skipped_summary()}", flush=True)
+        check_prepared(config, report, rows=0)
     encoded = encoded.select_columns(["input_ids", "labels"])
     eval_ds = None
     if config.val_size:
@@ -136,6 +128,65 @@ def build_datasets(config: TrainerConfig, tokenizer, state):
         packs = [pack(samples, g) for g in first_fit_decreasing([len(s[0]) for s in samples], config.cutoff_len)]
         encoded = Dataset.from_list(packs)
     return encoded, eval_ds, report
+
+
+def check_prepared(config: TrainerConfig, report, rows: int) -> None:
+    """What stops training after preparation, the same on every rank."""
+    if report.template_mismatch:
+        raise ConfigError(report.template_mismatch)
+    if report.failed and not config.skip_invalid_samples:
+        raise DataError("invalid training data (set skip_invalid_samples to train without these):\n"
+                        + report.render())
+    if not rows:
+        raise DataError("no valid training samples" + (":\n" + report.render() if report.failed else ""))
+
+
+def data_cache_key(config: TrainerConfig) -> str:
+    from . import data_cache
+
+    settings = {k: getattr(config, k) for k in (
+        "template", "cutoff_len", "train_on_prompt", "mask_history", "train_assistant_header", "max_samples",
+        "template_check_samples", "val_size", "seed", "packing")}
+    sources = sources_for_config(config)
+    settings["sources"] = [(str(s.path), s.format, s.name, s.dataset, repr(s.columns)) for s in sources]
+    return data_cache.key([s.path for s in sources], Path(config.model_name_or_path), settings)
+
+
+def build_datasets(config: TrainerConfig, tokenizer, state):
+    """(train, eval, report, cache facts): prepared once per job by global rank 0 into the shared data cache,
+    memory-mapped by every rank (data_cache)."""
+    import torch.distributed as dist
+
+    from . import data_cache
+
+    key = [data_cache_key(config) if state.is_main_process else None]
+    if state.num_processes > 1:
+        dist.broadcast_object_list(key, src=0)
+    folder = Path(config.data_cache_dir or Path(config.output_dir) / ".hyft-data-cache") / key[0]
+    built = False
+    if not data_cache.complete(folder):
+        if state.is_main_process:
+            print(f"hyft: preparing the data once for every rank into {folder}", flush=True)
+            data_cache.clear_failure(folder)
+            try:
+                data_cache.save(folder, *prepare_data(config, tokenizer))
+                built = True
+            except (ConfigError, DataError) as err:
+                data_cache.save_failure(folder, type(err).__name__, str(err))
+        elif state.local_process_index == 0:
+            print(f"hyft: waiting for global rank 0 to prepare the data into {folder} "
+                  f"(at most ddp_timeout, {config.ddp_timeout}s)", flush=True)
+        state.wait_for_everyone()
+    if failed := data_cache.failure(folder):
+        raise (ConfigError if failed["kind"] == "ConfigError" else DataError)(failed["message"])
+    train_ds, eval_ds, report = data_cache.load(folder)
+    if not built and state.local_process_index == 0:
+        print(f"hyft: loaded the prepared data from {folder} ({train_ds.num_rows} rows; prepared earlier or by "
+              "global rank 0)", flush=True)
+    check_prepared(config, report, train_ds.num_rows)
+    if report.failed and state.is_main_process:
+        print(f"hyft: {report.skipped_summary()}", flush=True)
+    return train_ds, eval_ds, report, {"folder": str(folder), "built_here": built}
 
 
 def apply_method(model, config: TrainerConfig):
@@ -289,7 +340,9 @@ def train(config: TrainerConfig) -> int:
         for warning in fabric_warnings:
             print(f"hyft: WARNING: {warning}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
-    train_ds, eval_ds, report = build_datasets(config, tokenizer, state)
+    rss_before_data = _peak_rss()
+    train_ds, eval_ds, report, cache = build_datasets(config, tokenizer, state)
+    cache["peak_rss_growth_by_rank"] = _gathered(state, _peak_rss() - rss_before_data)
     args = training_arguments(config, ds, on_gpu)
 
     set_seed(config.seed)  # before the model: LoRA's A matrices are initialised randomly
@@ -302,6 +355,7 @@ def train(config: TrainerConfig) -> int:
     measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
     collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model))
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
+    measured["data_cache"] = cache
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts)
     model = apply_method(model, config)
 
@@ -320,6 +374,9 @@ def train(config: TrainerConfig) -> int:
     measured["host_rss_before_training"] = _peak_rss()
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if on_gpu:  # every rank's peak, allocated (tensors) and reserved (what the caching allocator holds)
+        measured["peak_gpu_memory_by_rank"] = _gathered(state, {"allocated": torch.cuda.max_memory_allocated(),
+                                                                "reserved": torch.cuda.max_memory_reserved()})
     if stop.stopped_at is not None:
         if state.is_main_process:
             print(f"hyft: stopped by SIGTERM at step {stop.stopped_at}; checkpoint saved", flush=True)
@@ -343,6 +400,17 @@ def _return_freed_heap() -> None:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: the figure includes the allocator's cache
         pass
+
+
+def _gathered(state, value) -> list:
+    """value from every rank, in rank order."""
+    if state.num_processes == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * state.num_processes
+    dist.all_gather_object(out, value)
+    return out
 
 
 def _peak_rss() -> int:

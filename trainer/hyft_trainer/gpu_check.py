@@ -1,0 +1,179 @@
+"""`make gpu-check`: one prepared run on one GPU machine, figures into a JSON file.
+
+    python -m hyft_trainer.gpu_check --out gpu-check.json [--dry-run] [--steps 30]
+
+1. the facts: GPUs, driver, torch's CUDA, NCCL, bf16;
+2. the fail-fast: `hyft train` told to expect one GPU more than the machine has exits 8 (GpuUnavailable);
+3. the default GPU path through `hyft train` (bf16, ZeRO-3 with offload, LoRA, gradient checkpointing,
+   packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
+   loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
+4. which attention kernels ran on a packed batch (a profiled forward and backward);
+5. `pytest -m unit` on the GPU host (the suite forces CPU; this proves it passes where CUDA is visible).
+
+--dry-run runs the same steps on the CPU with a tiny model (CI: the script's own logic, no GPU), and
+skips what needs one (MFU, kernels, the unit tier CI runs anyway).
+A GPU machine may reach no package registry: `make gpu-wheels` puts what this needs beyond the machine's
+own torch into .whl/ (see the README's GPU check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from . import gpus
+from .contract import EXIT_GPU_UNAVAILABLE, GPUS_PER_NODE_ENV, HIDE_GPUS_ENV
+from .estimate import SIZES, Shape, estimate, load_shape
+from .launcher import free_port
+from .sample_data import make_samples
+
+# Dense bf16 peak FLOP/s per GPU, by the name torch reports (NVIDIA's datasheets, without sparsity).
+PEAK_BF16 = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H20": 148e12,
+             "A100": 312e12, "L40S": 362e12, "B200": 2250e12, "GB200": 2500e12}
+LAYERS = 4  # of Hunyuan-7B's 32: the width is real, the depth fits a 9-minute check
+
+
+def peak_flops(name: str) -> float | None:
+    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
+
+
+def flops_per_token(shape: Shape, seq: int) -> float:
+    """Model FLOPs per trained token (PaLM's accounting): 6 per parameter for forward and backward, plus the
+    attention scores, 12 x layers x hidden x sequence. Recomputation is not counted (it is overhead)."""
+    return 6 * shape.params + 12 * shape.layers * shape.hidden * seq
+
+
+def mfu(tokens_per_second: float, shape: Shape, seq: int, gpus_used: int, peak: float | None) -> float | None:
+    if not peak or not tokens_per_second:
+        return None
+    return tokens_per_second * flops_per_token(shape, seq) / (gpus_used * peak)
+
+
+def run_train(config: dict, workdir: Path, expect_gpus: int, name: str) -> tuple[int, str, float]:
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "NNODES": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "NPROC_PER_NODE": str(max(expect_gpus, 1)),
+           GPUS_PER_NODE_ENV: str(expect_gpus), "HF_DATASETS_CACHE": str(workdir / "hf-cache")}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "hyft_operator.cli", "train", str(path)], env=env,
+                          capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
+
+
+def attention_kernels(model_dir: Path, seq: int) -> list[str]:
+    """CUDA kernels whose names say attention, from one profiled forward and backward of a packed batch
+    (two samples in one row, as the collator builds it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    model.config.use_cache = False
+    half = seq // 2
+    ids = torch.randint(0, 1000, (1, seq), device="cuda")
+    positions = torch.cat([torch.arange(half), torch.arange(seq - half)]).unsqueeze(0).cuda()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model(input_ids=ids, position_ids=positions, labels=ids).loss.backward()
+    names = {e.name for e in prof.key_averages()}
+    return sorted(n for n in names if any(w in n.lower() for w in ("flash", "attention", "fmha", "sdpa", "softmax")))
+
+
+def unit_tier(root: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "unit", "-q", "-p", "no:cacheprovider", "tests"],
+                          cwd=root, capture_output=True, text=True)
+    return {"exit_code": proc.returncode, "summary": (proc.stdout.strip().splitlines() or [""])[-1]}
+
+
+def check(out: Path, dry_run: bool, steps: int, workdir: Path) -> dict:
+    from .tiny import build
+
+    env = {**os.environ, **(HIDE_GPUS_ENV if dry_run else {})}
+    os.environ.update(env)
+    facts = gpus.probe(env)
+    result: dict = {"dry_run": dry_run, "facts": {**gpus.asdict(facts), "names": list(facts.names)}}
+    on_gpu = facts.count > 0 and not dry_run
+    if on_gpu:
+        import torch
+
+        result["facts"]["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        result["facts"]["torch"] = torch.__version__
+
+    width = None if dry_run else {**SIZES["7B"]}
+    model_dir = build(workdir / "model", "7b", layers=2 if dry_run else LAYERS, width=width)
+    data = workdir / "data.jsonl"
+    data.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in make_samples(2000, seed=3)))
+    seq = 256 if dry_run else 2048
+    config = {"model_name_or_path": str(model_dir), "data_files": [{"path": str(data)}], "cutoff_len": seq,
+              "packing": True, "finetuning_type": "lora", "gradient_checkpointing": True, "bf16": on_gpu,
+              "max_steps": steps, "per_device_train_batch_size": 1 if dry_run else 4, "logging_steps": 1,
+              "learning_rate": 2e-4, "lr_scheduler_type": "constant", "save_steps": 10_000, "metrics_port": None,
+              "template_check_samples": 0, "output_dir": str(workdir / "out")}
+
+    # 2. fail fast: one GPU more than there is
+    code, text, seconds = run_train({**config, "output_dir": str(workdir / "out-fail")}, workdir,
+                                    facts.count + 1, "fail-fast")
+    line = next((ln for ln in text.splitlines() if "this node expects" in ln), text.strip()[-400:])
+    result["fail_fast"] = {"exit_code": code, "expected": EXIT_GPU_UNAVAILABLE, "seconds": round(seconds, 1),
+                           "message": line[:600], "passed": code == EXIT_GPU_UNAVAILABLE}
+
+    # 3. the default GPU path
+    code, text, seconds = run_train(config, workdir, 0 if dry_run else 1, "train")
+    result["train"] = {"exit_code": code, "seconds": round(seconds, 1)}
+    report_path = workdir / "out" / "report.json"
+    if code != 0 or not report_path.exists():
+        result["train"]["log_tail"] = text[-3000:]
+        return result
+    report = json.loads(report_path.read_text())
+    losses = [h["loss"] for h in report["log_history"] if "loss" in h]
+    shape = Shape(**{**SIZES["7B"], "layers": LAYERS}) if width else load_shape(str(model_dir))
+    first, last = sum(losses[:3]) / max(1, len(losses[:3])), sum(losses[-3:]) / max(1, len(losses[-3:]))
+    result["train"].update(steps=report["steps"], first_losses=losses[:3], last_losses=losses[-3:],
+                           loss_fell=last < first, tokens_per_second=report.get("tokens_per_second"),
+                           omp_threads=report.get("omp_threads"), fabric=report.get("fabric"),
+                           data_cache=report.get("data_cache"))
+    peak = peak_flops(facts.names[0]) if facts.names else None
+    result["mfu"] = mfu(report.get("tokens_per_second") or 0, shape, seq, 1, peak) if on_gpu else None
+    result["peak_flops"] = peak
+    # 3b. memory against the estimate of the same plan
+    planned = next(e for e in estimate(shape, 1, 1, "lora", 8, config["per_device_train_batch_size"], seq, True,
+                                       half_precision=on_gpu) if (e.stage, e.offload) == (3, "params+optimizer"))
+    measured = max((r["reserved"] for r in report.get("peak_gpu_memory_by_rank") or []), default=None)
+    result["memory"] = {"estimate_gpu_bytes": planned.gpu_bytes_per_device, "measured_reserved_bytes": measured,
+                        "measured_vs_estimate": measured / planned.gpu_bytes_per_device if measured else None,
+                        "peak_host_rss_bytes": report.get("peak_host_rss_bytes")}
+    # 4. attention kernels on a packed batch
+    if on_gpu:
+        try:
+            result["attention_kernels"] = attention_kernels(model_dir, seq)
+        except Exception as err:  # noqa: BLE001 - a figure missing, not the check failing
+            result["attention_kernels"] = f"not measured: {type(err).__name__}: {err}"
+    # 5. the unit tier where CUDA is visible
+    root = Path(__file__).resolve().parents[2]
+    result["unit_tier"] = unit_tier(root) if on_gpu and (root / "tests").is_dir() else "skipped (dry run: CI runs it)"
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hyft_trainer.gpu_check", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="the JSON file of figures")
+    parser.add_argument("--dry-run", action="store_true", help="on the CPU, tiny model: the script's own logic")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default 30; dry run 3)")
+    args = parser.parse_args(argv)
+    steps = args.steps or (3 if args.dry_run else 30)
+    with tempfile.TemporaryDirectory(prefix="hyft-gpu-check-") as workdir:
+        result = check(Path(args.out), args.dry_run, steps, Path(workdir))
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+    ok = result["fail_fast"]["passed"] and result.get("train", {}).get("exit_code") == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
