@@ -520,7 +520,8 @@ class HunyuanFineTuneSpec(ApiModel):
              lambda s: s.metrics.enabled or (s.runPolicy.stallTimeoutSeconds is None
                                              and s.runPolicy.startupTimeoutSeconds is None),
              field="runPolicy"),
-        Rule("!(self.gpuResourceName in self.network.resources)",
+        # has(): network's own default ({}) is validated before its fields are defaulted
+        Rule("!has(self.network) || !has(self.network.resources) || !(self.gpuResourceName in self.network.resources)",
              "the GPU resource is set by gpusPerNode, not network.resources",
              lambda s: s.gpuResourceName not in s.network.resources, field="network.resources"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",

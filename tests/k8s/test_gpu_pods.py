@@ -83,7 +83,7 @@ def test_cpu_pods_hide_every_gpu(api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("hidden", nodes=1,
                                              env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]))
     found = wait_for(lambda: pods(api_client, op_namespace, "hidden"), what="the CPU pod")
-    env = [(e.name, e.value) for e in found[0].spec.containers[0].env]
+    env = [(e.name, e.value or "") for e in found[0].spec.containers[0].env]  # "" comes back as no value
     # hyft's come last, so they win over the user's (Kubernetes takes the last of a repeated name)
     assert env[-2:] == [("CUDA_VISIBLE_DEVICES", ""), ("NVIDIA_VISIBLE_DEVICES", "void")]
     assert ("HYFT_GPUS_PER_NODE", "0") in env
