@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from hyft_trainer import data_cache
 from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
 from hyft_trainer.contract import (
     ATTEMPT_ENV,
@@ -36,7 +37,6 @@ CONFIG_DIR = "/etc/hyft"
 CONFIG_KEY = "train.yaml"
 CONTAINER = "trainer"
 RUN_AS = 1000  # the trainer image's non-root user
-DATA_CACHE = ".hyft-data-cache"  # the prepared data's folder on the output volume
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _trainer_config(job: HunyuanFineTune) -> TrainerConfig:
         fp16=training.precision == "fp16",
         output_dir=volume_path(spec.output),
         # on the output volume's root: every job that writes there shares prepared data
-        data_cache_dir=volume_path(VolumePath(volume=spec.output.volume, path=DATA_CACHE)),
+        data_cache_dir=volume_path(VolumePath(volume=spec.output.volume, path=data_cache.FOLDER)),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
         job_name=job.metadata["name"],
         **({"ddp_timeout": min(DDP_TIMEOUT, max(1, stall * 4 // 5))} if (stall := spec.runPolicy.stallTimeoutSeconds)

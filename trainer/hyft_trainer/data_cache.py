@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .data_check import Report
 
+FOLDER = ".hyft-data-cache"  # on the output volume (or output_dir, for `hyft train` alone)
 FORMAT = 1  # bump when the prepared rows' layout or the encoding changes: old folders are then not used
 COMPLETE = "complete"
 FAILED = "failed.json"

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
@@ -91,13 +92,13 @@ def unit_tier(root: Path) -> dict:
     return {"exit_code": proc.returncode, "summary": (proc.stdout.strip().splitlines() or [""])[-1]}
 
 
-def check(out: Path, dry_run: bool, steps: int, workdir: Path) -> dict:
+def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     from .tiny import build
 
-    env = {**os.environ, **(HIDE_GPUS_ENV if dry_run else {})}
-    os.environ.update(env)
-    facts = gpus.probe(env)
-    result: dict = {"dry_run": dry_run, "facts": {**gpus.asdict(facts), "names": list(facts.names)}}
+    if dry_run:  # this process and every one it starts
+        os.environ.update(HIDE_GPUS_ENV)
+    facts = gpus.probe()
+    result: dict = {"dry_run": dry_run, "facts": {**asdict(facts), "names": list(facts.names)}}
     on_gpu = facts.count > 0 and not dry_run
     if on_gpu:
         import torch
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     steps = args.steps or (3 if args.dry_run else 30)
     with tempfile.TemporaryDirectory(prefix="hyft-gpu-check-") as workdir:
-        result = check(Path(args.out), args.dry_run, steps, Path(workdir))
+        result = check(args.dry_run, steps, Path(workdir))
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
     ok = result["fail_fast"]["passed"] and result.get("train", {}).get("exit_code") == 0

@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 # NVIDIA's minimum Linux driver per CUDA major version (minor-version compatibility): torch's wheel
@@ -125,8 +125,8 @@ def read_driver() -> str | None:
 
 def probe(env: Mapping[str, str] | None = None) -> GpuFacts:
     """collect() in a child process with env: the caller stays free of torch (half a GiB)."""
-    out = subprocess.run([sys.executable, "-c", "from hyft_trainer.gpus import collect, asdict; import json; "
-                          "print(json.dumps(asdict(collect())))"],
+    out = subprocess.run([sys.executable, "-c", "from dataclasses import asdict; import json; "
+                          "from hyft_trainer.gpus import collect; print(json.dumps(asdict(collect())))"],
                          capture_output=True, text=True, env=dict(env) if env is not None else None)
     if out.returncode != 0:
         return GpuFacts(warning=f"the GPU probe failed: {out.stderr.strip()[-600:]}",
@@ -215,6 +215,3 @@ def worker_env(env: Mapping[str, str], nproc: int, cpus: int, limit: float | Non
             wanted["TORCH_FR_DUMP_TEMP_FILE"] = trace_prefix
     return {k: v for k, v in wanted.items() if not env.get(k)}
 
-
-__all__ = ["GpuFacts", "asdict", "check", "collect", "cpu_limit", "omp_threads", "probe", "split_devices",
-           "visible_devices", "worker_env"]

@@ -162,7 +162,7 @@ def build_datasets(config: TrainerConfig, tokenizer, state):
     key = [data_cache_key(config) if state.is_main_process else None]
     if state.num_processes > 1:
         dist.broadcast_object_list(key, src=0)
-    folder = Path(config.data_cache_dir or Path(config.output_dir) / ".hyft-data-cache") / key[0]
+    folder = Path(config.data_cache_dir or Path(config.output_dir) / data_cache.FOLDER) / key[0]
     built = False
     if not data_cache.complete(folder):
         if state.is_main_process:
