@@ -11,7 +11,7 @@ export PYTHONPATH := $(CURDIR)/operator:$(CURDIR)/trainer:$(CURDIR)/envtest:$(CU
 export TORCH_EXTENSIONS_DIR ?= $(HYFT_CACHE)/torch-extensions
 
 .DEFAULT_GOAL := help
-.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint crds cluster real-node demo images bench gpu-check
+.PHONY: help venv binaries sysdeps test test-unit test-k8s test-trainer test-e2e lint regen cluster real-node demo images bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -44,10 +44,11 @@ test-e2e: venv binaries sysdeps ## both images, a real node, the chart and the e
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 
-crds: venv ## regenerate crds/, the chart's CRDs and docs/reference.md from the API models
+regen: venv ## regenerate from the declarations: crds/, the chart's CRDs, docs/reference.md, the golden files
 	$(PY) -m hyft_operator.crdgen crds/
 	$(PY) -m hyft_operator.docgen > docs/reference.md
 	cp crds/*.yaml charts/hyft-operator/crds/
+	HYFT_UPDATE_GOLDEN=1 $(PYTEST) -q tests/unit/test_builders.py
 
 cluster: venv binaries ## start a local control plane with fake GPU nodes (Ctrl-C stops it)
 	$(PY) -m hyft_envtest

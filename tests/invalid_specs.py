@@ -68,6 +68,7 @@ CASES = [
     Invalid("ZeRO stage 1", _sub("deepspeed", stage=1, offloadParams=False), "spec.deepspeed.stage"),
     Invalid("freeze 0 layers", _spec(method={"type": "freeze", "freeze": {"trainableLayers": 0}}),
             "spec.method.freeze.trainableLayers"),
+    Invalid("valSize 1.5: neither a fraction nor a count", _sub("data", valSize=1.5), "spec.data.valSize"),
     Invalid("seed beyond numpy's range", _training(seed=2**40), "spec.training.seed"),
     Invalid("exit code 0 as permanent", _sub("runPolicy", permanentExitCodes=[0]),
             "spec.runPolicy.permanentExitCodes[0]"),

@@ -55,14 +55,22 @@ def model_shape(job: HunyuanFineTune) -> tuple[Shape, str] | None:
     return None
 
 
+def method_of(job: HunyuanFineTune) -> str:
+    return "lora" if job.spec.method.type == "lora" else "full"  # freeze: counted as full (an upper bound)
+
+
+def options(shape: Shape, job: HunyuanFineTune, nodes: int | None = None, method: str | None = None) -> list[Estimate]:
+    """hyft estimate's options for the job's own settings (the one mapping from the spec)."""
+    spec = job.spec
+    return estimate(shape, nodes or spec.nodes, max(spec.gpusPerNode, 1), method or method_of(job),
+                    spec.method.lora.rank, spec.training.perDeviceBatchSize, spec.data.cutoffLen,
+                    spec.training.gradientCheckpointing, half_precision=spec.training.precision != "fp32")
+
+
 def _need(shape: Shape, job: HunyuanFineTune, nodes: int, stage: int, offload_optimizer: bool, offload_params: bool,
           method: str) -> Estimate:
-    spec = job.spec
-    options = estimate(shape, nodes, max(spec.gpusPerNode, 1), method, spec.method.lora.rank,
-                       spec.training.perDeviceBatchSize, spec.data.cutoffLen, spec.training.gradientCheckpointing,
-                       half_precision=spec.training.precision != "fp32")
     offload = "params+optimizer" if offload_params else "optimizer" if offload_optimizer else "none"
-    return next(e for e in options if e.stage == stage and e.offload == offload)
+    return next(e for e in options(shape, job, nodes, method) if e.stage == stage and e.offload == offload)
 
 
 def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -> MemoryCheck | None:
@@ -72,7 +80,7 @@ def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -
         return None
     model, size = shape
     spec, ds = job.spec, job.spec.deepspeed
-    method = "lora" if spec.method.type == "lora" else "full"  # freeze: counted as full (an upper bound)
+    method = method_of(job)
     need = _need(model, job, spec.nodes, ds.stage, ds.offloadOptimizer, ds.offloadParams, method)
     limit = float(parse_quantity(spec.memory)) if spec.memory else None
     fitting: list[str] = []

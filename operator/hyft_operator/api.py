@@ -8,16 +8,17 @@ Each validation rule is written twice, side by side (see Rule): CEL under
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
-from pydantic_core import core_schema
 
-from hyft_trainer.choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
+from hyft_trainer import knobs
+from hyft_trainer.choices import DataFormat
 from hyft_trainer.contract import EXIT_INVALID, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL, RESERVED_ENV
 from hyft_trainer.estimate import SIZES
+from hyft_trainer.knobs import MAX_SECONDS, MAX_STEPS, NO_CONTROL_CHARACTERS
+from hyft_trainer.rules import CEL, Rule
 
 GROUP = "hyft.io"
 VERSION = "v1alpha1"
@@ -27,7 +28,9 @@ SINGULAR = "hunyuanfinetune"
 SHORT_NAMES = ["hft"]
 CATEGORIES = ["hyft", "ai", "training"]
 
-QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes' resource.Quantity grammar, not negative, with exponents of at most two digits (the Kubernetes
+# client's parse_quantity, which the operator uses, overflows beyond): tests/unit/test_formats.py.
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?[0-9]{1,2}))?$"
 # Kubernetes' own formats for the strings that land in Kubernetes objects (apimachinery's validation).
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -41,9 +44,6 @@ SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
 IMAGE_REFERENCE = (r"^([a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
                    r"(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
                    r"(@sha256:[a-f0-9]{64})?$")
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
-MAX_SECONDS = 10 * 365 * 24 * 3600  # durations beyond ten years are typos, and overflow date arithmetic
-MAX_STEPS = 1_000_000_000
 # The longest derived name is the last worker's hostname, <name>-worker-510, a DNS label (63).
 MAX_NAME_LENGTH = 63 - len("-worker-510")
 
@@ -59,41 +59,10 @@ NODE_LOCAL_SOURCES = ("emptyDir", "hostPath", "ephemeral", "gitRepo", *READ_ONLY
 IMMUTABLE = {"rule": "self == oldSelf", "message": "is immutable: create a new HunyuanFineTune instead"}
 # Kubernetes objects passed through to the pods unchanged (validated by the API server there).
 PASSTHROUGH = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-CEL = "x-kubernetes-validations"
 
 
 def cel(*rules: dict[str, str]) -> dict[str, Any]:
     return {CEL: list(rules)}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One validation rule written twice, side by side: CEL for the API server, and a Python
-    predicate for `hyft render`, `hyft run --local` and the operator. The shared invalid table
-    (tests/invalid_specs.py) holds the two to the same verdicts.
-
-    On a model (its RULES) `holds` gets the model and `field` names the part it is about; on a
-    field (Annotated[type, Rule(...)]) `holds` gets the value."""
-
-    cel: str
-    message: str
-    holds: Callable[[Any], bool]
-    field: str = ""
-
-    def schema(self) -> dict[str, str]:
-        return {"rule": self.cel, "message": self.message, **({"fieldPath": f".{self.field}"} if self.field else {})}
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        def check(value: Any) -> Any:
-            if not self.holds(value):
-                raise ValueError(self.message)
-            return value
-        return core_schema.no_info_after_validator_function(check, handler(source))
-
-    def __get_pydantic_json_schema__(self, schema: Any, handler: Any) -> dict[str, Any]:
-        out = handler(schema)
-        out.setdefault(CEL, []).append(self.schema())
-        return out
 
 
 @dataclass(frozen=True)
@@ -139,43 +108,36 @@ class VolumePath(ApiModel):
                                description="Path inside that volume (relative; empty means the volume's root).")
 
 
-class ModelSpec(VolumePath):
-    family: Annotated[ChatFamily, Trainer("template")] = Field(
-        "auto", description="Chat family: small (Hunyuan-0.5B/1.8B/4B), 7b (Hunyuan-7B), or auto "
-                            "(detected from the tokenizer's special tokens).")
+def with_knobs(base: type[ApiModel], group: str) -> Any:
+    """base plus the settings that hyft_trainer.knobs exposes 1:1 under spec.<group>, each marked
+    Trainer(key) (builders passes every marked field to the trainer config)."""
+    fields = {name: (Annotated[knob.annotation(spec=True), Trainer(knob.key)],
+                     knob.field({"json_schema_extra": PASSTHROUGH} if knob.type == dict[str, Any] else None))
+              for name, knob in knobs.under(group)}
+    return create_model(base.__name__.lstrip("_"), __base__=base, __module__=__name__, __doc__=base.__doc__,
+                        **fields)
+
+
+class _ModelSpec(VolumePath):
     parameters: Literal[tuple(SIZES)] | None = Field(  # type: ignore[valid-type]
         None, description="Model size, for the host-memory check (runPolicy.memoryCheck); default: read from "
                           "the path's name (Hunyuan-7B-Instruct: 7B).")
+
+
+ModelSpec = with_knobs(_ModelSpec, "model")
 
 
 class DatasetFile(VolumePath):
     format: DataFormat = Field("auto", description="Data format of the JSON/JSONL file(s); auto detects it per file.")
 
 
-DatasetName = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_CONTROL_CHARACTERS)]
-
-
-class DataSpec(ApiModel):
+class _DataSpec(ApiModel):
     files: list[DatasetFile] = Field(
         default_factory=list, max_length=32,
         description="JSON/JSONL files (or folders of them) read directly, mixed together.")
     datasetInfo: VolumePath | None = Field(
         None,
         description="A LLaMA-Factory data folder: the folder holding dataset_info.json.")
-    names: Annotated[list[DatasetName], Trainer("dataset")] = Field(
-        default_factory=list, max_length=32, description="Dataset names from datasetInfo's dataset_info.json.")
-    cutoffLen: Annotated[int, Trainer("cutoff_len")] = Field(
-        2048, ge=16, le=1048576, description="Maximum tokens per sample (or per pack with packing).")
-    packing: Annotated[bool, Trainer("packing")] = Field(
-        False, description="Pack several samples into one sequence (no attention across samples).")
-    trainOnPrompt: Annotated[bool, Trainer("train_on_prompt")] = Field(
-        False, description="Also train on prompt tokens.")
-    maskHistory: Annotated[bool, Trainer("mask_history")] = Field(
-        False, description="Train only the last assistant turn of each conversation.")
-    skipInvalidSamples: Annotated[bool, Trainer("skip_invalid_samples")] = Field(
-        False, description="Skip (and count) invalid samples instead of failing the job.")
-    valSize: Annotated[float, Trainer("val_size")] = Field(
-        0.0, ge=0, lt=1, description="Fraction of samples held out for evaluation.")
     RULES = (
         Rule("size(self.files) > 0 || (has(self.datasetInfo) && size(self.names) > 0)",
              "set files, or datasetInfo with names",
@@ -186,85 +148,56 @@ class DataSpec(ApiModel):
     )
 
 
-class LoraSpec(ApiModel):
-    rank: Annotated[int, Trainer("lora_rank")] = Field(8, ge=1, le=1024, description="LoRA rank r.")
-    alpha: Annotated[int | None, Trainer("lora_alpha")] = Field(
-        None, ge=1, le=4096, description="LoRA alpha (default: 2 x rank).")
-    dropout: Annotated[float, Trainer("lora_dropout")] = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+DataSpec = with_knobs(_DataSpec, "data")
+
+
+class _LoraSpec(ApiModel):
     targetModules: list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.*-]+$")]] = Field(
         ["all"], min_length=1, max_length=64,
         description="Module names to adapt, or [all] for every linear layer.")
 
 
-class FreezeSpec(ApiModel):
-    trainableLayers: Annotated[int, Rule("self != 0", "must not be 0", lambda n: n != 0),
-                               Trainer("freeze_trainable_layers")] = Field(
-        2, ge=-1024, le=1024, description="Train the last N decoder layers (negative: the first N).")
+LoraSpec = with_knobs(_LoraSpec, "method.lora")
 
 
-class MethodSpec(ApiModel):
-    type: Annotated[FinetuningType, Trainer("finetuning_type")] = Field("lora", description="Fine-tuning method.")
+class _FreezeSpec(ApiModel):
+    pass
+
+
+FreezeSpec = with_knobs(_FreezeSpec, "method.freeze")
+
+
+class _MethodSpec(ApiModel):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (type: lora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (type: freeze).")
 
 
-class TrainingSpec(ApiModel):
-    learningRate: Annotated[float, Trainer("learning_rate")] = Field(
-        1e-4, gt=0, le=1, description="Peak learning rate.")
-    lrSchedulerType: Annotated[LrSchedulerType, Trainer("lr_scheduler_type")] = Field(
-        "cosine", description="Learning-rate schedule.")
-    warmupRatio: Annotated[float, Trainer("warmup_ratio")] = Field(
-        0.0, ge=0, lt=1, description="Warm-up share of all steps, below 1 (transformers reads 1 as one step).")
-    weightDecay: Annotated[float, Trainer("weight_decay")] = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
-    epochs: Annotated[float, Trainer("num_train_epochs")] = Field(
-        3.0, gt=0, le=1000, description="Training epochs (ignored when maxSteps is set).")
+MethodSpec = with_knobs(_MethodSpec, "method")
+
+
+class _TrainingSpec(ApiModel):
     maxSteps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Total optimizer steps (overrides epochs).")
-    perDeviceBatchSize: Annotated[int, Trainer("per_device_train_batch_size")] = Field(
-        1, ge=1, le=4096, description="Micro-batch size per GPU.")
-    gradientAccumulationSteps: Annotated[int, Trainer("gradient_accumulation_steps")] = Field(
-        1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step.")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="Training precision (fp32 is used on CPU-only pods).")
-    gradientCheckpointing: Annotated[bool, Trainer("gradient_checkpointing")] = Field(
-        True, description="Recompute activations to save GPU memory.")
-    maxGradNorm: Annotated[float, Trainer("max_grad_norm")] = Field(
-        1.0, ge=0, le=1e6, description="Gradient clipping norm (0: off).")
-    seed: Annotated[int, Trainer("seed")] = Field(
-        42, ge=0, le=2**32 - 1, description="Random seed (data order, initialisation).")
-    loggingSteps: Annotated[int, Trainer("logging_steps")] = Field(
-        10, ge=1, le=MAX_STEPS, description="Log (and export metrics) every N steps.")
-    saveSteps: Annotated[int, Trainer("save_steps")] = Field(
-        500, ge=1, le=MAX_STEPS, description="Checkpoint every N steps.")
-    saveTotalLimit: Annotated[int | None, Trainer("save_total_limit")] = Field(
-        None, ge=1, le=100_000, description="Keep at most N checkpoints (oldest removed).")
-    evalSteps: Annotated[int | None, Trainer("eval_steps")] = Field(
-        None, ge=1, le=MAX_STEPS, description="Evaluate every N steps (needs data.valSize > 0).")
-    earlyStoppingPatience: Annotated[int | None, Trainer("early_stopping_steps")] = Field(
-        None, ge=1, le=100_000,
-        description="Stop after N evaluations without eval-loss improvement (needs evalSteps).")
     RULES = (
         Rule("!has(self.earlyStoppingPatience) || has(self.evalSteps)", "earlyStoppingPatience needs evalSteps",
              lambda t: t.earlyStoppingPatience is None or t.evalSteps is not None, field="earlyStoppingPatience"),
     )
 
 
-class DeepSpeedSpec(ApiModel):
-    stage: Annotated[Literal[2, 3], Trainer("zero_stage")] = Field(3, description="ZeRO stage.")
-    offloadOptimizer: Annotated[bool, Trainer("offload_optimizer")] = Field(
-        True, description="Keep optimizer states in host memory (CPU Adam).")
-    offloadParams: Annotated[bool, Trainer("offload_param")] = Field(
-        True, description="Keep parameters in host memory (ZeRO-3 only).")
-    overrides: Annotated[dict[str, Any], Trainer("deepspeed_overrides")] = Field(
-        default_factory=dict, description="DeepSpeed JSON merged over the generated config. The operator "
-                                                  "refuses values that contradict the fields above or training "
-                                                  "(InvalidSpec), as the trainer would.",
-                                      json_schema_extra=PASSTHROUGH)
+TrainingSpec = with_knobs(_TrainingSpec, "training")
+
+
+class _DeepSpeedSpec(ApiModel):
     RULES = (
         # has(): the CRD's own default ({}) is validated before its fields are defaulted.
         Rule("!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
              "parameter offload needs ZeRO stage 3: with stage 2 set offloadParams: false",
              lambda d: not (d.offloadParams and d.stage != 3), field="offloadParams"),
     )
+
+
+DeepSpeedSpec = with_knobs(_DeepSpeedSpec, "deepspeed")
 
 
 EnvName = Annotated[str, Field(min_length=1, max_length=256, pattern=ENV_NAME),
@@ -369,7 +302,7 @@ class NetworkSpec(ApiModel):
                     "(NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) go in env.")
 
 
-class RunPolicy(ApiModel):
+class _RunPolicy(ApiModel):
     backoffLimit: int = Field(3, ge=0, le=100,
                               description="Gang restarts allowed after retryable failures before the job fails.")
     activeDeadlineSeconds: int | None = Field(None, ge=1, le=MAX_SECONDS,
@@ -390,11 +323,6 @@ class RunPolicy(ApiModel):
         description="Restart the gang (counted against backoffLimit) when the master trainer makes no first step "
                     "this long after it started (loading the model or data, waiting for the other nodes), or "
                     "its metrics never answer that long after the gang started. Needs metrics.")
-    preflightTimeoutSeconds: Annotated[int, Trainer("preflight_timeout")] = Field(
-        600, ge=10, le=86400,
-        description="How long the gang may take to assemble before the preflight gives up: a worker node waits this "
-                    "long for the master's address (exit 3), the master for every node to join (exit 6), each rank "
-                    "for the preflight all-reduce (exit 7). All three restart the gang.")
     memoryCheck: Literal["Warn", "Enforce", "Off"] = Field(
         "Warn", description="Compare the host RAM the job needs per node (hyft estimate's model: ZeRO stage, "
                             "offload, method, nodes) with spec.memory: Warn sets the MemoryRisk condition, "
@@ -409,6 +337,9 @@ class RunPolicy(ApiModel):
                     "(2: invalid config or data; 4: /dev/shm too small; 5: output volume not writable, not shared "
                     "between the nodes or too full; 126/127: command not runnable). 3, 6 and 7 (the gang did not "
                     "assemble) restart the gang.")
+
+
+RunPolicy = with_knobs(_RunPolicy, "runPolicy")
 
 
 class MetricsSpec(ApiModel):

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hyft_trainer import data_cache
-from hyft_trainer.config import ConfigError, DataFile, TrainerConfig, dump_config
+from hyft_trainer.config import ConfigError, TrainerConfig, dump_config
 from hyft_trainer.contract import (
     ATTEMPT_ENV,
     CONFIG_ENV,
@@ -24,6 +24,7 @@ from hyft_trainer.contract import (
     RENDEZVOUS_ENV,
 )
 from hyft_trainer.deepspeed_config import settle
+from hyft_trainer.knobs import DataFile
 from hyft_trainer.problems import describe
 
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, k8s_object
@@ -171,6 +172,7 @@ def check(job: HunyuanFineTune) -> None:
     trainer checks it, and the pass-through Kubernetes objects as the Kubernetes client's own
     models read them (types, unknown fields). Raises InvalidSpec naming the spec field."""
     from kubernetes import client  # slow to import, and only the operator side needs it
+    from kubernetes.utils import parse_quantity
 
     trainer_config(job)
     spec = job.spec
@@ -186,8 +188,19 @@ def check(job: HunyuanFineTune) -> None:
             model.model_validate(value)
         except ValidationError as err:
             problems += describe(err, at=where)
+    for where, text in quantities(spec):
+        try:
+            parse_quantity(text)
+        except ValueError as err:
+            problems.append(f"{where}: {text!r} is not a quantity the operator can read ({err})")
     if problems:
         raise InvalidSpec("; ".join(problems))
+
+
+def quantities(spec) -> list[tuple[str, str]]:
+    """(spec path, text) of every Kubernetes quantity in the spec."""
+    out = [(f"spec.{name}", text) for name in ("cpu", "memory", "shmSize") if (text := getattr(spec, name))]
+    return out + [(f"spec.network.resources[{key!r}]", text) for key, text in spec.network.resources.items()]
 
 
 def config_map(job: HunyuanFineTune) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import yaml
 
 from hyft_trainer.choices import ChatFamily, DataFormat
 from hyft_trainer.contract import CONFIG_ENV
-from hyft_trainer.data_check import TEMPLATE_CHECK_SAMPLES
+from hyft_trainer.knobs import default
 
 
 def _load_resource(path: str, namespace: str):
@@ -161,7 +161,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     model = args.model_dir or args.model
     if args.file:
-        from .admission import check_memory, model_shape
+        from .admission import check_memory, model_shape, options
 
         job = _load_resource(args.file, "default")
         spec = job.spec
@@ -174,11 +174,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
                      "pass --model SIZE or --model-dir FOLDER")
         check = check_memory(job, known)
         shape = known[0]
-        method = "lora" if spec.method.type == "lora" else "full"
-        results = estimate(shape, spec.nodes, max(spec.gpusPerNode, 1), method, spec.method.lora.rank,
-                           spec.training.perDeviceBatchSize, spec.data.cutoffLen, spec.training.gradientCheckpointing,
-                           half_precision=spec.training.precision != "fp32")
-        print(render(shape, results, args.gpu_memory))
+        print(render(shape, options(shape, job), args.gpu_memory))
         print(f"{job.metadata.get('name')} (ZeRO-{spec.deepspeed.stage}, {spec.nodes} nodes): {check.message}")
         return
     try:
@@ -268,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="model or tokenizer folder: also check token lengths")
     p.add_argument("--template", choices=get_args(ChatFamily), default="auto",
                    help="chat family (default: detected from the tokenizer)")
-    p.add_argument("--cutoff-len", type=int, default=2048, help="maximum tokens per sample (default 2048)")
+    p.add_argument("--cutoff-len", type=int, default=default("cutoff_len"),
+                   help=f"maximum tokens per sample (default {default('cutoff_len')})")
     p.add_argument("--format", choices=get_args(DataFormat), default="auto",
                    help="data format of plain files (default: detected per sample)")
     p.add_argument("--require-markup", action="store_true",
@@ -276,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-on-prompt", action="store_true", help="as in training: also train prompt tokens")
     p.add_argument("--mask-history", action="store_true", help="as in training: train the last turn only")
     p.add_argument("--max-errors", type=int, default=20, help="error lines to print (default 20)")
-    p.add_argument("--template-check", type=int, default=TEMPLATE_CHECK_SAMPLES, metavar="N",
+    p.add_argument("--template-check", type=int, default=default("template_check_samples"), metavar="N",
                    help="with --tokenizer: render N conversations with the tokenizer's own chat_template and "
-                        f"compare token ids with hyft's (default {TEMPLATE_CHECK_SAMPLES}; 0: off)")
+                        f"compare token ids with hyft's (default {default('template_check_samples')}; 0: off)")
     p.add_argument("--skip-invalid", action="store_true",
                    help="report what training with skip_invalid_samples would use; exit 0 if any sample is valid")
     p.set_defaults(func=cmd_data_check)
@@ -290,9 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "thinking (/no_think and an empty think block). Writes JSONL atomically.")
     p.add_argument("input", help="JSON or JSONL file")
     p.add_argument("output", help="JSONL file to write")
-    p.add_argument("--template-check", type=int, default=TEMPLATE_CHECK_SAMPLES, metavar="N",
-                   help="with --tokenizer: render N conversations with the tokenizer's own chat_template and "
-                        f"compare token ids with hyft's (default {TEMPLATE_CHECK_SAMPLES}; 0: off)")
     p.add_argument("--skip-invalid", action="store_true", help="convert the valid samples and report the others")
     p.add_argument("--max-errors", type=int, default=20)
     p.set_defaults(func=cmd_data_convert)
@@ -310,9 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--method", choices=["full", "lora"], default="full")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--batch", type=int, default=1, help="micro-batch per GPU (default 1)")
-    p.add_argument("--seq", type=int, default=2048, help="sequence length, i.e. cutoff_len (default 2048)")
+    p.add_argument("--lora-rank", type=int, default=default("lora_rank"))
+    p.add_argument("--batch", type=int, default=default("per_device_train_batch_size"),
+                   help=f"micro-batch per GPU (default {default('per_device_train_batch_size')})")
+    p.add_argument("--seq", type=int, default=default("cutoff_len"),
+                   help=f"sequence length, i.e. cutoff_len (default {default('cutoff_len')})")
     p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     p.add_argument("--gpu-memory", type=float, help="GPU memory in GiB: mark which options fit")
     p.set_defaults(func=cmd_estimate)

@@ -18,7 +18,7 @@ from tests.jobs import cpu_job, create, get
 
 def test_chart_crds_match_the_generated_ones():
     for crd in (ROOT / "crds").glob("*.yaml"):
-        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"{crd.name}: run `make crds`"
+        assert (CHART / "crds" / crd.name).read_text() == crd.read_text(), f"{crd.name}: run `make regen`"
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(ALL_FEATURES)]], ids=["default", "all-features"])

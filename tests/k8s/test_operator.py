@@ -547,11 +547,10 @@ def api_client_of(r):
 
 
 @pytest.fixture
-def trainer_endpoint():
+def trainer_endpoint(monkeypatch):
     endpoint = TrainerMetricsEndpoint()
-    reconciliation.SCRAPE_INTERVAL_SECONDS = 0.0  # scrape on every pass here
+    monkeypatch.setattr(reconciliation, "SCRAPE_INTERVAL_SECONDS", 0.0)  # scrape on every pass here
     yield endpoint
-    reconciliation.SCRAPE_INTERVAL_SECONDS = 5.0
     endpoint.close()
 
 

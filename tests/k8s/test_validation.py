@@ -3,10 +3,10 @@ generated invalid resources against the real API server with the operator runnin
 resource gets its verdict, once, and never a pod, a silent loop or a traceback."""
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
-import time
 
 import pytest
 from kubernetes import client
@@ -122,7 +122,25 @@ def operator_log():
     logging.getLogger().removeHandler(handler)
 
 
-def test_fuzz_every_invalid_resource_gets_one_verdict(api_client, op_namespace, operator_log):
+@pytest.fixture
+def reconciled(monkeypatch):
+    """How many reconciles of each (namespace, name) the in-process operator has finished."""
+    from hyft_operator.reconciler import Reconciler
+
+    done: collections.Counter = collections.Counter()
+    original = Reconciler.reconcile
+
+    def counted(self, namespace, name, *args, **kwargs):
+        try:
+            return original(self, namespace, name, *args, **kwargs)
+        finally:
+            done[(namespace, name)] += 1
+
+    monkeypatch.setattr(Reconciler, "reconcile", counted)
+    return done
+
+
+def test_fuzz_every_invalid_resource_gets_one_verdict(api_client, op_namespace, operator_log, reconciled):
     fuzz = _fuzz_cases(3 * len(CASES) + 40)
     assert len(fuzz) >= 200
     accepted = {}
@@ -148,9 +166,11 @@ def test_fuzz_every_invalid_resource_gets_one_verdict(api_client, op_namespace, 
     core = client.CoreV1Api(api_client)
     assert not core.list_namespaced_pod(op_namespace).items  # no pods for invalid specs, not even briefly kept
 
-    # once: nothing is rewritten while nothing changes (the operator resyncs every second in tests)
+    # once: nothing is rewritten while nothing changes, through two more reconciles of each
     versions = {n: get(api_client, op_namespace, n)["metadata"]["resourceVersion"] for n in accepted}
-    time.sleep(4)
+    start = {n: reconciled[(op_namespace, n)] for n in accepted}
+    wait_for(lambda: all(reconciled[(op_namespace, n)] >= start[n] + 2 for n in accepted) or None, timeout=120,
+             what="two more reconciles of every judged resource")
     assert versions == {n: get(api_client, op_namespace, n)["metadata"]["resourceVersion"] for n in accepted}
     events = core.list_namespaced_event(op_namespace, field_selector="reason=InvalidSpec").items
     assert sorted(e.involved_object.name for e in events) == sorted(accepted)

@@ -16,13 +16,13 @@ from tests.jobs import cpu_job
 
 def test_committed_crd_matches_the_models():
     committed = (ROOT / "crds" / crdgen.CRD_FILE).read_text()
-    assert committed == crdgen.render(), "crds/ drifted from hyft_operator/api.py: run `make crds`"
+    assert committed == crdgen.render(), "crds/ drifted from hyft_operator/api.py: run `make regen`"
 
 
 def test_committed_reference_docs_match_the_models():
     from hyft_operator import docgen
 
-    assert (ROOT / "docs" / "reference.md").read_text() == docgen.render(), "docs drifted: run `make crds`"
+    assert (ROOT / "docs" / "reference.md").read_text() == docgen.render(), "docs drifted: run `make regen`"
 
 
 def _walk(schema, path="spec"):

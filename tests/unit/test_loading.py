@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from hyft_trainer.config import DataFile, TrainerConfig
+from hyft_trainer.config import TrainerConfig
 from hyft_trainer.data_check import check
+from hyft_trainer.knobs import DataFile
 from hyft_trainer.loading import (
     DataError,
     load_checked,

@@ -2,12 +2,15 @@
 lifecycle (listed here with the reason). A new spec field that nobody maps fails this test."""
 from __future__ import annotations
 
+import ast
 import copy
 from pathlib import Path
 
 import pytest
 
 from hyft_operator import api, builders, crdgen
+from hyft_trainer import knobs
+from tests.knob_values import changed
 
 # Leaves that change neither the pods nor the trainer config: the operator acts on them.
 OPERATOR_ONLY = {
@@ -20,7 +23,11 @@ OPERATOR_ONLY = {
     "runPolicy.memoryCheck": "whether the lifecycle warns about (or refuses) a pod memory below the need",
     "model.parameters": "the model size the memory check uses",
 }
-LIFECYCLE = "".join((Path(builders.__file__).parent / name).read_text() for name in ("lifecycle.py", "admission.py"))
+# What the operator's code reads (attribute loads, so a docstring or comment does not count).
+OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.glob("*.py")
+                  if path.name not in ("api.py", "crdgen.py", "docgen.py")
+                  for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)}
 
 # A job with every optional field set, each to a value from which a single change stays valid.
 FULL = {
@@ -134,21 +141,32 @@ def render(spec: dict, check: bool = True) -> list[dict]:
     return builders.render_all(job)
 
 
-SPEC_SCHEMA = crdgen.openapi_schema(api.HunyuanFineTuneSpec)
-LEAVES = [(path, schema) for path, schema in leaves(SPEC_SCHEMA) if path != "volumes"]
-
-
-def test_the_full_spec_sets_every_leaf_without_a_default():
-    unset = [path for path, schema in LEAVES if _missing(FULL, path) and "default" not in schema]
-    assert not unset, f"give these a value in FULL: {unset}"
-
-
 def _missing(spec, path):
     try:
         get_leaf(spec, path)
     except (KeyError, IndexError):
         return True
     return False
+
+
+def _with_declared_settings(spec: dict) -> dict:
+    """FULL plus a value for each spec field made from hyft_trainer/knobs.py that FULL leaves out."""
+    for knob in knobs.KNOBS:
+        if knob.spec and _missing(spec, knob.spec):
+            set_leaf(spec, knob.spec, changed(knob))
+    return spec
+
+
+SPEC_SCHEMA = crdgen.openapi_schema(api.HunyuanFineTuneSpec)
+LEAVES = [(path, schema) for path, schema in leaves(SPEC_SCHEMA) if path != "volumes"]
+
+
+FULL = _with_declared_settings(FULL)
+
+
+def test_the_full_spec_sets_every_leaf_without_a_default():
+    unset = [path for path, schema in LEAVES if _missing(FULL, path) and "default" not in schema]
+    assert not unset, f"give these a value in FULL: {unset}"
 
 
 @pytest.mark.parametrize("path, schema", LEAVES, ids=[p for p, _ in LEAVES])
@@ -164,7 +182,7 @@ def test_every_spec_leaf_reaches_the_pods_or_the_trainer(path, schema):
     after = render(spec)
     if path in OPERATOR_ONLY:
         assert after == before, f"{path} is listed as operator-only but changes the rendered objects"
-        assert f".{path.split('.')[-1]}" in LIFECYCLE, f"{path}: operator-only, yet the lifecycle never reads it"
+        assert path.split(".")[-1] in OPERATOR_READS, f"{path}: operator-only, yet the operator never reads it"
     else:
         assert after != before, f"{path} reaches neither the pods nor the trainer config"
 

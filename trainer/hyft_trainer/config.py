@@ -1,5 +1,5 @@
-"""The trainer's configuration: one pydantic model, LLaMA-Factory key names where
-they exist, so a LLaMA-Factory YAML mostly runs unchanged.
+"""The trainer's configuration: one pydantic model made from the settings declared in
+knobs.py (LLaMA-Factory's and transformers' key names), so a LLaMA-Factory YAML runs as brought.
 
 The operator writes exactly this schema into the job's ConfigMap, and `hyft train`
 reads it back. This module must stay light (no torch import): the operator image
@@ -10,22 +10,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create_model, model_validator
 
-from .choices import ChatFamily, DataFormat, FinetuningType, LrSchedulerType
-from .data_check import TEMPLATE_CHECK_SAMPLES
+from .knobs import KNOBS, PATH
 from .llamafactory_keys import known_keys, translate
 from .problems import describe
-
-
-class _FileSystemPath:
-    """Marks a config field that holds a path (map_paths rewrites them: `hyft run --local`)."""
-
-
-PATH = _FileSystemPath()
 
 
 def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
@@ -40,91 +32,10 @@ def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
     return model.model_copy(update=update)
 
 
-class DataFile(BaseModel):
-    """A data file or folder read directly (without dataset_info.json)."""
+class _Checks(BaseModel):
+    """What holds across settings; the settings themselves are knobs.KNOBS."""
 
     model_config = ConfigDict(extra="forbid")
-    path: Annotated[str, PATH] = Field(description="JSON or JSONL file, or a folder of them")
-    format: DataFormat = Field("auto", description="sharegpt, alpaca, or auto (detected per file)")
-
-
-class TrainerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # model
-    model_name_or_path: Annotated[str, PATH] = Field(description="model folder (HF layout)")
-    trust_remote_code: bool = Field(False, description="run the model folder's own Python code (auto_map)")
-    template: ChatFamily = Field("auto", description="chat family: small (0.5B/1.8B/4B), 7b, or auto")
-    # method
-    finetuning_type: FinetuningType = "lora"
-    lora_rank: int = Field(8, ge=1)
-    lora_alpha: int | None = Field(None, ge=1, description="default: 2 x lora_rank")
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target: str = Field("all", description="'all' or comma-separated module names")
-    freeze_trainable_layers: int = Field(2, description="freeze: train the last N layers (negative: the first N)")
-    # data
-    dataset: list[str] = Field(default_factory=list, description="names in dataset_dir/dataset_info.json")
-    dataset_dir: Annotated[str | None, PATH] = None
-    data_files: list[DataFile] = Field(default_factory=list, description="files read without dataset_info.json")
-    cutoff_len: int = Field(2048, ge=16)
-    packing: bool = False
-    train_on_prompt: bool = False
-    mask_history: bool = False
-    train_assistant_header: bool = False
-    skip_invalid_samples: bool = False
-    template_check_samples: int = Field(TEMPLATE_CHECK_SAMPLES, ge=0, description="conversations rendered by the "
-                                        "model's own chat_template at start-up and compared token for token (0: off)")
-    max_samples: int | None = Field(None, ge=1, description="use at most the first N samples of each dataset")
-    preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for validation and "
-                                                  "tokenization (default: up to 8, by data size)")
-    val_size: float = Field(0.0, ge=0)
-    data_cache_dir: Annotated[str | None, PATH] = Field(
-        None, description="where global rank 0 keeps the prepared (tokenized, packed) data for every rank and later "
-                          "runs, one folder per content and settings (default: output_dir/.hyft-data-cache)")
-    # training
-    learning_rate: float = Field(1e-4, gt=0)
-    num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
-    per_device_train_batch_size: int = Field(1, ge=1)
-    per_device_eval_batch_size: int | None = Field(None, ge=1, description="default: the training batch size")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler_type: LrSchedulerType = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # transformers reads >= 1 as steps
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    dataloader_num_workers: int = Field(0, ge=0)
-    ddp_timeout: int = Field(1800, ge=1, description="seconds a collective may wait for the other ranks")
-    preflight_timeout: int = Field(600, ge=1, description="seconds the gang may take to assemble: a worker node "
-                                   "waits this long for the master's address (exit 3), the master for every node "
-                                   "to join (exit 6), each rank for the preflight all-reduce (exit 7)")
-    logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(500, ge=1)
-    save_total_limit: int | None = Field(None, ge=1)
-    save_only_model: bool = Field(False, description="checkpoints without optimizer state: smaller, but a restart "
-                                  "cannot resume from them and starts over")
-    resume_from_checkpoint: Annotated[str | bool | None, PATH] = Field(
-        None, description="a checkpoint to start from when output_dir has none of its own (hyft resumes its own)")
-    eval_strategy: Literal["no", "steps"] | None = Field(None, description="steps: evaluate the val_size split "
-                                                         "every eval_steps (default logging_steps)")
-    eval_steps: int | None = Field(None, ge=1)
-    early_stopping_steps: int | None = Field(None, ge=1, description="stop after N evals without improvement")
-    output_dir: Annotated[str, PATH] = "output"
-    # DeepSpeed: a raw JSON (path or dict, like LLaMA-Factory's) or hyft's generated config
-    deepspeed: Annotated[str | dict[str, Any] | None, PATH] = None
-    zero_stage: Literal[0, 2, 3] = 3
-    offload_optimizer: bool = True
-    offload_param: bool = True
-    deepspeed_overrides: dict[str, Any] = Field(default_factory=dict)
-    # observability
-    metrics_port: int | None = Field(9090, ge=1, le=65535)
-    job_name: str | None = None
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="also log to TensorBoard "
-                                                    "(output_dir/runs)")
-    plot_loss: bool = Field(True, description="write output_dir/loss.png")
 
     # keys accepted without effect, said once at start-up (not part of the schema)
     _notes: list[str] = PrivateAttr(default_factory=list)
@@ -133,13 +44,8 @@ class TrainerConfig(BaseModel):
     def notes(self) -> list[str]:
         return self._notes
 
-    @property
-    def evaluating(self) -> bool:
-        return bool(self.val_size) and self.eval_strategy != "no" and (
-            self.eval_steps is not None or self.eval_strategy == "steps")
-
     @model_validator(mode="after")
-    def _check(self) -> TrainerConfig:
+    def _check(self) -> _Checks:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are mutually exclusive")
         if not self.dataset and not self.data_files:
@@ -152,6 +58,10 @@ class TrainerConfig(BaseModel):
             raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
                              "checkpoint could not be reloaded at the end; drop one of them")
         return self
+
+
+TrainerConfig = create_model("TrainerConfig", __base__=_Checks, __module__=__name__,
+                             **{k.key: (k.annotation(), k.field()) for k in KNOBS})
 
 
 class ConfigError(ValueError):

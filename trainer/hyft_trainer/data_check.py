@@ -6,12 +6,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 
+from . import knobs
 from .chat_format import Family, FamilyError, Message, resolve_family
 from .encode import MaskOptions, encode_batch
 from .loading import DataError, check_record, load_checked, location, records_at, sources_from_paths
 from .packing import packed_efficiency, padded_efficiency
 
-TEMPLATE_CHECK_SAMPLES = 32  # conversations compared with the model's own chat_template at start-up
+TEMPLATE_CHECK_SAMPLES = knobs.default("template_check_samples")  # also `hyft data check`'s default
 
 
 @dataclass

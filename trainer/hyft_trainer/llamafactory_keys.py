@@ -76,6 +76,8 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
     if data.pop("average_tokens_across_devices", True) is not True:
         problems.append("average_tokens_across_devices: hyft's loss always averages over the target tokens of the "
                         "whole global batch (every device, every accumulation step); remove the key")
+    if data.pop("disable_gradient_checkpointing", False):  # LLaMA-Factory checkpoints unless told not to
+        data["gradient_checkpointing"] = False
     if data.pop("neat_packing", False):
         data["packing"] = True  # hyft's packing never attends across samples: it is neat packing
     report_to = data.get("report_to")
@@ -111,4 +113,5 @@ def _report_to(value: Any, problems: list[str]) -> list[str]:
 
 
 def known_keys() -> set[str]:
-    return {*NO_EFFECT, *REFUSED, "stage", "do_train", "average_tokens_across_devices", "neat_packing"}
+    return {*NO_EFFECT, *REFUSED, "stage", "do_train", "average_tokens_across_devices", "neat_packing",
+            "disable_gradient_checkpointing"}

@@ -16,6 +16,7 @@ from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .encode import IGNORE, MaskOptions
+from .knobs import ARGS, DATA, KNOBS
 from .loading import DataError, sources_for_config
 from .packing import first_fit_decreasing, pack
 from .preflight import PreflightError, check_gang
@@ -24,6 +25,7 @@ from .preflight import PreflightError, check_gang
 LAUNCH_DIR_ENV = "HYFT_LAUNCH_DIR"
 STOP_FILE = "stop"  # the launcher got SIGTERM: checkpoint at the next step and exit 0
 EXIT_FILE = "exit"  # a worker stopped for a known reason: "<exit code>\n<message>", the launcher exits so
+MODEL_LOADING = "loading the model from"  # the log's line when the slow part begins
 STARTED_FILE = "started"  # a worker process ran: the gang assembled (its absence after a failure: it did not)
 
 
@@ -120,7 +122,9 @@ def prepare_data(config: TrainerConfig, tokenizer):
     encoded = encoded.select_columns(["input_ids", "labels"])
     eval_ds = None
     if config.val_size:
-        split = encoded.train_test_split(test_size=config.val_size, seed=config.seed)
+        count = config.val_size >= 1  # LLaMA-Factory: a whole number of samples
+        split = encoded.train_test_split(test_size=int(config.val_size) if count else config.val_size,
+                                         seed=config.seed)
         encoded, eval_ds = split["train"], split["test"]
     if config.packing:
         rows = encoded.to_dict()
@@ -144,9 +148,8 @@ def check_prepared(config: TrainerConfig, report, rows: int) -> None:
 def data_cache_key(config: TrainerConfig) -> str:
     from . import data_cache
 
-    settings = {k: getattr(config, k) for k in (
-        "template", "cutoff_len", "train_on_prompt", "mask_history", "train_assistant_header", "max_samples",
-        "template_check_samples", "val_size", "seed", "packing")}
+    settings = {k.key: getattr(config, k.key) for k in KNOBS if k.to == DATA}
+    settings["seed"] = config.seed  # the validation split's
     sources = sources_for_config(config)
     settings["sources"] = [(str(s.path), s.format, s.name, s.dataset, repr(s.columns)) for s in sources]
     return data_cache.key([s.path for s in sources], Path(config.model_name_or_path), settings)
@@ -189,18 +192,26 @@ def build_datasets(config: TrainerConfig, tokenizer, state):
     return train_ds, eval_ds, report, {"folder": str(folder), "built_here": built}
 
 
+def method_settings(config: TrainerConfig, layers: int) -> dict:
+    """LoRA: peft's LoraConfig keywords; freeze: which of the model's decoder layers train."""
+    if config.finetuning_type == "lora":
+        targets = "all-linear" if config.lora_target == "all" else [t.strip() for t in config.lora_target.split(",")]
+        return {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
+                "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
+    if config.finetuning_type == "freeze":
+        n = config.freeze_trainable_layers
+        return {"trainable_layers": sorted(range(layers - n, layers) if n > 0 else range(-n))}
+    return {}
+
+
 def apply_method(model, config: TrainerConfig):
     if config.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets = "all-linear" if config.lora_target == "all" else [t.strip() for t in config.lora_target.split(",")]
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-                          lora_dropout=config.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
-        return get_peft_model(model, lora)
+        return get_peft_model(model, LoraConfig(**method_settings(config, 0)))
     if config.finetuning_type == "freeze":
         layers = model.model.layers
-        n = config.freeze_trainable_layers
-        trainable = set(range(len(layers) - n, len(layers)) if n > 0 else range(-n))
+        trainable = method_settings(config, len(layers))["trainable_layers"]
         for p in model.parameters():
             p.requires_grad = False
         for i in trainable:
@@ -245,47 +256,32 @@ def _batch_log(state) -> str | None:
     return f"{prefix}.rank{state.process_index}" if prefix else None
 
 
+def evaluates(config: TrainerConfig) -> bool:
+    return bool(config.val_size) and config.eval_strategy != "no" and (
+        config.eval_steps is not None or config.eval_strategy == "steps")
+
+
 def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
     """The Trainer's arguments. With a ZeRO-3 DeepSpeed config, creating them makes every later
     from_pretrained load the model partitioned (zero.Init): each process holds its shard only."""
     from transformers import TrainingArguments
 
-    evaluating = config.evaluating
+    evaluating = evaluates(config)
     try:
         args = TrainingArguments(
-            output_dir=config.output_dir,
-            per_device_train_batch_size=config.per_device_train_batch_size,
+            **{knob.arg or knob.key: getattr(config, knob.key) for knob in KNOBS if knob.to == ARGS},
             per_device_eval_batch_size=config.per_device_eval_batch_size or config.per_device_train_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_train_epochs,
-            max_steps=config.max_steps,
-            lr_scheduler_type=config.lr_scheduler_type,
-            warmup_steps=config.warmup_ratio,
-            weight_decay=config.weight_decay,
-            max_grad_norm=config.max_grad_norm,
-            bf16=config.bf16,
-            fp16=config.fp16,
-            gradient_checkpointing=config.gradient_checkpointing,
-            logging_steps=config.logging_steps,
-            save_steps=config.save_steps,
-            save_total_limit=config.save_total_limit,
-            save_only_model=config.save_only_model,
             eval_strategy="steps" if evaluating else "no",
             eval_steps=(config.eval_steps or config.logging_steps) if evaluating else None,
             load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
             metric_for_best_model="eval_loss",
             greater_is_better=False,
-            seed=config.seed,
             data_seed=config.seed,
             deepspeed=ds,
             ddp_backend=None if on_gpu else "gloo",
-            ddp_timeout=config.ddp_timeout,
-            dataloader_num_workers=config.dataloader_num_workers,
             accelerator_config={"use_configured_state": True},
             include_num_input_tokens_seen="non_padding",
             remove_unused_columns=False,
-            report_to=list(config.report_to),
             disable_tqdm=True,
         )
     except ValueError as err:  # transformers' own checks of argument combinations
@@ -348,6 +344,8 @@ def train(config: TrainerConfig) -> int:
     set_seed(config.seed)  # before the model: LoRA's A matrices are initialised randomly
     dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
     before_load = _anon_rss()
+    if state.local_process_index == 0:
+        print(f"hyft: {MODEL_LOADING} {config.model_name_or_path}", flush=True)
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
                                                  attn_implementation="sdpa", trust_remote_code=remote)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
@@ -366,7 +364,7 @@ def train(config: TrainerConfig) -> int:
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
-                      eval_dataset=eval_ds if config.evaluating else None,
+                      eval_dataset=eval_ds if evaluates(config) else None,
                       data_collator=collator,
                       processing_class=tokenizer, compute_loss_func=token_mean_loss,
                       callbacks=callbacks)
