@@ -32,8 +32,8 @@ def measure(args) -> dict:
     from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
 
     from hyft_trainer.chat_format import FAMILIES, Message
+    from hyft_trainer.choices import SIZES
     from hyft_trainer.encode import IGNORE, encode
-    from hyft_trainer.estimate import SIZES
     from hyft_trainer.packing import first_fit_decreasing, pack
     from hyft_trainer.sample_data import make_samples
     from hyft_trainer.tiny import build_tokenizer

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from kubernetes.utils import parse_quantity
 
-from hyft_trainer.estimate import GIB, SIZES, Estimate, Shape, estimate
+from hyft_trainer.choices import SIZES
+from hyft_trainer.estimate import GIB, Estimate, Shape, estimate
 
 from .api import HunyuanFineTune
 

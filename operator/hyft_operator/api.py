@@ -14,9 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from hyft_trainer import knobs
-from hyft_trainer.choices import DataFormat
+from hyft_trainer.choices import SIZES, DataFormat
 from hyft_trainer.contract import EXIT_INVALID, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL, RESERVED_ENV
-from hyft_trainer.estimate import SIZES
 from hyft_trainer.knobs import MAX_SECONDS, MAX_STEPS, NO_CONTROL_CHARACTERS
 from hyft_trainer.rules import CEL, Rule
 

@@ -2,7 +2,7 @@
 
 The headless Service, the ConfigMap holding the trainer config (the trainer's own
 schema, read back by `hyft train`), and the master/worker Pods of the pod
-contract in DESIGN.md. No API calls: `hyft render` and `hyft run --local` use
+contract (README, "How a job runs"; hyft_trainer/contract.py). No API calls: `hyft render` and `hyft run --local` use
 the same functions as the operator.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from hyft_trainer.knobs import DataFile
 from hyft_trainer.problems import describe
 
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, k8s_object
+from .settings import OperatorSettings
 
 LABEL_JOB = "hyft.io/job-name"
 LABEL_ROLE = "hyft.io/role"
@@ -44,8 +45,8 @@ RUN_AS = 1000  # the trainer image's non-root user
 class OperatorDefaults:
     """Operator-level settings that fill what a spec leaves open (never written into the spec)."""
 
-    image: str = "ghcr.io/hyft-io/hyft-trainer:0.1.0"
-    image_pull_policy: str = "IfNotPresent"
+    image: str = OperatorSettings.model_fields["trainer_image"].default
+    image_pull_policy: str = OperatorSettings.model_fields["trainer_image_pull_policy"].default
 
 
 def pod_name(job_name: str, rank: int) -> str:

@@ -13,6 +13,7 @@ from hyft_trainer.config import TrainerConfig
 
 from . import api
 from .crdgen import openapi_schema
+from .settings import OperatorSettings
 
 
 def _type(schema: dict[str, Any] | bool) -> str:
@@ -68,6 +69,12 @@ def _trainer_rows() -> list[str]:
     return rows
 
 
+def _settings_rows() -> list[str]:
+    properties = OperatorSettings.model_json_schema()["properties"]
+    return [f"| `{OperatorSettings.env_name(name)}` | {_type(properties[name])} | `{json.dumps(field.default)}` | "
+            f"{field.description} |" for name, field in OperatorSettings.model_fields.items()]
+
+
 def render() -> str:
     spec, status = openapi_schema(api.HunyuanFineTuneSpec), openapi_schema(api.HunyuanFineTuneStatus)
     header = "| field | type | required | default | description |\n|---|---|---|---|---|\n"
@@ -84,7 +91,10 @@ def render() -> str:
         "YAML means the same by it, with the same default unless the row says why not); *to*: what receives "
         "it; *spec*: the HunyuanFineTune field that sets it.\n\n"
         "| key | type | default | spec | origin | to | description |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(_trainer_rows()) + "\n"
+        + "\n".join(_trainer_rows()) + "\n\n"
+        "## Operator settings\n\n"
+        "Environment variables of the operator (the chart sets them from its values), read once at start-up.\n\n"
+        "| variable | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(_settings_rows()) + "\n"
     )
 
 

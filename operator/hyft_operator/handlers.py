@@ -5,16 +5,14 @@
 One async daemon per HunyuanFineTune runs its reconciles, one at a time: at once
 when the job or one of its pods changes (the event handlers only wake it), when
 the last plan asked for it (a deadline, a TTL, a retry: lifecycle's
-requeue_after, to the second), and otherwise every HYFT_RESYNC_SECONDS. It reads
+requeue_after, to the second), and otherwise every resync_seconds. It reads
 the job from Kopf's live body and its pods from a Kopf index (both fed by the
 watches), so a reconcile that changes nothing makes no API call. The blocking
-reconcile runs in a worker thread (HYFT_RECONCILE_WORKERS of them), so a slow
+reconcile runs in a worker thread (reconcile_workers of them), so a slow
 API call or progress scrape holds up only its own job. Kopf stops the daemons
 while peering pauses this replica. A job's daemon ends when the job is deleted,
-and no finalizer holds the deletion up (_without_finalizers). Settings come from
-the environment: HYFT_TRAINER_IMAGE, HYFT_TRAINER_IMAGE_PULL_POLICY, HYFT_METRICS_PORT (0: off),
-HYFT_RESYNC_SECONDS, HYFT_RECONCILE_WORKERS, HYFT_SCRAPE_PROGRESS,
-HYFT_PROGRESS_SECONDS, HYFT_PEERING_LIFETIME.
+and no finalizer holds the deletion up (_without_finalizers). Settings: settings.py,
+read once at start-up.
 """
 from __future__ import annotations
 
@@ -30,14 +28,11 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from . import api, builders
-from .reconciler import PROGRESS_WRITE_SECONDS, JobGone, Reconciler
+from .reconciler import JobGone, Reconciler
+from .settings import OperatorSettings
 
-RESYNC_SECONDS = float(os.environ.get("HYFT_RESYNC_SECONDS", "10"))
 FINALIZER = "hyft.io/operator"  # earlier builds put it on every job; Kopf now takes it off the jobs it sees
-# Reconciles block on API calls, not on the CPU: many jobs at once need more threads than asyncio's default.
-RECONCILE_WORKERS = ThreadPoolExecutor(int(os.environ.get("HYFT_RECONCILE_WORKERS", "32")),
-                                       thread_name_prefix="hyft-reconcile")
-_state: dict[str, Reconciler] = {}
+_state: dict = {}  # what configure() sets up: the settings, the reconciler and its worker threads
 
 
 def _api_client() -> client.ApiClient:
@@ -75,21 +70,18 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     # A killed active replica is replaced by a standby after this long.
-    settings.peering.lifetime = int(os.environ.get("HYFT_PEERING_LIFETIME", "60"))
-    defaults = builders.OperatorDefaults(
-        image=os.environ.get("HYFT_TRAINER_IMAGE", builders.OperatorDefaults.image),
-        image_pull_policy=os.environ.get("HYFT_TRAINER_IMAGE_PULL_POLICY", builders.OperatorDefaults.image_pull_policy),
-    )
-    reconciler = Reconciler(_api_client(), defaults,
-                            scrape_progress=os.environ.get("HYFT_SCRAPE_PROGRESS", "1") == "1",
-                            progress_write_seconds=float(os.environ.get("HYFT_PROGRESS_SECONDS",
-                                                                        PROGRESS_WRITE_SECONDS)))
+    ours = _state["settings"] = OperatorSettings.from_env()
+    settings.peering.lifetime = ours.peering_lifetime
+    defaults = builders.OperatorDefaults(image=ours.trainer_image, image_pull_policy=ours.trainer_image_pull_policy)
+    reconciler = Reconciler(_api_client(), defaults, scrape_progress=ours.scrape_progress,
+                            progress_write_seconds=ours.progress_seconds)
     loop = asyncio.get_running_loop()
     reconciler.on_progress = lambda namespace, name: loop.call_soon_threadsafe(_wake, namespace, name)
     _state["reconciler"] = reconciler
-    port = int(os.environ.get("HYFT_METRICS_PORT", "0"))
-    if port:
-        start_http_server(port)
+    # Reconciles block on API calls, not on the CPU: many jobs at once need more threads than asyncio's default.
+    _state["workers"] = ThreadPoolExecutor(ours.reconcile_workers, thread_name_prefix="hyft-reconcile")
+    if ours.metrics_port:
+        start_http_server(ours.metrics_port)
 
 
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}  # each running daemon's, by job
@@ -136,13 +128,14 @@ async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str
             reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=dict(body),
                                           pods=list(job_pods.get(key, [])))
             try:
-                requeue = await loop.run_in_executor(RECONCILE_WORKERS, reconcile)
+                requeue = await loop.run_in_executor(_state["workers"], reconcile)
             except JobGone:  # deleted while the watch was away: no DELETED event came
                 break
             except Exception:  # noqa: BLE001 - logged; the job is retried, the daemon lives on
                 log.exception("[%s/%s] reconcile failed; retrying in %ss", namespace, name, ERROR_RETRY_SECONDS)
                 requeue = ERROR_RETRY_SECONDS
-            wait = RESYNC_SECONDS if requeue is None else min(max(requeue, 0.0), RESYNC_SECONDS)
+            resync = _state["settings"].resync_seconds
+            wait = resync if requeue is None else min(max(requeue, 0.0), resync)
             woken = asyncio.ensure_future(wakeup.wait())
             stopping = asyncio.ensure_future(stopped.wait())
             await asyncio.wait([woken, stopping], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -153,7 +146,7 @@ async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str
             del _wakeups[key]
         if uid in _deleted:
             _deleted.discard(uid)
-            await loop.run_in_executor(RECONCILE_WORKERS, _state["reconciler"].forget, namespace, name)
+            await loop.run_in_executor(_state["workers"], _state["reconciler"].forget, namespace, name)
 
 
 def _without_finalizers(registry: kopf.OperatorRegistry) -> None:

@@ -29,13 +29,11 @@ from hyft_trainer.problems import describe
 from . import api, builders, lifecycle, metrics
 from .lifecycle import SPEC_VALID
 from .progress import Scrape, parse_scrape
+from .settings import OperatorSettings
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
 SCRAPE_INTERVAL_SECONDS = 5.0
-# Each status write costs the API server a validation of the whole resource and every watcher a copy;
-# training progress alone goes out at most this often (the trainer's metrics have every step).
-PROGRESS_WRITE_SECONDS = 30.0
 CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
 
 
@@ -90,7 +88,7 @@ class Reconciler:
     def __init__(self, api_client: client.ApiClient, defaults: builders.OperatorDefaults,
                  scrape_progress: bool = True, scrape_timeout: float = 2.0,
                  metrics_url: Callable[[api.HunyuanFineTune], str] | None = None,
-                 progress_write_seconds: float = PROGRESS_WRITE_SECONDS):
+                 progress_write_seconds: float = OperatorSettings.model_fields["progress_seconds"].default):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.defaults = defaults

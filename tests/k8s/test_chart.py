@@ -32,6 +32,22 @@ def test_helm_lint_and_template(crds, values):
         assert "ClusterKopfPeering" in kinds and "ServiceMonitor" not in kinds
 
 
+@pytest.mark.parametrize("values", [[], ["-f", str(ALL_FEATURES)]], ids=["default", "all-features"])
+def test_the_charts_operator_settings_are_the_operators(crds, values):
+    """Every HYFT_ variable the chart sets is an OperatorSettings field and validates; where the
+    chart's default and the operator's (run outside the chart) speak of the same thing, they agree."""
+    from hyft_operator.settings import OperatorSettings
+
+    deployment = next(d for d in render(crds, *values) if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    names = {OperatorSettings.env_name(field): field for field in OperatorSettings.model_fields}
+    assert set(env) <= set(names), f"the chart sets variables the operator never reads: {set(env) - set(names)}"
+    settings = OperatorSettings.from_env(env)
+    if not values:
+        same = ("trainer_image", "trainer_image_pull_policy", "peering_lifetime", "progress_seconds")
+        assert {f: getattr(settings, f) for f in same} == {f: OperatorSettings().__getattribute__(f) for f in same}
+
+
 def test_bad_values_fail_at_install_time(crds):
     out = helm(crds, "template", "hyft", str(CHART), "--set", "replicaCount=0", check=False)
     assert out.returncode != 0 and "replicaCount" in out.stderr

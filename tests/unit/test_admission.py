@@ -7,7 +7,8 @@ import datetime as dt
 import yaml
 
 from hyft_operator import admission, api, cli, lifecycle
-from hyft_trainer.estimate import GIB, SIZES, Shape, estimate
+from hyft_trainer.choices import SIZES
+from hyft_trainer.estimate import GIB, Shape, estimate
 from tests.helpers import ROOT, load_example
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from hyft_trainer import launcher, preflight
+from hyft_trainer.choices import SIZES
 from hyft_trainer.config import TrainerConfig
 from hyft_trainer.contract import EXIT_MASTER_UNREACHABLE, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL
-from hyft_trainer.estimate import SIZES
 
 
 def config(tmp_path, **changes):

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .choices import SIZES
+
 GIB = 1024 ** 3
 BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
 # Host memory beside the model states, rounded up from bench/estimate_vs_measured.py (torch 2.11,
@@ -19,13 +21,6 @@ BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
 PROCESS_BASE_BYTES = 1.0 * GIB
 NODE_BASE_BYTES = 0.6 * GIB
 
-# The published configs (../shared/hunyuan-chat-format.md).
-SIZES = {
-    "0.5B": dict(hidden=1024, layers=24, heads=16, kv_heads=8, head_dim=128, ffn=3584, vocab=120818, tied=True),
-    "1.8B": dict(hidden=2048, layers=32, heads=16, kv_heads=4, head_dim=128, ffn=6144, vocab=120818, tied=True),
-    "4B": dict(hidden=3072, layers=36, heads=32, kv_heads=8, head_dim=128, ffn=8192, vocab=120818, tied=True),
-    "7B": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=128167, tied=False),
-}
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from pathlib import Path
 import yaml
 
 from . import gpus
+from .choices import SIZES
 from .contract import EXIT_GPU_UNAVAILABLE, GPUS_PER_NODE_ENV, HIDE_GPUS_ENV
-from .estimate import SIZES, Shape, estimate, load_shape
+from .estimate import Shape, estimate, load_shape
 from .launcher import free_port
 from .sample_data import make_samples
 

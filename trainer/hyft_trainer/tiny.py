@@ -42,7 +42,7 @@ def build_tokenizer(family_name: str, vocab_size: int = 1024):
 
 def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers: int = 2, seed: int = 0,
           dtype: str = "float32", width: dict | None = None) -> Path:
-    """width: a published size's shape (estimate.SIZES: hidden, ffn, heads, kv_heads, head_dim, vocab) at
+    """width: a published size's shape (choices.SIZES: hidden, ffn, heads, kv_heads, head_dim, vocab) at
     `layers` layers, instead of the tiny one (the GPU check's model)."""
     import torch
     from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
