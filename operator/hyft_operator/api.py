@@ -1,6 +1,8 @@
-"""HunyuanFineTune (hyft.io/v1alpha1): the single source of truth for the spec and
-status. The CRD schema (crds/), validation and the reference docs are generated
-from these models. No kopf or kubernetes imports here.
+"""HunyuanFineTune (hyft.io/v1alpha1): the resource and its spec, the single source of truth
+from which the CRD schema (crds/), validation and the reference docs are generated; the
+status is status.py's, the Kubernetes formats formats.py's, the building blocks markers.py's.
+No kopf or kubernetes imports here, and nothing from the trainer but its shared declarations
+(knobs, choices, contract, rules).
 
 Each validation rule is written twice, side by side (see Rule): CEL under
 ``x-kubernetes-validations`` for the API server, and its Python twin.
@@ -8,16 +10,38 @@ Each validation rule is written twice, side by side (see Rule): CEL under
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from hyft_trainer import knobs
 from hyft_trainer.choices import SIZES, DataFormat
 from hyft_trainer.contract import EXIT_INVALID, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL, RESERVED_ENV
 from hyft_trainer.knobs import MAX_SECONDS, MAX_STEPS, NO_CONTROL_CHARACTERS
-from hyft_trainer.rules import CEL, Rule
+from hyft_trainer.rules import Rule
+
+from .formats import (
+    DNS_1035_LABEL,
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ENV_NAME,
+    IMAGE_REFERENCE,
+    IMMUTABLE,
+    LABEL_VALUE,
+    MAX_NAME_LENGTH,
+    NODE_LOCAL_SOURCES,
+    PASSTHROUGH,
+    QUALIFIED_KEYS,
+    QUALIFIED_NAME,
+    QUANTITY_PATTERN,
+    READ_ONLY_SOURCES,
+    SECRET_KEY,
+    VOLUME_SOURCES,
+    Labels,
+    cel,
+    one_of,
+)
+from .markers import ApiModel, with_knobs
+from .status import HunyuanFineTuneStatus
 
 GROUP = "hyft.io"
 VERSION = "v1alpha1"
@@ -26,74 +50,6 @@ PLURAL = "hunyuanfinetunes"
 SINGULAR = "hunyuanfinetune"
 SHORT_NAMES = ["hft"]
 CATEGORIES = ["hyft", "ai", "training"]
-
-# Kubernetes' resource.Quantity grammar, not negative, with exponents of at most two digits (the Kubernetes
-# client's parse_quantity, which the operator uses, overflows beyond): tests/unit/test_formats.py.
-QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?[0-9]{1,2}))?$"
-# Kubernetes' own formats for the strings that land in Kubernetes objects (apimachinery's validation).
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
-QUALIFIED_NAME = "^(" + DNS_SUBDOMAIN[1:-1] + "/)?" + NAME_PART + "$"  # [prefix/]name, as label keys
-LABEL_VALUE = f"^({NAME_PART})?$"
-ENV_NAME = r"^[ -<>-~]+$"  # printable ASCII without '=' (Kubernetes' relaxed env var names)
-SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
-# The Docker reference grammar: [registry[:port]/]path[:tag][@digest]; kubelet refuses anything else
-# (InvalidImageName) and the pod would wait forever.
-IMAGE_REFERENCE = (r"^([a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*(:[0-9]+)?/)?[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*"
-                   r"(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-                   r"(@sha256:[a-f0-9]{64})?$")
-# The longest derived name is the last worker's hostname, <name>-worker-510, a DNS label (63).
-MAX_NAME_LENGTH = 63 - len("-worker-510")
-
-# core/v1 VolumeSource: a volume names exactly one of these.
-VOLUME_SOURCES = (
-    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi", "downwardAPI",
-    "emptyDir", "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk", "gitRepo", "glusterfs",
-    "hostPath", "image", "iscsi", "nfs", "persistentVolumeClaim", "photonPersistentDisk", "portworxVolume",
-    "projected", "quobyte", "rbd", "scaleIO", "secret", "storageos", "vsphereVolume")
-READ_ONLY_SOURCES = ("configMap", "secret", "downwardAPI", "projected", "image")
-NODE_LOCAL_SOURCES = ("emptyDir", "hostPath", "ephemeral", "gitRepo", *READ_ONLY_SOURCES)
-
-IMMUTABLE = {"rule": "self == oldSelf", "message": "is immutable: create a new HunyuanFineTune instead"}
-# Kubernetes objects passed through to the pods unchanged (validated by the API server there).
-PASSTHROUGH = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-
-
-def cel(*rules: dict[str, str]) -> dict[str, Any]:
-    return {CEL: list(rules)}
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """Marks a spec field passed to the trainer config unchanged, under this key (builders maps
-    every marked field; only fields that need a conversion are mapped by hand there)."""
-
-    key: str
-
-
-def _one_of(volume: str, sources: tuple[str, ...]) -> str:
-    return "(" + " || ".join(f"has({volume}.{s})" for s in sources) + ")"
-
-
-def _model_rules_to_cel(schema: dict[str, Any], cls: type) -> None:
-    rules = getattr(cls, "RULES", ())
-    if rules:
-        schema.setdefault(CEL, []).extend(rule.schema() for rule in rules)
-
-
-class ApiModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_model_rules_to_cel)
-    RULES: ClassVar[tuple[Rule, ...]] = ()
-
-    @model_validator(mode="after")
-    def _rules_hold(self) -> ApiModel:
-        broken = [f"{rule.field + ': ' if rule.field else ''}{rule.message}" for rule in self.RULES
-                  if not rule.holds(self)]
-        if broken:
-            raise ValueError("; ".join(broken))
-        return self
-
 
 RelativePath = Annotated[str, Rule("!self.startsWith('/') && !self.contains('..')",
                                    "must be a relative path without '..'",
@@ -105,16 +61,6 @@ class VolumePath(ApiModel):
     volume: str = Field(description="Name of an entry in spec.volumes.", min_length=1, max_length=63)
     path: RelativePath = Field("", max_length=1024, pattern=NO_CONTROL_CHARACTERS,
                                description="Path inside that volume (relative; empty means the volume's root).")
-
-
-def with_knobs(base: type[ApiModel], group: str) -> Any:
-    """base plus the settings that hyft_trainer.knobs exposes 1:1 under spec.<group>, each marked
-    Trainer(key) (builders passes every marked field to the trainer config)."""
-    fields = {name: (Annotated[knob.annotation(spec=True), Trainer(knob.key)],
-                     knob.field({"json_schema_extra": PASSTHROUGH} if knob.type == dict[str, Any] else None))
-              for name, knob in knobs.under(group)}
-    return create_model(base.__name__.lstrip("_"), __base__=base, __module__=__name__, __doc__=base.__doc__,
-                        **fields)
 
 
 class _ModelSpec(VolumePath):
@@ -244,17 +190,6 @@ OneSourceVolume = Annotated[Volume, Rule(
     lambda v: sum(getattr(v, s) is not None for s in VOLUME_SOURCES) == 1)]
 
 
-def k8s_object(model: BaseModel) -> dict[str, Any]:
-    """A pass-through Kubernetes object as the user wrote it (what goes into the pod)."""
-    return model.model_dump(mode="json", exclude_none=True)
-
-
-QUALIFIED_KEYS = Rule(f"self.all(k, size(k) <= 317 && k.matches(r'{QUALIFIED_NAME}'))",
-                      "keys must be label keys ([prefix/]name)",
-                      lambda labels: all(len(k) <= 317 and re.match(QUALIFIED_NAME, k) for k in labels))
-Labels = Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]], QUALIFIED_KEYS]
-
-
 class SchedulingSpec(ApiModel):
     nodeSelector: Labels = Field(default_factory=dict, max_length=64, description="Node labels the pods must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=64,
@@ -356,7 +291,7 @@ def _output_source_in(spec: HunyuanFineTuneSpec, sources: tuple[str, ...]) -> bo
 
 
 def _output_cel(sources: tuple[str, ...]) -> str:
-    return f"self.volumes.exists(v, v.name == self.output.volume && {_one_of('v', sources)})"
+    return f"self.volumes.exists(v, v.name == self.output.volume && {one_of('v', sources)})"
 
 
 class HunyuanFineTuneSpec(ApiModel):
@@ -460,74 +395,10 @@ class HunyuanFineTuneSpec(ApiModel):
     )
 
 
-DNS_1035_LABEL = "^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a Service name
 NAME_RULE = Rule(f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{DNS_1035_LABEL}')",
                  f"metadata.name: must be at most {MAX_NAME_LENGTH} characters of a-z, 0-9 and '-', starting with a "
                  "letter (it names the Service and the pods' hostnames, up to <name>-worker-510)",
                  lambda name: len(name) <= MAX_NAME_LENGTH and re.match(DNS_1035_LABEL, name) is not None)
-
-
-# --------------------------------------------------------------------------- status
-Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
-class Condition(ApiModel):
-    type: str = Field(description="Condition type (Ready, Reconciling, Stalled, Created, Running, Restarting, "
-                                  "Succeeded, Failed, Suspended, PodsScheduled).")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field("", description="CamelCase reason for the last transition.")
-    message: str = Field("", description="Human-readable detail.")
-    lastTransitionTime: str | None = Field(None,
-                                           description="When status last changed (RFC 3339).")
-    observedGeneration: int | None = Field(None,
-                                           description="The .metadata.generation this condition was set for.")
-
-
-class NodeCounts(ApiModel):
-    total: int = Field(0, description="Pods in the gang.")
-    created: int = Field(0, description="Pods of the current attempt that exist.")
-    ready: int = Field(0, description="Pods running and ready.")
-    succeeded: int = Field(0, description="Pods that exited 0.")
-    failed: int = Field(0, description="Pods that failed.")
-
-
-class FailureInfo(ApiModel):
-    pod: str = Field(description="The pod that failed first.")
-    exitCode: int | None = Field(None, description="Its trainer container's exit code.")
-    reason: str = Field("", description="Kubernetes reason (Error, OOMKilled, Evicted, ...).")
-    message: str = Field("", description="Termination message, if any.")
-    retryable: bool = Field(description="Whether the gang was (or would be) restarted for it.")
-
-
-class Progress(ApiModel):
-    step: int = Field(0, description="Optimizer steps done.")
-    totalSteps: int = Field(0, description="Planned optimizer steps.")
-    percent: float = Field(0, description="step / totalSteps in percent.")
-    loss: float | None = Field(None, description="Last logged training loss.")
-    tokensPerSecond: float | None = Field(None, description="Training throughput.")
-    etaSeconds: float | None = Field(None, description="Estimated seconds to finish.")
-    lastCheckpointStep: int | None = Field(None,
-                                           description="Step of the newest complete checkpoint.")
-
-
-class HunyuanFineTuneStatus(ApiModel):
-    observedGeneration: int | None = Field(None,
-                                           description="The .metadata.generation last reconciled.")
-    phase: Phase = Field("Pending", description="Pending, Running, Restarting, Succeeded, Failed or Suspended.")
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions, one per type.")
-    attempt: int = Field(0, description="Current gang attempt (pods carry it as hyft.io/attempt).")
-    restarts: int = Field(0, description="Gang restarts after failures.")
-    nodes: NodeCounts = Field(default_factory=NodeCounts, description="Pod counts of the current attempt.")
-    readyNodes: str = Field("0/0", description="ready/total, for kubectl get.")
-    startTime: str | None = Field(None, description="When the first gang was created.")
-    completionTime: str | None = Field(None, description="When the job finished.")
-    podsDeletedAfterTtl: bool = Field(False,
-                                      description="Pods removed by ttlSecondsAfterFinished.")
-    lastFailure: FailureInfo | None = Field(None, description="The last pod failure.")
-    progress: Progress | None = Field(None, description="Training progress read from the trainer's metrics.")
-    progressSummary: str | None = Field(None, description="e.g. '120/1000 (12%)'.")
-    message: str = Field("", description="Summary of the current state.")
 
 
 class HunyuanFineTune(BaseModel):

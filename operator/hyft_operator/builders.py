@@ -27,7 +27,9 @@ from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.knobs import DataFile
 from hyft_trainer.problems import describe
 
-from .api import GROUP, KIND, VERSION, HunyuanFineTune, Trainer, VolumePath, k8s_object
+from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
+from .formats import k8s_object
+from .markers import Trainer
 from .settings import OperatorSettings
 
 LABEL_JOB = "hyft.io/job-name"

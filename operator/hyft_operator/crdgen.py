@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from hyft_trainer.rules import CEL
+
 from . import api
 
 CRD_FILE = f"{api.GROUP}_{api.PLURAL}.yaml"
-CEL = api.CEL
+
 
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -35,9 +35,10 @@ from typing import Any
 from hyft_trainer.contract import EXIT_MEANINGS, STOPPED_EARLY, log_file
 
 from .admission import MemoryCheck, check_memory
-from .api import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTune, HunyuanFineTuneStatus, NodeCounts
+from .api import HunyuanFineTune
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
 from .progress import Scrape
+from .status import TERMINAL_PHASES, Condition, FailureInfo, HunyuanFineTuneStatus, NodeCounts
 
 PHASE_CONDITIONS = ("Running", "Restarting", "Succeeded", "Failed", "Suspended")
 STALE_REQUEUE = 2.0

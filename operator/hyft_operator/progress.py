@@ -19,7 +19,7 @@ from hyft_trainer.contract import (
     TOTAL_STEPS,
 )
 
-from .api import Progress
+from .status import Progress
 
 READ = (STEP, TOTAL_STEPS, LOSS, TOKENS_PER_SECOND, ETA, CHECKPOINT_STEP, LAST_STEP_TIME, PROCESS_START, HEARTBEAT,
         PREFLIGHT_SECONDS)

@@ -30,6 +30,7 @@ from . import api, builders, lifecycle, metrics
 from .lifecycle import SPEC_VALID
 from .progress import Scrape, parse_scrape
 from .settings import OperatorSettings
+from .status import TERMINAL_PHASES
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
@@ -179,7 +180,7 @@ class Reconciler:
         pods = [p for p in listed if self._owned(p, obj)]
         views = [lifecycle.pod_view(p) for p in pods]
         now = dt.datetime.now(dt.UTC)
-        live = job.status.phase not in api.TERMINAL_PHASES
+        live = job.status.phase not in TERMINAL_PHASES
         if problem and live and not self._running_attempt(job, views):
             self._write_invalid(obj, problem)
             return 0.0 if views else None  # next pass: Failed, and lifecycle deletes what still runs
@@ -196,7 +197,7 @@ class Reconciler:
         if problem and live and (failure := self._invalid_edit(job, plan, problem, now)):
             self._write_invalid(obj, failure)
             return 0.0
-        if not problem or plan.status.phase in api.TERMINAL_PHASES:  # valid again, or the attempt finished
+        if not problem or plan.status.phase in TERMINAL_PHASES:  # valid again, or the attempt finished
             _drop_condition(plan.status, SPEC_VALID)
 
         written = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from hyft_operator import api, cli, crdgen
 from hyft_trainer.problems import describe
+from hyft_trainer.rules import CEL
 from tests.helpers import EXAMPLES, ROOT, load_example
 from tests.invalid_specs import CASES
 from tests.jobs import cpu_job
@@ -104,7 +105,7 @@ def test_the_invalid_table_covers_every_rule():
 
 def _all_rules(node):
     if isinstance(node, dict):
-        yield from node.get(api.CEL, [])
+        yield from node.get(CEL, [])
         for value in node.values():
             yield from _all_rules(value)
     elif isinstance(node, list):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 import hyft_trainer
 from hyft_operator import api
+from hyft_operator.markers import Trainer
 from hyft_trainer import knobs, worker
 from hyft_trainer.config import TrainerConfig, parse_config
 from hyft_trainer.deepspeed_config import settle
@@ -105,7 +106,7 @@ def test_a_setting_for_hyft_itself_is_read_by_its_code(knob):
 def _trainer_fields(model: type[BaseModel], prefix: str = "spec"):
     """(spec path, spec FieldInfo, trainer key) of every spec field passed to the trainer unchanged."""
     for name, info in model.model_fields.items():
-        key = next((m.key for m in info.metadata if isinstance(m, api.Trainer)), None)
+        key = next((m.key for m in info.metadata if isinstance(m, Trainer)), None)
         if key:
             yield f"{prefix}.{name}", info, key
         elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
