@@ -287,12 +287,12 @@ def test_preflight_an_unresolvable_master_fails_within_its_bound(tiny, memorisab
     loopback: the name's lookup never leaves this machine."""
     from hyft_trainer.contract import EXIT_MASTER_UNREACHABLE
 
-    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=3)
+    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=10)
     proc = launch_node(config, 1, 2, free_port(), tmp_path, {"MASTER_ADDR": "hyft-test-master.invalid"},
                        wrapper=("unshare", "--net", "--"))
     preflight_run(tmp_path, [proc], EXIT_MASTER_UNREACHABLE,
                   "MASTER_ADDR hyft-test-master.invalid:")
-    assert "does not resolve" in logs(tmp_path) and "after 3s (preflight_timeout)" in logs(tmp_path)
+    assert "does not resolve" in logs(tmp_path) and "after 10s (preflight_timeout)" in logs(tmp_path)
 
 
 def test_preflight_a_small_dev_shm_fails(tiny, memorisable, tmp_path):
@@ -329,7 +329,7 @@ def test_preflight_an_output_the_nodes_do_not_share_fails_on_every_node(tiny, me
 def test_preflight_a_node_that_never_joins_fails_the_master(tiny, memorisable, tmp_path):
     from hyft_trainer.contract import EXIT_GANG_INCOMPLETE
 
-    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=5)
+    config = write_config(tmp_path, tiny, memorisable, preflight_timeout=10)
     text = preflight_run(tmp_path, [launch_node(config, 0, 2, free_port(), tmp_path)], EXIT_GANG_INCOMPLETE,
                          "not every one of the 2 nodes joined the rendezvous")
     assert "1/2 clients joined" in text  # torchrun's own words, kept in the message
