@@ -99,6 +99,9 @@ CASES = [
     Invalid("evalSteps without a validation split", _training(evalSteps=5), "spec.training.evalSteps"),
     Invalid("offloadParams with ZeRO-2", _sub("deepspeed", stage=2, offloadParams=True),
             "spec.deepspeed.offloadParams"),
+    Invalid("offloadOptimizer without DeepSpeed", _sub("deepspeed", stage=0, offloadOptimizer=True),
+            "spec.deepspeed.offloadOptimizer"),
+    Invalid("gpuMemory not a quantity", lambda b: b["spec"].update(gpuMemory="80 GB"), "spec.gpuMemory"),
     Invalid("bf16 on CPU pods", _training(precision="bf16"), "spec.training.precision"),
     # --- volumes
     Invalid("model volume not declared", lambda b: b["spec"]["model"].update(volume="nope"), "spec.model.volume"),

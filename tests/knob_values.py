@@ -14,7 +14,8 @@ CHANGED = {
     "deepspeed": {"zero_optimization": {"stage": 2}},
     "deepspeed_overrides": {"zero_optimization": {"overlap_comm": True}},
     "report_to": ["tensorboard"], "resume_from_checkpoint": "/ckpt", "job_name": "job", "data_cache_dir": "/cache",
-    "eval_strategy": "steps", "zero_stage": 2, "val_size": 0.5, "warmup_ratio": 0.5, "freeze_trainable_layers": -2,
+    "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
+    "warmup_ratio": 0.5, "freeze_trainable_layers": -2,
 }
 COMPANIONS = {"freeze_trainable_layers": {"finetuning_type": "freeze"}, "zero_stage": {"offload_param": False}}
 

@@ -137,8 +137,11 @@ class _DeepSpeedSpec(ApiModel):
     RULES = (
         # has(): the CRD's own default ({}) is validated before its fields are defaulted.
         Rule("!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
-             "parameter offload needs ZeRO stage 3: with stage 2 set offloadParams: false",
+             "parameter offload needs ZeRO stage 3: set offloadParams: false or leave it unset",
              lambda d: not (d.offloadParams and d.stage != 3), field="offloadParams"),
+        Rule("!(has(self.offloadOptimizer) && self.offloadOptimizer && has(self.stage) && self.stage == 0)",
+             "optimizer offload needs DeepSpeed (stage 2 or 3): set offloadOptimizer: false or leave it unset",
+             lambda d: not (d.offloadOptimizer and d.stage == 0), field="offloadOptimizer"),
     )
 
 
@@ -316,6 +319,11 @@ class HunyuanFineTuneSpec(ApiModel):
                              json_schema_extra=cel(IMMUTABLE))
     gpuResourceName: str = Field("nvidia.com/gpu", max_length=317, pattern=QUALIFIED_NAME,
                                  description="Extended resource that counts GPUs.")
+    gpuMemory: str | None = Field(
+        None, pattern=QUANTITY_PATTERN,
+        description="Memory of one GPU (e.g. '80Gi'): the deepspeed offload left unset (auto) is decided here, "
+                    "and said in status.offload. Unset: from scheduling.nodeSelector's nvidia.com/gpu.product "
+                    "where hyft knows the product, else each node decides from the GPUs it has.")
     cpu: str | None = Field(None, pattern=QUANTITY_PATTERN, description="CPU request per pod (e.g. '32').")
     memory: str | None = Field(None, pattern=QUANTITY_PATTERN,
                                description="Memory request and limit per pod (e.g. '512Gi'); CPU offload "

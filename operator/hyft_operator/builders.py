@@ -27,6 +27,7 @@ from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.knobs import DataFile
 from hyft_trainer.problems import describe
 
+from . import sizing
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
 from .formats import k8s_object
 from .markers import Trainer
@@ -122,8 +123,10 @@ def trainer_config(job: HunyuanFineTune) -> TrainerConfig:
     """The trainer config of a job, checked as the trainer will check it at start-up."""
     spec = job.spec
     try:
-        config = _trainer_config(job)
-        settle(config, world_size=spec.nodes * max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
+        config = spec_config(job)
+        resolved, decision, _ = sizing.offload_decision(job, config)
+        config = resolved if decision.decided else config  # else auto: each node decides
+        settle(resolved, world_size=spec.nodes * max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
     except ValidationError as err:
         raise InvalidSpec("spec: the trainer refuses its config: " + "; ".join(describe(err, whole="config"))) from None
     except ConfigError as err:  # only the DeepSpeed overrides can contradict the rest of a valid spec
@@ -135,20 +138,23 @@ DDP_TIMEOUT = TrainerConfig.model_fields["ddp_timeout"].default
 
 
 def _marked(model: BaseModel) -> dict[str, Any]:
-    """The spec fields marked Trainer(key), anywhere in the spec, under their trainer keys."""
+    """The spec fields marked Trainer(key), anywhere in the spec, under their trainer keys; one left
+    unset (null) is left to the trainer's default."""
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         key = next((m.key for m in field.metadata if isinstance(m, Trainer)), None)
         if key:
-            out[key] = value
+            if value is not None:
+                out[key] = value
         elif isinstance(value, BaseModel):
             out.update(_marked(value))
     return out
 
 
-def _trainer_config(job: HunyuanFineTune) -> TrainerConfig:
-    """The marked fields as they are, and the ones that need a conversion."""
+def spec_config(job: HunyuanFineTune) -> TrainerConfig:
+    """The spec as a trainer config, unchecked and offload undecided: the marked fields as they are, and
+    the ones that need a conversion."""
     spec = job.spec
     data, training = spec.data, spec.training
     return TrainerConfig(
@@ -202,7 +208,8 @@ def check(job: HunyuanFineTune) -> None:
 
 def quantities(spec) -> list[tuple[str, str]]:
     """(spec path, text) of every Kubernetes quantity in the spec."""
-    out = [(f"spec.{name}", text) for name in ("cpu", "memory", "shmSize") if (text := getattr(spec, name))]
+    out = [(f"spec.{name}", text) for name in ("cpu", "memory", "shmSize", "gpuMemory")
+           if (text := getattr(spec, name))]
     return out + [(f"spec.network.resources[{key!r}]", text) for key, text in spec.network.resources.items()]
 
 

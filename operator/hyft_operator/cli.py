@@ -161,7 +161,9 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     model = args.model_dir or args.model
     if args.file:
-        from .admission import check_memory, model_shape, options
+        from . import builders
+        from .admission import check_memory, options
+        from .sizing import model_shape, offload_decision
 
         job = _load_resource(args.file, "default")
         spec = job.spec
@@ -176,6 +178,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
         shape = known[0]
         print(render(shape, options(shape, job), args.gpu_memory))
         print(f"{job.metadata.get('name')} (ZeRO-{spec.deepspeed.stage}, {spec.nodes} nodes): {check.message}")
+        print(offload_decision(job, builders.spec_config(job))[2])
         return
     try:
         shape = load_shape(model or "1.8B")

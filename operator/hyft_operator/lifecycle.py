@@ -34,6 +34,7 @@ from typing import Any
 
 from hyft_trainer.contract import EXIT_MEANINGS, STOPPED_EARLY, log_file
 
+from . import builders, sizing
 from .admission import MemoryCheck, check_memory
 from .api import HunyuanFineTune
 from .builders import CONTAINER, LABEL_ATTEMPT, LABEL_RANK, pod_name
@@ -218,6 +219,7 @@ class _Planner:
         self.conditions()
         self.preflight_condition()
         self.memory_condition()
+        self.st.offload = sizing.offload_decision(self.job, builders.spec_config(self.job))[2]
         return self.plan
 
     def finished(self) -> None:

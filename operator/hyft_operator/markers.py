@@ -45,7 +45,7 @@ def with_knobs(base: type[ApiModel], group: str) -> Any:
     """base plus the settings that hyft_trainer.knobs exposes 1:1 under spec.<group>, each marked
     Trainer(key) (builders passes every marked field to the trainer config)."""
     fields = {name: (Annotated[knob.annotation(spec=True), Trainer(knob.key)],
-                     knob.field({"json_schema_extra": PASSTHROUGH} if knob.type == dict[str, Any] else None))
+                     knob.field({"json_schema_extra": PASSTHROUGH} if knob.type == dict[str, Any] else None, spec=True))
               for name, knob in knobs.under(group)}
     return create_model(base.__name__.lstrip("_"), __base__=base, __module__="hyft_operator.api", __doc__=base.__doc__,
                         **fields)

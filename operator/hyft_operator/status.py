@@ -68,3 +68,5 @@ class HunyuanFineTuneStatus(ApiModel):
     progress: Progress | None = Field(None, description="Training progress read from the trainer's metrics.")
     progressSummary: str | None = Field(None, description="e.g. '120/1000 (12%)'.")
     message: str = Field("", description="Summary of the current state.")
+    offload: str | None = Field(None, description="What the DeepSpeed offload is, and why (spec.deepspeed "
+                                "offload left unset: decided from the GPU's memory).")

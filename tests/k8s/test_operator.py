@@ -342,7 +342,7 @@ def test_server_side_defaults_are_applied(crds, api_client, namespace):
     obj = create(api_client, namespace, cpu_job("defaults"))
     spec = obj["spec"]
     assert spec["method"]["type"] == "lora" and spec["method"]["lora"]["rank"] == 8
-    assert spec["deepspeed"] == {"stage": 3, "offloadOptimizer": True, "offloadParams": True}
+    assert spec["deepspeed"] == {"stage": 3}  # offload unset: auto
     assert spec["runPolicy"]["backoffLimit"] == 3 and spec["masterPort"] == 29500
 
 
@@ -636,6 +636,29 @@ def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_
     events = client.CoreV1Api(api_client).list_namespaced_event(
         op_namespace, field_selector="involvedObject.name=toosmall,reason=MemoryRisk").items
     assert len(events) == 1
+
+
+@pytest.mark.parametrize("size, method, gib, chosen", [
+    ("0.5B", "lora", 80, "none"), ("0.5B", "lora", 141, "none"),
+    ("7B", "lora", 80, "none"), ("7B", "lora", 141, "none"),
+    ("7B", "full", 80, "optimizer"), ("7B", "full", 141, "none"),  # 2 GPUs: ~80 GiB each without offload
+])
+def test_offload_auto_is_decided_from_the_gpu_memory_and_said_in_status(crds, api_client, op_namespace, size, method,
+                                                                        gib, chosen):
+    name = f"offload-{size.replace('.', '-').lower()}-{method}-{gib}"
+    body = cpu_job(name, nodes=1, gpusPerNode=2, gpuMemory=f"{gib}Gi", method={"type": method},
+                   training={"precision": "bf16"}, data={"files": [{"volume": "shared", "path": "data/chat.jsonl"}],
+                                                         "cutoffLen": 4096})
+    body["spec"]["model"]["parameters"] = size
+    create(api_client, op_namespace, body)
+    status = wait_for(lambda: (get(api_client, op_namespace, name).get("status") or {}).get("offload"),
+                      timeout=60, what=f"{name} status.offload")
+    assert status.startswith(f"offload {chosen} (the least that fits): per GPU none ")
+    assert f"(90% of {gib:.1f} GiB)" in status and f"[spec.gpuMemory {gib}Gi; model.parameters {size}]" in status
+    config_map = client.CoreV1Api(api_client).read_namespaced_config_map(f"{name}-config", op_namespace)
+    config = parse_config(yaml.safe_load(next(iter(config_map.data.values()))))
+    assert (config.offload_optimizer, config.offload_param) == {"none": (False, False), "optimizer": (True, False)}[
+        chosen]
 
 
 # ------------------------------------------------------------------ kubectl

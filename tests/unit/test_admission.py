@@ -18,6 +18,7 @@ def seven_b_full(memory="64Gi", check="Warn", **spec):
     """examples/hunyuan-2node-full-zero3.yaml: 7B, full fine-tuning, ZeRO-3 with parameter offload."""
     body = load_example(ROOT / "examples" / "hunyuan-2node-full-zero3.yaml")
     body["spec"].update(memory=memory, **spec)
+    body["spec"]["deepspeed"].update(offloadOptimizer=True, offloadParams=True)
     body["spec"]["runPolicy"]["memoryCheck"] = check
     return body
 

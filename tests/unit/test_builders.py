@@ -61,7 +61,7 @@ def test_two_node_gang_follows_the_pod_contract():
         assert pod["metadata"]["ownerReferences"][0]["controller"] is True
         container = spec["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
-        assert container["resources"]["limits"]["memory"] == "900Gi"
+        assert container["resources"]["limits"]["memory"] == "128Gi"
         shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
         assert spec["priorityClassName"] == "training-high"

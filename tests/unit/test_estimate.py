@@ -5,7 +5,21 @@ import json
 
 import pytest
 
-from hyft_trainer.estimate import GIB, NODE_BASE_BYTES, PROCESS_BASE_BYTES, estimate, load_shape, render
+from hyft_trainer.estimate import (
+    CUDA_CONTEXT_BYTES,
+    CUDA_PROCESS_BASE_BYTES,
+    GIB,
+    LOGITS_BYTES,
+    NCCL_BUFFER_BYTES,
+    NODE_BASE_BYTES,
+    PROCESS_BASE_BYTES,
+    Shape,
+    activations,
+    estimate,
+    layer_activations,
+    load_shape,
+    render,
+)
 
 
 @pytest.mark.parametrize("size, low, high", [("0.5B", 0.50, 0.58), ("1.8B", 1.75, 1.83), ("4B", 4.1, 4.3),
@@ -20,10 +34,11 @@ def test_1_8b_on_one_gpu_matches_deepspeeds_estimator():
     assert full_offload.host_states_bytes_per_node / GIB == pytest.approx(45, rel=0.03)  # 18·P·1.5
     # plus one trainer process, the node's launcher and agent, and the 16-bit export on rank 0
     assert full_offload.host_bytes_per_node == pytest.approx(
-        full_offload.host_states_bytes_per_node + PROCESS_BASE_BYTES + NODE_BASE_BYTES + 2 * load_shape("1.8B").params)
+        full_offload.host_states_bytes_per_node + CUDA_PROCESS_BASE_BYTES + NODE_BASE_BYTES
+        + 2 * load_shape("1.8B").params)
     assert full_offload.host_bytes_per_process == pytest.approx(full_offload.host_bytes_per_node - NODE_BASE_BYTES)
     no_offload = by_option["ZeRO-3, offload none"]
-    states = no_offload.gpu_bytes_per_device - no_offload.activation_bytes
+    states = no_offload.gpu_bytes_per_device - no_offload.activation_bytes - CUDA_CONTEXT_BYTES  # one GPU: no NCCL
     assert states / GIB == pytest.approx(31, rel=0.05)  # 4·largest + 18·P
     assert full_offload.gpu_bytes_per_device < no_offload.gpu_bytes_per_device
 
@@ -46,3 +61,46 @@ def test_reads_a_model_folder_and_marks_what_fits(tmp_path):
     assert shape.head_dim == 16 and shape.params < 200_000
     text = render(load_shape("7B"), estimate(load_shape("7B"), 1, 1), gpu_memory_gib=24)
     assert "ZeRO-3, offload params+optimizer" in text and "  yes" in text and "  no" in text
+
+
+def test_a_gpu_process_counts_cuda_and_nccl_and_a_cpu_process_neither():
+    shape = load_shape("1.8B")
+
+    def option(**kw):
+        return {e.label: e for e in estimate(shape, **kw)}["ZeRO-3, offload none"]
+
+    one, eight, cpu = option(nodes=1, gpus_per_node=1), option(nodes=1, gpus_per_node=8), \
+        option(nodes=1, gpus_per_node=8, on_gpu=False)
+    states = eight.gpu_bytes_per_device - eight.activation_bytes - CUDA_CONTEXT_BYTES - NCCL_BUFFER_BYTES
+    assert cpu.gpu_bytes_per_device - cpu.activation_bytes == pytest.approx(states)
+    assert one.gpu_bytes_per_device - one.activation_bytes > states  # one GPU holds every shard
+    assert eight.host_base_bytes_per_node - cpu.host_base_bytes_per_node == \
+        pytest.approx(8 * (CUDA_PROCESS_BASE_BYTES - PROCESS_BASE_BYTES))
+    assert eight.gpu_bytes_per_node == pytest.approx(8 * eight.gpu_bytes_per_device)
+
+
+def test_logits_at_their_backward_peak_and_swiglu_activations():
+    shape = load_shape("7B")
+    # without recompute: every layer's activations, plus 14 bytes per position and vocabulary entry
+    body = activations(shape, 1, 4096, checkpointing=False) - 4096 * shape.vocab * LOGITS_BYTES
+    assert body == pytest.approx(shape.layers * layer_activations(shape, 4096))
+    assert LOGITS_BYTES == 2 + 4 + 4 + 4
+    # GPT's 4h GeLU MLP keeps 34·s·h bytes per layer with dropout (Korthikanti et al.); Hunyuan-7B's SwiGLU
+    # (ffn 3.5h, gate and up) keeps more
+    per_token_hidden = layer_activations(shape, 1) / shape.hidden
+    assert 36 < per_token_hidden < 48
+    gpt = Shape(hidden=4096, layers=1, heads=32, kv_heads=32, head_dim=128, ffn=0, vocab=1, tied=True)
+    gelu_mlp = 2 * (4096 + 2 * 4 * 4096)  # the MLP's input, the GeLU's input and output, in bf16
+    assert (layer_activations(gpt, 1) - 2 * 4096 + gelu_mlp) / 4096 == 34 - 2  # less the two dropout masks
+
+
+def test_plain_ddp_holds_the_whole_model_on_every_gpu():
+    shape = load_shape("0.5B")
+    ddp = next(e for e in estimate(shape, 1, 8) if e.stage == 0)
+    zero3 = next(e for e in estimate(shape, 1, 8) if e.label == "ZeRO-3, offload none")
+    assert ddp.host_states_bytes_per_node == 0
+    assert ddp.gpu_bytes_per_device - ddp.activation_bytes - CUDA_CONTEXT_BYTES - NCCL_BUFFER_BYTES == \
+        pytest.approx(8 * shape.params)  # bf16 weights, gradients and both AdamW moments
+    assert ddp.gpu_bytes_per_device > zero3.gpu_bytes_per_device
+    lora = next(e for e in estimate(shape, 1, 8, method="lora") if e.stage == 0)
+    assert lora.gpu_bytes_per_device < ddp.gpu_bytes_per_device

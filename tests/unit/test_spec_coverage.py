@@ -46,7 +46,8 @@ FULL = {
                  "earlyStoppingPatience": 3},
     "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParams": False,
                   "overrides": {"zero_optimization": {"overlap_comm": True}}},
-    "nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu", "cpu": "32", "memory": "512Gi",
+    "nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu", "gpuMemory": "80Gi", "cpu": "32",
+    "memory": "512Gi",
     "shmSize": "16Gi", "image": "registry.example/hyft-trainer:1", "imagePullPolicy": "IfNotPresent",
     "imagePullSecrets": ["pull"], "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
     "secretEnv": [{"name": "HF_TOKEN", "secretName": "hf", "key": "token"}],
@@ -68,7 +69,7 @@ CHANGED = {
     "model.path": "Hunyuan-1.8B", "data.files.path": "data/b.jsonl", "data.datasetInfo.path": "other",
     "data.names": ["chat", "more"], "output.path": "runs/other", "model.volume": "shared",
     "data.files.volume": "models", "data.datasetInfo.volume": "models", "output.volume": "models",
-    "cpu": "16", "memory": "256Gi", "shmSize": "32Gi", "image": "registry.example/hyft-trainer:2",
+    "cpu": "16", "memory": "256Gi", "shmSize": "32Gi", "gpuMemory": "8Gi", "image": "registry.example/hyft-trainer:2",
     "gpuResourceName": "amd.com/gpu", "imagePullSecrets": ["other"], "method.lora.targetModules": ["v_proj"],
     "env": [{"name": "NCCL_DEBUG", "value": "WARN"}], "secretEnv.name": "HF_TOKEN_2",
     "secretEnv.secretName": "hf2", "secretEnv.key": "token2", "volumes": None,  # volumes: a deeper walk below
@@ -86,7 +87,9 @@ CHANGED = {
 
 
 # Leaves whose change needs another to stay valid: both sides of the comparison get these first.
-COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPolicy.startupTimeoutSeconds": None}}
+COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPolicy.startupTimeoutSeconds": None},
+              # one GPU's memory decides only an offload left unset (auto)
+              "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None}}
 
 
 def leaves(schema: dict, prefix: str = "") -> list[tuple[str, dict]]:

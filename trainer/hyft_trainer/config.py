@@ -52,8 +52,10 @@ class _Checks(BaseModel):
             raise ValueError("no data: set dataset (names in dataset_info.json) or data_files")
         if self.dataset and not self.dataset_dir:
             raise ValueError("dataset names need dataset_dir (the folder with dataset_info.json)")
-        if self.offload_param and self.zero_stage != 3:
+        if self.offload_param is True and self.zero_stage != 3:
             raise ValueError("offload_param needs zero_stage 3")
+        if self.offload_optimizer is True and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs DeepSpeed: zero_stage 2 or 3")
         if self.save_only_model and self.early_stopping_steps and (self.deepspeed or self.zero_stage):
             raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
                              "checkpoint could not be reloaded at the end; drop one of them")

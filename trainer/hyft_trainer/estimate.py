@@ -1,7 +1,8 @@
 """`hyft estimate`: host RAM per node and GPU memory per device for a Hunyuan model,
 from DeepSpeed's own model-state estimators (deepspeed.runtime.zero.stage3 /
 stage_1_and_2 `estimate_zero*_model_states_mem_needs`, zero_init, 1.5x buffer)
-plus activations and logits; on the host also what every trainer process and node
+plus activations (SwiGLU), the logits at their backward peak, and on a GPU the CUDA
+context and NCCL's buffers; on the host also what every trainer process and node
 holds besides the model, and the export's peak. Pure arithmetic on the model config.
 """
 from __future__ import annotations
@@ -16,10 +17,18 @@ GIB = 1024 ** 3
 BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
 # Host memory beside the model states, rounded up from bench/estimate_vs_measured.py (torch 2.11,
 # DeepSpeed 0.19, transformers 5.24, on CPU: a worker held 0.68 GiB besides its states and export,
-# torch's elastic agent and the hyft launcher 0.56 GiB together). A GPU process adds its CUDA
-# libraries' host memory, hence the margin on the process.
+# torch's elastic agent and the hyft launcher 0.56 GiB together). A CUDA process also maps the CUDA,
+# cuBLAS, cuDNN and NCCL libraries and their host-side state: 2 to 3 GiB.
 PROCESS_BASE_BYTES = 1.0 * GIB
+CUDA_PROCESS_BASE_BYTES = 3.0 * GIB
 NODE_BASE_BYTES = 0.6 * GIB
+# GPU memory beside tensors: the CUDA context with cuBLAS/cuDNN workspaces, and NCCL's channel buffers
+# (NCCL_BUFFSIZE 4 MiB per channel and peer, up to 32 channels on NVLink) when there are peers.
+CUDA_CONTEXT_BYTES = 1.0 * GIB
+NCCL_BUFFER_BYTES = 1.0 * GIB
+# The logits' backward peak, bytes per position and vocabulary entry: the 16-bit logits (2), their
+# float32 copy for the loss (4), the log-softmax (4) and its gradient (4).
+LOGITS_BYTES = 14
 
 
 
@@ -99,6 +108,10 @@ class Estimate:
         return (self.host_states_bytes_per_node + base) / self.processes_per_node + self.export_bytes
 
     @property
+    def gpu_bytes_per_node(self) -> float:
+        return self.gpu_bytes_per_device * self.processes_per_node
+
+    @property
     def breakdown(self) -> str:
         return (f"states {self.host_states_bytes_per_node / GIB:.2f} + processes "
                 f"{self.host_base_bytes_per_node / GIB:.2f} + export {self.export_bytes / GIB:.2f} GiB")
@@ -120,28 +133,55 @@ def model_states(trainable: int, largest: int, gpus_per_node: int, nodes: int, s
     return trainable * 4 * gpus_per_node * BUFFER, 4 * trainable + 16 * trainable / total_gpus
 
 
-def activations(shape: Shape, batch: int, seq: int, checkpointing: bool) -> float:
-    """bf16 activations with flash attention (Korthikanti et al.: 34·s·b·h per layer; full recompute keeps
-    2·s·b·h per layer plus one layer's worth), and the logits in bf16 + fp32 for the loss."""
-    per_layer = 34 * seq * batch * shape.hidden
-    body = shape.layers * 2 * seq * batch * shape.hidden + per_layer if checkpointing else shape.layers * per_layer
-    return body + batch * seq * shape.vocab * (2 + 4)
+def layer_activations(shape: Shape, tokens: int, element: int = 2) -> float:
+    """What one decoder layer keeps for its backward pass with a memory-efficient attention kernel
+    (no T x T scores), counted as in Korthikanti et al. for a SwiGLU MLP without dropout: the two
+    norms' inputs; the attention's input, q, k, v and output; the MLP's input, gate, up, SiLU(gate)
+    and their product (GPT's GeLU MLP keeps 9h per token, Hunyuan's SwiGLU h + 4·ffn)."""
+    h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    norms, attention, mlp = 2 * h, h + 2 * q + 2 * kv, h + 4 * shape.ffn
+    return tokens * element * (norms + attention + mlp)
+
+
+def ddp_states(trainable: int, frozen: int, method: str, half_precision: bool) -> float:
+    """Without DeepSpeed torch's AdamW keeps its two moments in the parameters' dtype: 16-bit weights,
+    gradients and moments for full fine-tuning in bf16/fp16; LoRA adapters are float32 (peft upcasts
+    them) over 16-bit frozen weights."""
+    element = 2 if half_precision else 4
+    per_trainable = 16 if method == "lora" or not half_precision else 4 * element
+    return trainable * per_trainable + frozen * element
+
+
+def activations(shape: Shape, batch: int, seq: int, checkpointing: bool, element: int = 2) -> float:
+    """Every layer's activations (with full recompute: each layer's input, plus one layer's worth while it
+    recomputes), and the logits at their backward peak."""
+    tokens = batch * seq
+    per_layer = layer_activations(shape, tokens, element)
+    body = shape.layers * tokens * shape.hidden * element + per_layer if checkpointing else shape.layers * per_layer
+    return body + tokens * shape.vocab * LOGITS_BYTES
 
 
 def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full", lora_rank: int = 8,
-             batch: int = 1, seq: int = 2048, checkpointing: bool = True, half_precision: bool = True
-             ) -> list[Estimate]:
-    """Every ZeRO option; half_precision False for float32 training (a CPU run)."""
+             batch: int = 1, seq: int = 2048, checkpointing: bool = True, half_precision: bool = True,
+             on_gpu: bool = True) -> list[Estimate]:
+    """Every ZeRO option; half_precision False for float32 training; on_gpu False for a CPU run
+    (gpus_per_node then counts processes)."""
     trainable = shape.params if method == "full" else shape.lora_params(lora_rank)
     frozen = shape.params - trainable
-    act = activations(shape, batch, seq, checkpointing)
+    act = activations(shape, batch, seq, checkpointing, 2 if half_precision else 4)
+    runtime = (CUDA_CONTEXT_BYTES + (NCCL_BUFFER_BYTES if nodes * gpus_per_node > 1 else 0)) if on_gpu else 0
     # The export gathers the trained weights on global rank 0 and serializes them there: 16-bit weights
     # (float32 on CPU) for full fine-tuning, the float32 adapter for LoRA.
     export = shape.params * (2 if half_precision else 4) if method == "full" else trainable * 4
-    base = NODE_BASE_BYTES + gpus_per_node * PROCESS_BASE_BYTES
+    base = NODE_BASE_BYTES + gpus_per_node * (CUDA_PROCESS_BASE_BYTES if on_gpu else PROCESS_BASE_BYTES)
     out = []
-    options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False)]
+    options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False),
+               (0, False, False)]
     for stage, opt, par in options:
+        if stage == 0:  # plain DDP: every GPU holds the whole model, its gradients and its optimizer states
+            out.append(Estimate(0, "none", 0, base, export, gpus_per_node,
+                                ddp_states(trainable, frozen, method, half_precision) + act + runtime, act))
+            continue
         host, gpu = model_states(trainable, shape.largest_layer if method == "full" else trainable,
                                  gpus_per_node, nodes, stage, opt, par)
         # Frozen bf16 weights (LoRA/freeze): sharded by ZeRO-3 (in host memory when params are offloaded).
@@ -154,23 +194,26 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
             else:
                 gpu += 2 * frozen
         offload = "params+optimizer" if par else "optimizer" if opt else "none"
-        out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act, act))
+        out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act + runtime, act))
     return out
 
 
 def render(shape: Shape, estimates: list[Estimate], gpu_memory_gib: float | None) -> str:
+    from .offload import GPU_MARGIN
+
     lines = [f"model: {shape.params / 1e9:.2f}B parameters, largest layer {shape.largest_layer / 1e6:.0f}M",
-             f"{'option':34s} {'host RAM/node':>14s} {'/process':>10s} {'GPU/device':>11s} {'(activations)':>14s}"
-             + ("  fits" if gpu_memory_gib else "")]
+             f"{'option':34s} {'host RAM/node':>14s} {'/process':>10s} {'GPU/device':>11s} {'GPU/node':>10s} "
+             f"{'(activations)':>14s}" + ("  fits" if gpu_memory_gib else "")]
     for e in estimates:
         fits = ""
         if gpu_memory_gib:
-            fits = "  yes" if e.gpu_bytes_per_device <= gpu_memory_gib * GIB * 0.9 else "  no"
+            fits = "  yes" if e.gpu_bytes_per_device <= gpu_memory_gib * GIB * GPU_MARGIN else "  no"
         lines.append(f"{e.label:34s} {e.host_bytes_per_node / GIB:11.1f} GiB {e.host_bytes_per_process / GIB:6.1f} GiB "
-                     f"{e.gpu_bytes_per_device / GIB:7.1f} GiB {e.activation_bytes / GIB:10.1f} GiB{fits}")
+                     f"{e.gpu_bytes_per_device / GIB:7.1f} GiB {e.gpu_bytes_per_node / GIB:6.1f} GiB "
+                     f"{e.activation_bytes / GIB:10.1f} GiB{fits}")
     lines.append("host RAM: model states + trainer processes and launcher + the export's peak (global rank 0's "
-                 "node); /process: global rank 0's process alone")
+                 "node); /process: global rank 0's process alone; GPU: states, activations, logits, CUDA context "
+                 "and NCCL buffers")
     if gpu_memory_gib:
-        lines.append(f"(fits: within 90% of {gpu_memory_gib:g} GiB, leaving room for the CUDA context and "
-                     "fragmentation)")
+        lines.append(f"(fits: within {GPU_MARGIN:.0%} of {gpu_memory_gib:g} GiB, leaving room for fragmentation)")
     return "\n".join(lines)

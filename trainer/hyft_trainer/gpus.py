@@ -35,6 +35,7 @@ class GpuFacts:
     visible: str | None = None  # CUDA_VISIBLE_DEVICES as the process saw it (None: unset)
     warning: str = ""  # torch's own words when CUDA could not start
     names: tuple[str, ...] = ()
+    memory: tuple[int, ...] = ()  # bytes per GPU, as CUDA reports it
 
     def describe(self) -> str:
         driver = self.driver or f"none found ({DRIVER_FILE} is absent and nvidia-smi did not answer)"
@@ -102,7 +103,15 @@ def collect() -> GpuFacts:
         names = tuple(torch.cuda.get_device_name(i) for i in range(count))
     return GpuFacts(count=count, bf16=bf16, torch_cuda=torch.version.cuda, driver=read_driver(),
                     visible=os.environ.get("CUDA_VISIBLE_DEVICES"), warning=said(w.message for w in caught),
-                    names=names)
+                    names=names, memory=memory_bytes())
+
+
+def memory_bytes() -> tuple[int, ...]:
+    """Each visible GPU's memory (the offload decision takes the smallest)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return tuple(torch.cuda.get_device_properties(i).total_memory for i in range(count))
 
 
 def said(messages) -> str:
@@ -132,7 +141,7 @@ def probe(env: Mapping[str, str] | None = None) -> GpuFacts:
         return GpuFacts(warning=f"the GPU probe failed: {out.stderr.strip()[-600:]}",
                         visible=(env or os.environ).get("CUDA_VISIBLE_DEVICES"))
     data = json.loads(out.stdout.strip().splitlines()[-1])
-    return GpuFacts(**{**data, "names": tuple(data["names"])})
+    return GpuFacts(**{**data, "names": tuple(data["names"]), "memory": tuple(data["memory"])})
 
 
 def visible_devices(env: Mapping[str, str], count: int) -> list[str]:

@@ -66,15 +66,18 @@ class Knob:
     bounds: dict[str, Any] = field(default_factory=dict)  # pydantic Field constraints (ge, le, max_length, ...)
     checks: tuple[Any, ...] = ()  # more Annotated metadata: Rule(...), PATH
     why: str = ""  # why the default differs from its origin's
-    spec_type: Any = None  # a narrower type on the spec, with its reason in why
+    spec_type: Any = None  # the spec's own type: narrower (its reason in why), or optional (unset: the default)
+    spec_default: Any = PydanticUndefined  # the spec's default, where it is not the default (unset: "auto")
 
     def annotation(self, spec: bool = False) -> Any:
         kind = self.spec_type if spec and self.spec_type is not None else self.type
         return Annotated[(kind, *self.checks)] if self.checks else kind
 
-    def field(self, extra: dict[str, Any] | None = None) -> Any:
+    def field(self, extra: dict[str, Any] | None = None, spec: bool = False) -> Any:
         mutable = isinstance(self.default, (list, dict))
         default = PydanticUndefined if self.default is REQUIRED else self.default
+        if spec and self.spec_default is not PydanticUndefined:
+            default = self.spec_default
         return Field(default=PydanticUndefined if mutable else default,
                      default_factory=(lambda: type(self.default)(self.default)) if mutable else None,
                      description=self.doc, **self.bounds, **(extra or {}))
@@ -193,12 +196,14 @@ KNOBS: tuple[Knob, ...] = (
     Knob("deepspeed", str | dict[str, Any] | None, None, "A DeepSpeed JSON (path or mapping) used instead of the "
          "generated one.", DEEPSPEED, TRANSFORMERS, checks=(PATH,)),
     Knob("zero_stage", Literal[0, 2, 3], 3, "ZeRO stage (0: plain DDP without DeepSpeed).", DEEPSPEED,
-         spec="deepspeed.stage", spec_type=Literal[2, 3],
-         why="the spec offers ZeRO 2 and 3, the stages its host-memory check models"),
-    Knob("offload_optimizer", bool, True, "Keep optimizer states in host memory (CPU Adam).", DEEPSPEED,
-         spec="deepspeed.offloadOptimizer"),
-    Knob("offload_param", bool, True, "Keep parameters in host memory (ZeRO-3 only).", DEEPSPEED,
-         spec="deepspeed.offloadParams"),
+         spec="deepspeed.stage"),
+    Knob("offload_optimizer", bool | Literal["auto"], "auto", "Keep optimizer states in host memory (DeepSpeed's "
+         "CPU Adam). auto (on the spec: unset): only when the GPU estimate does not fit without it (the job's status "
+         "and start-up log say why); on CPU, always.", DEEPSPEED, spec="deepspeed.offloadOptimizer",
+         spec_type=bool | None, spec_default=None),
+    Knob("offload_param", bool | Literal["auto"], "auto", "Keep parameters in host memory (ZeRO-3 only). auto (on "
+         "the spec: unset): only when the GPU estimate does not fit with optimizer offload alone.", DEEPSPEED,
+         spec="deepspeed.offloadParams", spec_type=bool | None, spec_default=None),
     Knob("deepspeed_overrides", dict[str, Any], {}, "DeepSpeed JSON merged over the generated config; values "
          "that contradict the settings above or training are refused.", DEEPSPEED, spec="deepspeed.overrides"),
     # observability

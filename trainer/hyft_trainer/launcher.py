@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
-from . import gpus, preflight
+from . import gpus, offload, preflight
 from .config import ConfigError, load_config
 from .contract import (
     ATTEMPT_ENV,
@@ -183,8 +183,10 @@ def launch(config_path: str, config, log: NodeLog) -> int:
     if problem := gpus.check(expected or 0, precision, facts):
         return failed(log, f"preflight: {problem}", EXIT_GPU_UNAVAILABLE)
     rdzv = rendezvous_from_env(env, facts.count)
+    notes = config.notes
+    config, decision = offload.for_node(config, facts.memory, rdzv.nnodes, rdzv.nproc_per_node)
     settled = settle(config, rdzv.nnodes * rdzv.nproc_per_node, facts.count > 0, nvcc_available())
-    for note in (*config.notes, *settled.notes):  # once per node, before any process starts
+    for note in (*notes, *([decision.message] if decision.message else []), *settled.notes):  # once per node
         log.say(f"hyft: {note}")
     try:
         passed = preflight.run(settled.config, rdzv.node_rank, rdzv.master_addr, rdzv.master_port,

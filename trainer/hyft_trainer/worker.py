@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import fabric
+from . import fabric, gpus, offload
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
@@ -320,6 +320,9 @@ def train(config: TrainerConfig) -> int:
     model_config = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     check_model(config, model_config)
     on_gpu = torch.cuda.is_available()
+    nnodes = int(os.environ.get("NNODES", os.environ.get("PET_NNODES", "1")))
+    config, decision = offload.for_node(config, gpus.memory_bytes(), nnodes,
+                                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     settled = settle(config, world_size, on_gpu, nvcc_available())  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
     state = init_distributed(ds is not None, config.ddp_timeout)
@@ -327,7 +330,6 @@ def train(config: TrainerConfig) -> int:
     if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
         preflight_seconds += check_gang(config.output_dir, config.preflight_timeout, state.device)
     metrics.preflight.set(preflight_seconds)
-    nnodes = int(os.environ.get("NNODES", os.environ.get("PET_NNODES", "1")))
     fabric_facts, fabric_warnings = fabric.read(nnodes, on_gpu)
     if state.local_process_index == 0:
         nccl = f"NCCL {fabric_facts['nccl_version']}, " if on_gpu else ""
@@ -354,7 +356,9 @@ def train(config: TrainerConfig) -> int:
     collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model))
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
     measured["data_cache"] = cache
-    measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts)
+    measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
+                    offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
+                             "decided_on_node": decision.decided, "reason": decision.message})
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()

@@ -1,0 +1,62 @@
+"""What the operator knows of a job's model and GPUs from the spec alone (it cannot read the model
+volume, nor see a node before the scheduler picks it): the model's shape, one GPU's memory, and so
+the offload decision (hyft_trainer.offload) that status.offload reports."""
+from __future__ import annotations
+
+import re
+
+from kubernetes.utils import parse_quantity
+
+from hyft_trainer import offload
+from hyft_trainer.choices import SIZES
+from hyft_trainer.config import TrainerConfig
+from hyft_trainer.estimate import GIB, Shape
+
+from .api import HunyuanFineTune
+
+SIZE_IN_NAME = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[Bb](?![A-Za-z])")
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on GPU nodes by NVIDIA's GPU feature discovery
+
+
+def model_shape(job: HunyuanFineTune) -> tuple[Shape, str] | None:
+    """The model's shape from the spec: its parameters, or a size in its path's name."""
+    if job.spec.model.parameters:
+        size = job.spec.model.parameters.upper()
+        return Shape(**SIZES[size]), f"model.parameters {size}"
+    for size in SIZE_IN_NAME.findall(job.spec.model.path)[::-1]:
+        name = f"{float(size):g}B"
+        if name in SIZES:
+            return Shape(**SIZES[name]), f"{name}, from the model path"
+    return None
+
+
+def gpu_memory(job: HunyuanFineTune) -> tuple[float, str] | None:
+    """(bytes, where from) of one GPU: spec.gpuMemory, else the product the nodeSelector asks for."""
+    if job.spec.gpuMemory:
+        return float(parse_quantity(job.spec.gpuMemory)), f"spec.gpuMemory {job.spec.gpuMemory}"
+    product = job.spec.scheduling.nodeSelector.get(GPU_PRODUCT_LABEL)
+    if product in offload.GPU_PRODUCTS:
+        return offload.GPU_PRODUCTS[product] * GIB, f"{product}, from the nodeSelector"
+    return None
+
+
+def offload_decision(job: HunyuanFineTune, config: TrainerConfig) -> tuple[TrainerConfig, offload.Decision, str]:
+    """(config with concrete offload switches, the decision, the status line). The config's switches
+    count only where decision.decided or nothing was auto; else each node decides (the config keeps
+    auto) and these are the most offload, for the checks that need a value."""
+    spec = job.spec
+    shape, memory = model_shape(job), gpu_memory(job)
+    resolved, decision = offload.resolve(config, shape and shape[0], memory and memory[0], spec.nodes,
+                                         max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
+    auto = offload.AUTO in (config.offload_optimizer, config.offload_param) and config.deepspeed is None
+    if not auto or config.zero_stage == 0:
+        status = f"offload {decision.label}" + (" (as set in spec.deepspeed)" if config.zero_stage else " (ZeRO off)")
+    elif decision.decided:
+        status = decision.message + (f" [{memory[1]}; {shape[1]}]" if memory and shape else "")
+    else:
+        missing = " and ".join(w for w, known in (("the GPU's memory", memory), ("the model's size", shape))
+                               if not known)
+        status = (f"offload auto: {missing} unknown here, so each node decides from its GPUs and the model's config.json "
+                  "(its log and report.json say what it chose); set spec.gpuMemory"
+                  + (" and spec.model.parameters" if not shape else "") + " to decide it here")
+    return resolved, decision, status

@@ -1,0 +1,103 @@
+"""deepspeed offload "auto": the least offload whose GPU figure fits, decided by the operator where
+it knows one GPU's memory and the model's size, else by each node (hyft_trainer.offload, sizing)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hyft_operator import admission, api, builders, sizing
+from hyft_trainer import offload
+from hyft_trainer.config import parse_config
+from hyft_trainer.estimate import GIB, Estimate
+from tests.jobs import cpu_job
+
+pytestmark = pytest.mark.unit
+
+
+def figures(stage=3, none=100, optimizer=50, params=10):
+    """Estimates whose GPU figures (GiB per device) are the given ones."""
+    return [Estimate(stage, label, 0, 0, 0, 1, gib * GIB, 0) for label, gib in
+            (("none", none), ("optimizer", optimizer), ("params+optimizer", params))]
+
+
+@pytest.mark.parametrize("stage, optimizer, param, gpu_gib, chosen, fits", [
+    (3, "auto", "auto", 200, (False, False), True),  # fits without: no offload
+    (3, "auto", "auto", 80, (True, False), True),  # 100 > 72, 50 fits
+    (3, "auto", "auto", 40, (True, True), True),
+    (3, "auto", "auto", 8, (True, True), False),  # nothing fits: the most, and it says so
+    (3, "auto", False, 40, (True, False), False),  # parameters kept on the GPU as asked
+    (3, False, "auto", 80, (False, False), False),  # no optimizer offload asked: parameters alone are not an option
+    (2, "auto", "auto", 80, (True, False), True),  # ZeRO-2 never offloads parameters
+    (0, "auto", "auto", 8, (False, False), False),  # DDP: nothing to offload, and it says what does not fit
+])
+def test_the_least_offload_that_fits(stage, optimizer, param, gpu_gib, chosen, fits):
+    decision = offload.decide(figures(stage), stage, optimizer, param, gpu_gib * GIB)
+    assert (decision.optimizer, decision.param) == chosen and decision.fits is fits and decision.decided
+    assert decision.message.startswith(f"offload {decision.label} (")
+    assert f"{0.9 * gpu_gib:.1f} GiB (90% of {gpu_gib:.1f} GiB)" in decision.message
+    if not fits:
+        assert "does not fit even so" in decision.message
+
+
+def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
+    assert offload.decide(figures(), 3, True, False, 200 * GIB) == offload.Decision(True, False, decided=False)
+    unknown = offload.decide(figures(), 3, "auto", "auto", None)
+    assert (unknown.optimizer, unknown.param, unknown.decided) == (True, True, False)
+    cpu = offload.decide([], 3, "auto", "auto", None, on_gpu=False)
+    assert (cpu.optimizer, cpu.param, cpu.decided) == (True, True, True) and "no GPU" in cpu.message
+
+
+def test_a_brought_deepspeed_json_decides_itself():
+    config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": "/d"}], "deepspeed": {"a": 1}})
+    resolved, decision = offload.resolve(config, None, 80 * GIB, 1, 8, on_gpu=True)
+    assert resolved is config or resolved == config.model_copy(update={"offload_optimizer": False,
+                                                                       "offload_param": False})
+    assert not decision.decided and decision.message == ""
+
+
+def test_a_node_decides_from_its_smallest_gpu_and_the_model_folder(tmp_path):
+    """What the launcher and each worker do (offload.for_node): the same inputs, the same decision."""
+    (tmp_path / "config.json").write_text(json.dumps({  # Hunyuan-7B's shape
+        "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "intermediate_size": 14336, "vocab_size": 128167, "tie_word_embeddings": False}))
+    config = parse_config({"model_name_or_path": str(tmp_path), "data_files": [{"path": "/d"}],
+                           "finetuning_type": "full", "bf16": True, "cutoff_len": 4096})
+    on_141 = offload.for_node(config, (141 * GIB, 141 * GIB), nodes=1, per_node=2)
+    on_mixed = offload.for_node(config, (141 * GIB, 80 * GIB), nodes=1, per_node=2)
+    assert (on_141[1].label, on_mixed[1].label) == ("none", "optimizer")
+    assert on_mixed[0].offload_optimizer is True and on_mixed[0].offload_param is False
+    assert offload.for_node(config, (), 1, 1)[1].label == "params+optimizer"  # CPU
+    unreadable = config.model_copy(update={"model_name_or_path": str(tmp_path / "none")})
+    assert not offload.for_node(unreadable, (80 * GIB,), 1, 1)[1].decided
+
+
+def job(**spec):
+    body = cpu_job("sized", nodes=1, gpusPerNode=2, training={"precision": "bf16"}, method={"type": "full"},
+                   data={"files": [{"volume": "shared", "path": "data/chat.jsonl"}], "cutoffLen": 4096}, **spec)
+    body["spec"]["model"]["parameters"] = "7B"
+    return api.HunyuanFineTune.model_validate(body)
+
+
+def test_the_operator_decides_from_gpu_memory_or_a_known_product_else_leaves_it_to_the_nodes():
+    by_memory = builders.trainer_config(job(gpuMemory="80Gi"))
+    assert (by_memory.offload_optimizer, by_memory.offload_param) == (True, False)
+    h200 = job(scheduling={"nodeSelector": {sizing.GPU_PRODUCT_LABEL: "NVIDIA-H200"}})
+    assert (builders.trainer_config(h200).offload_optimizer, builders.trainer_config(h200).offload_param) == \
+        (False, False)
+    assert sizing.gpu_memory(h200)[1] == "NVIDIA-H200, from the nodeSelector"
+    unknown = job(scheduling={"nodeSelector": {sizing.GPU_PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"}})
+    config = builders.trainer_config(unknown)
+    assert (config.offload_optimizer, config.offload_param) == ("auto", "auto")
+    status = sizing.offload_decision(unknown, builders.spec_config(unknown))[2]
+    assert status.startswith("offload auto: the GPU's memory unknown here") and "set spec.gpuMemory" in status
+    as_set = job(deepspeed={"stage": 3, "offloadOptimizer": True, "offloadParams": True}, gpuMemory="141Gi")
+    assert sizing.offload_decision(as_set, builders.spec_config(as_set))[2] == \
+        "offload params+optimizer (as set in spec.deepspeed)"
+
+
+def test_the_host_memory_check_counts_the_decided_offload_or_else_the_most():
+    decided = admission.check_memory(job(gpuMemory="141Gi", memory="64Gi"))  # no offload: states on the GPUs
+    undecided = admission.check_memory(job(memory="64Gi"))
+    assert decided.estimate.offload == "none" and undecided.estimate.offload == "params+optimizer"
+    assert decided.need_bytes < undecided.need_bytes and undecided.at_risk and not decided.at_risk
