@@ -56,7 +56,8 @@ def offload_decision(job: HunyuanFineTune, config: TrainerConfig) -> tuple[Train
     else:
         missing = " and ".join(w for w, known in (("the GPU's memory", memory), ("the model's size", shape))
                                if not known)
-        status = (f"offload auto: {missing} unknown here, so each node decides from its GPUs and the model's config.json "
+        status = (f"offload auto: {missing} unknown here, so each node decides from its GPUs and the model's "
+                  "config.json "
                   "(its log and report.json say what it chose); set spec.gpuMemory"
                   + (" and spec.model.parameters" if not shape else "") + " to decide it here")
     return resolved, decision, status

@@ -76,7 +76,11 @@ def attention_kernels(model_dir: Path, seq: int) -> list[str]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    from . import attention
+
+    attention.register()
+    kernel, _ = attention.choose("auto", True, torch.cuda.get_device_capability(), True, False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation=kernel).cuda()
     model.config.use_cache = False
     half = seq // 2
     ids = torch.randint(0, 1000, (1, seq), device="cuda")

@@ -163,6 +163,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("fp16", bool, False, "Train in float16.", ARGS, TRANSFORMERS),
     Knob("gradient_checkpointing", bool, True, "Recompute activations to save GPU memory (LLaMA-Factory turns it "
          "on unless disable_gradient_checkpointing).", ARGS, LLAMAFACTORY, spec="training.gradientCheckpointing"),
+    Knob("attn_implementation", Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"],
+         "auto", "The attention kernel (transformers' attn_implementation; LLaMA-Factory's flash_attn is read as it). "
+         "auto: varlen (torch's variable-length flash kernel over each batch's samples: no mask, no padding "
+         "computed) on a bf16/fp16 GPU of compute capability 8.0 or newer, else sdpa.", HYFT, TRANSFORMERS,
+         spec="training.attnImplementation"),
     Knob("seed", int, 42, "Random seed (data order, initialisation, the validation split).", ARGS, TRANSFORMERS,
          spec="training.seed", bounds=dict(ge=0, le=2**32 - 1)),
     Knob("dataloader_num_workers", int, 0, "Data loader processes per rank.", ARGS, TRANSFORMERS,

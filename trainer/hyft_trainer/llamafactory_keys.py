@@ -20,7 +20,6 @@ NO_EFFECT = {
                        "settings, so it is never stale",
     "overwrite_output_dir": "hyft resumes from the newest complete checkpoint in output_dir (that is how a restarted "
                             "gang continues); to start over, use a new output_dir",
-    "flash_attn": "the attention implementation is chosen automatically (PyTorch SDPA)",
     "tokenized_path": "hyft caches the tokenized data itself, keyed by content, and always goes on to train",
     "enable_thinking": "each assistant turn is rendered with the thinking markup its sample has (slow, fast or none)",
     "print_param_status": "the trainable parameter count is in the log",
@@ -78,6 +77,12 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
                         "whole global batch (every device, every accumulation step); remove the key")
     if data.pop("disable_gradient_checkpointing", False):  # LLaMA-Factory checkpoints unless told not to
         data["gradient_checkpointing"] = False
+    if "flash_attn" in data:
+        flash = data.pop("flash_attn")
+        if flash not in FLASH_ATTN:
+            problems.append(f"flash_attn: {flash!r} is not one of {', '.join(FLASH_ATTN)}")
+        else:
+            data["attn_implementation"] = FLASH_ATTN[flash]
     if data.pop("neat_packing", False):
         data["packing"] = True  # hyft's packing never attends across samples: it is neat packing
     report_to = data.get("report_to")
@@ -93,6 +98,8 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
     return data, problems, notes
 
 
+# LLaMA-Factory's flash_attn values as transformers' attn_implementation
+FLASH_ATTN = {"auto": "auto", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
 REPORTERS = ("tensorboard",)
 
 
@@ -114,4 +121,4 @@ def _report_to(value: Any, problems: list[str]) -> list[str]:
 
 def known_keys() -> set[str]:
     return {*NO_EFFECT, *REFUSED, "stage", "do_train", "average_tokens_across_devices", "neat_packing",
-            "disable_gradient_checkpointing"}
+            "disable_gradient_checkpointing", "flash_attn"}

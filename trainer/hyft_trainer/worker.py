@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import fabric, gpus, offload
+from . import attention, fabric, gpus, offload
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
@@ -73,16 +73,23 @@ def keeps_trained_logits(model) -> bool:
             and "logits_to_keep" in inspect.signature(type(model).forward).parameters)
 
 
-class PaddingCollator:
-    """Pads to the longest in the batch; packed rows carry position_ids and NO attention mask, so
-    transformers builds a block-diagonal causal mask from the restarting positions. With
-    keep_trained_logits the batch says which positions need logits: the LM head (vocabulary x
-    hidden, and its float32 copy for the loss) then runs on the target tokens only."""
+PAD_MULTIPLE = 8  # tensor cores take matrix sizes in multiples of 8
 
-    def __init__(self, pad_id: int, batch_log: str | None = None, keep_trained_logits: bool = False):
+
+class PaddingCollator:
+    """Pads to the longest in the batch, rounded up to a multiple of 8; packed rows carry position_ids
+    and NO attention mask, so transformers builds a block-diagonal causal mask from the restarting
+    positions (or varlen cuts them into documents). With documents (varlen) every row carries
+    position ids, a pad its own one-token document, and no row a mask. With keep_trained_logits the
+    batch says which positions need logits: the LM head (vocabulary x hidden, and its float32 copy
+    for the loss) then runs on the target tokens only."""
+
+    def __init__(self, pad_id: int, batch_log: str | None = None, keep_trained_logits: bool = False,
+                 documents: bool = False):
         self.pad_id = pad_id
         self.batch_log = batch_log  # diagnostics: which samples this rank trained on
         self.keep_trained_logits = keep_trained_logits
+        self.documents = documents
 
     def __call__(self, rows):
         import torch
@@ -91,7 +98,7 @@ class PaddingCollator:
             with open(self.batch_log, "a") as f:
                 f.write(json.dumps([hash(tuple(r["input_ids"])) for r in rows]) + "\n")
 
-        longest = max(len(r["input_ids"]) for r in rows)
+        longest = -(-max(len(r["input_ids"]) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
 
         def padded(key, value):
             return torch.tensor([r[key] + [value] * (longest - len(r[key])) for r in rows])
@@ -99,6 +106,9 @@ class PaddingCollator:
         batch = {"input_ids": padded("input_ids", self.pad_id), "labels": padded("labels", IGNORE)}
         if "position_ids" in rows[0]:
             batch["position_ids"] = padded("position_ids", 0)
+        elif self.documents:
+            batch["position_ids"] = torch.tensor([list(range(len(r["input_ids"])))
+                                                  + [0] * (longest - len(r["input_ids"])) for r in rows])
         else:
             batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"]))
                                                     for r in rows])
@@ -220,6 +230,22 @@ def apply_method(model, config: TrainerConfig):
     return model
 
 
+def attention_kernel(config: TrainerConfig, on_gpu: bool) -> tuple[str, str]:
+    """attention.choose for this process's GPU (registering varlen with transformers)."""
+    import importlib.util
+
+    import torch
+
+    capability = torch.cuda.get_device_capability() if on_gpu else None
+    try:
+        kernel = attention.choose(config.attn_implementation, on_gpu, capability, config.bf16 or config.fp16,
+                                  importlib.util.find_spec("flash_attn") is not None)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    attention.register()
+    return kernel
+
+
 def check_model(config: TrainerConfig, model_config) -> None:
     quant = getattr(model_config, "quantization_config", None)
     method = (quant or {}).get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
@@ -325,6 +351,7 @@ def train(config: TrainerConfig) -> int:
                                         int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     settled = settle(config, world_size, on_gpu, nvcc_available())  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
+    kernel, kernel_why = attention_kernel(config, on_gpu)
     state = init_distributed(ds is not None, config.ddp_timeout)
     preflight_seconds = float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0"))
     if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
@@ -347,16 +374,19 @@ def train(config: TrainerConfig) -> int:
     dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
     before_load = _anon_rss()
     if state.local_process_index == 0:
+        print(f"hyft: attention: {kernel} ({kernel_why})", flush=True)
         print(f"hyft: {MODEL_LOADING} {config.model_name_or_path}", flush=True)
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
-                                                 attn_implementation="sdpa", trust_remote_code=remote)
+                                                 attn_implementation=kernel, trust_remote_code=remote)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
     measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
-    collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model))
+    collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model),
+                               documents=kernel == attention.VARLEN)
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
     measured["data_cache"] = cache
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
+                    attention={"implementation": kernel, "why": kernel_why},
                     offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
                              "decided_on_node": decision.decided, "reason": decision.message})
     model = apply_method(model, config)
