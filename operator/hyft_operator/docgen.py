@@ -10,10 +10,12 @@ from typing import Any
 
 from hyft_trainer import knobs
 from hyft_trainer.config import TrainerConfig
+from hyft_trainer.contract import EXIT_MEANINGS
 
 from . import api
 from .crdgen import openapi_schema
 from .settings import OperatorSettings
+from .status import ConditionType, Reason
 
 
 def _type(schema: dict[str, Any] | bool) -> str:
@@ -75,6 +77,13 @@ def _settings_rows() -> list[str]:
             f"{field.description} |" for name, field in OperatorSettings.model_fields.items()]
 
 
+def _condition_rows() -> list[str]:
+    rows = [f"| condition | `{t}` | {t.meaning} |" for t in ConditionType]
+    rows += [f"| reason | `{r}` | {r.meaning} |" for r in Reason]
+    return rows + [f"| reason | `{m.preflight_reason}` | PreflightPassed False: a pod exited {code} ({m.text}) |"
+                   for code, m in EXIT_MEANINGS.items() if m.preflight_reason]
+
+
 def render() -> str:
     spec, status = openapi_schema(api.HunyuanFineTuneSpec), openapi_schema(api.HunyuanFineTuneStatus)
     header = "| field | type | required | default | description |\n|---|---|---|---|---|\n"
@@ -86,6 +95,9 @@ def render() -> str:
         "## spec\n\n" + header + "\n".join(_rows(spec, "spec")) + "\n\n"
         "Rules across fields (checked by the API server):\n\n" + spec_rules + "\n\n"
         "## status (written by the operator only)\n\n" + header + "\n".join(_rows(status, "status")) + "\n\n"
+        "### Conditions and reasons\n\n"
+        "A phase condition that is False has the reason Not<Type>; Ready's reason is the phase.\n\n"
+        "| | name | meaning |\n|---|---|---|\n" + "\n".join(_condition_rows()) + "\n\n"
         "## Trainer config (`hyft train CONFIG`)\n\n"
         "Every key a trainer config takes, from hyft_trainer/knobs.py. *origin*: whose key it is (a LLaMA-Factory "
         "YAML means the same by it, with the same default unless the row says why not); *to*: what receives "

@@ -27,10 +27,13 @@ from pydantic import ValidationError
 from hyft_trainer.problems import describe
 
 from . import api, builders, lifecycle, metrics
-from .lifecycle import SPEC_VALID
+from .lifecycle import invalid
+from .lifecycle.conditions import set_condition
+from .lifecycle.gang import Event
+from .lifecycle.observe import pod_view
 from .progress import Scrape, parse_scrape
 from .settings import OperatorSettings
-from .status import TERMINAL_PHASES
+from .status import TERMINAL_PHASES, ConditionType, Reason
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
@@ -68,10 +71,6 @@ def output_volume_problem(job: api.HunyuanFineTune, pvc: dict[str, Any] | None) 
 def master_metrics_url(job: api.HunyuanFineTune) -> str:
     return (f"http://{builders.master_address(job.metadata['name'], job.metadata['namespace'])}:"
             f"{job.spec.metrics.port}/metrics")
-
-
-def _drop_condition(status: api.HunyuanFineTuneStatus, type_: str) -> None:
-    status.conditions = [c for c in status.conditions if c.type != type_]
 
 
 def _api_message(err: ApiException) -> str:
@@ -178,27 +177,26 @@ class Reconciler:
 
         listed = self._list_pods(namespace, name) if cached_pods is None else cached_pods
         pods = [p for p in listed if self._owned(p, obj)]
-        views = [lifecycle.pod_view(p) for p in pods]
+        views = [pod_view(p) for p in pods]
         now = dt.datetime.now(dt.UTC)
         live = job.status.phase not in TERMINAL_PHASES
-        if problem and live and not self._running_attempt(job, views):
+        if problem and live and not invalid.running_attempt(job, views):
             self._write_invalid(obj, problem)
             return 0.0 if views else None  # next pass: Failed, and lifecycle deletes what still runs
         if not job.status.startTime and not views:
             unshared = self._preflight(job)
             if unshared:
-                self._write_invalid(obj, unshared, reason="OutputNotShared")
+                self._write_invalid(obj, unshared, reason=Reason.OUTPUT_NOT_SHARED)
                 return None
         watching = self.scrape_progress and job.spec.metrics.enabled
         scrape = self._latest_scrape(job) if watching and job.status.phase == "Running" else None
         if scrape and scrape.progress:
             job.status.progress = scrape.progress
         plan = lifecycle.plan(job, views, now, scrape, watching)
-        if problem and live and (failure := self._invalid_edit(job, plan, problem, now)):
+        if problem and live and (failure := invalid.edited(job, plan, problem, now)):
             self._write_invalid(obj, failure)
             return 0.0
-        if not problem or plan.status.phase in TERMINAL_PHASES:  # valid again, or the attempt finished
-            _drop_condition(plan.status, SPEC_VALID)
+        invalid.settle(plan, problem)
 
         written = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
         if plan.status != written and not self._progress_held((namespace, name), written, plan.status):
@@ -267,30 +265,6 @@ class Reconciler:
             problem = str(err)
         self._checked[key] = (seen, problem)
         return problem
-
-    @staticmethod
-    def _running_attempt(job: api.HunyuanFineTune, views: list[lifecycle.PodView]) -> bool:
-        return any(v.attempt == job.status.attempt and v.phase in ("Pending", "Running") and not v.deleting
-                   for v in views)
-
-    @staticmethod
-    def _invalid_edit(job: api.HunyuanFineTune, plan: lifecycle.Plan, problem: str, now: dt.datetime) -> str | None:
-        """An edit of a mutable field (scheduling, env, volumes, ...) made a running job's spec invalid. Its
-        pods came from a valid generation and the edit would only shape the next attempt's: they train on,
-        told by a condition and one event per generation. The failure message, once the gang needs new pods."""
-        if plan.create or plan.status.attempt != job.status.attempt:
-            ended = plan.status.lastFailure
-            return f"{problem}; the gang cannot restart on it" + (
-                f" after pod {ended.pod} ended ({ended.reason})" if ended and ended.pod else "")
-        generation = job.metadata.get("generation")
-        lifecycle.set_condition(plan.status.conditions, SPEC_VALID, "False", "InvalidSpec",
-                                f"{problem}; the running attempt goes on, a restart would fail the job",
-                                now, generation)
-        if generation != next((c.observedGeneration for c in job.status.conditions if c.type == SPEC_VALID), None):
-            plan.events.append(lifecycle.Event(
-                "Warning", "InvalidSpec", f"generation {generation} is invalid: {problem}; the running pods "
-                "keep training until they finish or need a restart, which fails the job"))
-        return None
 
     def _forget(self, key: tuple[str, str]) -> None:
         """A deleted job: nothing of it stays in memory (its lock aside: a reconcile may hold it)."""
@@ -365,27 +339,21 @@ class Reconciler:
         obj = self._get(namespace, name)
         status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
         now = dt.datetime.now(dt.UTC)
-        lifecycle.set_condition(status.conditions, "Created", "False", lifecycle.CREATION_FAILED, message, now,
-                                obj["metadata"].get("generation"))
+        set_condition(status.conditions, ConditionType.CREATED, "False", Reason.POD_CREATION_FAILED, message, now,
+                      obj["metadata"].get("generation"))
         if status.message != message:
             status.message = message
             self._write_status(obj, status)
-            self._event(obj, lifecycle.Event("Warning", lifecycle.CREATION_FAILED, message))
+            self._event(obj, Event("Warning", Reason.POD_CREATION_FAILED, message))
 
-    def _write_invalid(self, obj: dict[str, Any], message: str, reason: str = "InvalidSpec") -> None:
-        status = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
-        if status.phase == "Failed" and status.message == message:
+    def _write_invalid(self, obj: dict[str, Any], message: str, reason: str = Reason.INVALID_SPEC) -> None:
+        written = api.HunyuanFineTuneStatus.model_validate(obj.get("status") or {})
+        status = invalid.failed(written, message, dt.datetime.now(dt.UTC), obj["metadata"].get("generation"), reason)
+        if status is None:
             return
-        now = dt.datetime.now(dt.UTC)
-        old_phase = status.phase
-        status.phase, status.message = "Failed", message
-        status.observedGeneration = obj["metadata"].get("generation")
-        _drop_condition(status, SPEC_VALID)  # the Failed condition says it now
-        for type_, value in (("Failed", "True"), ("Stalled", "True"), ("Reconciling", "False"), ("Ready", "False")):
-            lifecycle.set_condition(status.conditions, type_, value, reason, message, now, status.observedGeneration)
         self._write_status(obj, status)
-        metrics.count_transition(obj["metadata"]["namespace"], old_phase, "Failed")
-        self._event(obj, lifecycle.Event("Warning", reason, message))
+        metrics.count_transition(obj["metadata"]["namespace"], written.phase, "Failed")
+        self._event(obj, Event("Warning", reason, message))
 
     def _ensure(self, desired: dict[str, Any]) -> None:
         """Create if absent. An existing object with our deterministic name is adopted as is."""
@@ -409,7 +377,7 @@ class Reconciler:
             if err.status not in (404, 409):
                 raise
 
-    def _event(self, obj: dict[str, Any], event: lifecycle.Event) -> None:
+    def _event(self, obj: dict[str, Any], event: Event) -> None:
         meta = obj["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {

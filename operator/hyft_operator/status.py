@@ -2,6 +2,7 @@
 type and reason it sets: each declared once here, listed in the CRD's docs."""
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field
@@ -12,11 +13,78 @@ Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Susp
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
+class _Documented(StrEnum):
+    """A string constant with its meaning, for the CRD's docs and the reference."""
+
+    def __new__(cls, value: str, meaning: str) -> _Documented:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.meaning = meaning
+        return member
+
+
+class ConditionType(_Documented):
+    READY = "Ready", "True once the job succeeded (kstatus); its reason is the phase otherwise"
+    RECONCILING = "Reconciling", "True while the job is Pending, Running or Restarting (kstatus)"
+    STALLED = "Stalled", "True once the job failed (kstatus)"
+    CREATED = "Created", "every pod of the current attempt exists"
+    PODS_SCHEDULED = "PodsScheduled", "every pod of the current attempt is bound to a node"
+    RUNNING = "Running", "the phase is Running (likewise for each phase)"
+    RESTARTING = "Restarting", "the phase is Restarting"
+    SUCCEEDED = "Succeeded", "the phase is Succeeded"
+    FAILED = "Failed", "the phase is Failed"
+    SUSPENDED = "Suspended", "the phase is Suspended"
+    MEMORY_RISK = "MemoryRisk", "the pods' memory is below the estimated need (runPolicy.memoryCheck)"
+    PREFLIGHT_PASSED = "PreflightPassed", "every rank of the attempt passed the trainer's preflight"
+    SPEC_VALID = "SpecValid", "False only while a running attempt outlives an edit that made the spec invalid"
+
+
+PHASE_CONDITIONS = (ConditionType.RUNNING, ConditionType.RESTARTING, ConditionType.SUCCEEDED,
+                    ConditionType.FAILED, ConditionType.SUSPENDED)
+
+
+class Reason(_Documented):
+    """Every reason the operator writes on a condition or an event (besides Not<Phase> on a phase condition
+    that is False, and the preflight reasons of the trainer's exit codes)."""
+
+    PODS_CREATED = "PodsCreated", "the pods of an attempt were created"
+    PODS_NOT_CREATED = "PodsNotCreated", "some pods of the attempt do not exist yet"
+    POD_CREATION_FAILED = "PodCreationFailed", "admission refused a pod (quota, policy); retried"
+    PODS_STARTING = "PodsStarting", "the gang's pods are starting"
+    ALL_PODS_RUNNING = "AllPodsRunning", "every pod of the attempt runs"
+    RESUMED = "Resumed", "runPolicy.suspend was cleared: the gang is recreated"
+    SUSPENDED = "Suspended", "runPolicy.suspend: the pods were deleted"
+    COMPLETED = "Completed", "the master pod exited 0"
+    GANG_RESTART = "GangRestart", "a pod failed or vanished: the whole gang restarts as the next attempt"
+    STALL_TIMEOUT = "StallTimeout", "the master trainer made no step for runPolicy.stallTimeoutSeconds"
+    STARTUP_TIMEOUT = "StartupTimeout", "no first step runPolicy.startupTimeoutSeconds after the gang started"
+    PERMANENT_ERROR = "PermanentError", "a pod exited with one of runPolicy.permanentExitCodes"
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded", "a pod failed after runPolicy.backoffLimit gang restarts"
+    DEADLINE_EXCEEDED = "DeadlineExceeded", "runPolicy.activeDeadlineSeconds passed since the job started"
+    PODS_DELETED = "PodsDeleted", "runPolicy.ttlSecondsAfterFinished deleted a finished job's pods"
+    MEMORY_RISK = "MemoryRisk", "memoryCheck Enforce refused to start a job whose pods lack memory"
+    NEEDS_MORE_MEMORY = "NeedsMoreMemory", "the pods' memory is below the estimate"
+    FITS = "Fits", "the pods' memory holds the estimate"
+    MODEL_SIZE_UNKNOWN = "ModelSizeUnknown", "no model size to estimate from"
+    UNSCHEDULABLE = "Unschedulable", "the scheduler cannot place a pod (its message says why)"
+    SCHEDULED = "Scheduled", "every pod is bound to a node"
+    WAITING_FOR_SCHEDULER = "WaitingForScheduler", "not every pod is bound to a node yet"
+    IDLE = "Idle", "Reconciling is False: the job has finished or is suspended"
+    NOT_STALLED = "NotStalled", "Stalled is False"
+    PASSED = "Passed", "every rank passed the preflight"
+    CHECKING = "Checking", "the attempt's master trainer has not reported its preflight yet"
+    INVALID_SPEC = "InvalidSpec", "the spec is refused (the message names the field)"
+    OUTPUT_NOT_SHARED = "OutputNotShared", "a multi-node job's output volume is not shared by every node"
+    INTERRUPTED = "Interrupted", "lastFailure: the trainer stopped early on SIGTERM with a checkpoint"
+    POD_DELETED = "PodDeleted", "lastFailure: a running pod disappeared (deleted, preempted, node lost)"
+
+
 class Condition(ApiModel):
-    type: str = Field(description="Condition type (Ready, Reconciling, Stalled, Created, Running, Restarting, "
-                                  "Succeeded, Failed, Suspended, PodsScheduled).")
+    type: str = Field(description="Condition type: one of " + ", ".join(ConditionType) + ".")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field("", description="CamelCase reason for the last transition.")
+    reason: str = Field("", description="CamelCase reason for the last transition: Not<Type> on a phase "
+                        "condition that is False, a preflight check's name on PreflightPassed, or one of "
+                        + ", ".join(Reason) + ".")
     message: str = Field("", description="Human-readable detail.")
     lastTransitionTime: str | None = Field(None,
                                            description="When status last changed (RFC 3339).")

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from hyft_operator import api, lifecycle
-from hyft_operator.lifecycle import PodView, pod_view
+from hyft_operator.lifecycle.conditions import set_condition
+from hyft_operator.lifecycle.failure import describe_exit
+from hyft_operator.lifecycle.observe import PodView, pod_view
+from hyft_operator.status import PHASE_CONDITIONS, Reason
 from tests.helpers import ROOT, load_example
 
 NOW = dt.datetime(2026, 11, 29, 12, 0, 0, tzinfo=dt.UTC)
@@ -136,8 +139,8 @@ def test_lifecycle_table(case):
     if case.message:
         assert case.message in st.message
     # exactly one phase condition is True, and it is the phase
-    phase_true = [c.type for c in st.conditions if c.type in lifecycle.PHASE_CONDITIONS and c.status == "True"]
-    assert phase_true == ([case.phase] if case.phase in lifecycle.PHASE_CONDITIONS else [])
+    phase_true = [c.type for c in st.conditions if c.type in PHASE_CONDITIONS and c.status == "True"]
+    assert phase_true == ([case.phase] if case.phase in PHASE_CONDITIONS else [])
 
 
 def test_kstatus_conditions_follow_the_phase():
@@ -206,7 +209,7 @@ def test_pod_view_reads_the_api_object():
             {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
     })
     assert (view.rank, view.attempt, view.exit_code, view.reason) == (1, 2, 137, "OOMKilled")
-    assert lifecycle.describe_exit(137, "OOMKilled") == "exit code 137 (SIGKILL), OOMKilled"
+    assert describe_exit(137, "OOMKilled") == "exit code 137 (SIGKILL), OOMKilled"
 
 
 def test_a_refused_pod_creation_is_kept_in_the_status_while_it_is_retried():
@@ -214,7 +217,7 @@ def test_a_refused_pod_creation_is_kept_in_the_status_while_it_is_retried():
     rewrite, no event) until the pods exist."""
     refused = "cannot create pod minimal-master-0: no PriorityClass with name x was found"
     first = lifecycle.plan(job(), [], NOW)
-    lifecycle.set_condition(first.status.conditions, "Created", "False", lifecycle.CREATION_FAILED, refused, NOW, 4)
+    set_condition(first.status.conditions, "Created", "False", Reason.POD_CREATION_FAILED, refused, NOW, 4)
     first.status.message = refused
     observed = lifecycle.plan(job(first.status.model_dump(exclude_none=True)), [], NOW)
     assert observed.create == [0, 1] and observed.events == [] and observed.status.message == refused

@@ -24,7 +24,7 @@ OPERATOR_ONLY = {
     "model.parameters": "the model size the memory check uses",
 }
 # What the operator's code reads (attribute loads, so a docstring or comment does not count).
-OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.glob("*.py")
+OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.rglob("*.py")
                   if path.name not in ("api.py", "crdgen.py", "docgen.py")
                   for node in ast.walk(ast.parse(path.read_text()))
                   if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)}

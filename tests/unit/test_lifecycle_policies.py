@@ -1,0 +1,182 @@
+"""Each lifecycle policy on its own, table-tested against one planning pass (lifecycle.gang.Gang);
+test_lifecycle.py tests them together through lifecycle.plan."""
+from __future__ import annotations
+
+import pytest
+
+from hyft_operator import api
+from hyft_operator.lifecycle import create, deadline, failure, invalid, memory, stall, suspend, ttl
+from hyft_operator.lifecycle.gang import Gang
+from hyft_operator.progress import Scrape, TrainerClock
+from hyft_operator.status import PHASE_CONDITIONS, ConditionType, HunyuanFineTuneStatus, Reason
+from tests.unit.test_lifecycle import EARLIER, NOW, job, pod
+
+RUNNING = {"phase": "Running", "startTime": EARLIER}
+STARTED = NOW.timestamp() - 600  # the gang's pods started 10 minutes ago
+GANG = [pod(0, started_at=STARTED), pod(1, started_at=STARTED)]
+BOTH = ["minimal-master-0", "minimal-worker-0"]
+
+
+def gang(status=None, pods=(), scrape=None, watching=False, **run_policy):
+    return Gang(job(status or {}, runPolicy=run_policy), list(pods), NOW, scrape, watching)
+
+
+@pytest.mark.parametrize("suspended, applied, phase, deleted", [
+    (False, False, "Running", []),
+    (True, True, "Suspended", BOTH),
+])
+def test_suspend(suspended, applied, phase, deleted):
+    g = gang(RUNNING, GANG, suspend=suspended)
+    assert suspend.apply(g) is applied
+    assert (g.st.phase, g.plan.delete) == (phase, deleted)
+
+
+@pytest.mark.parametrize("seconds, applied, requeue", [
+    (None, False, None),
+    (7200, False, 3600.0),  # started an hour ago: due in an hour
+    (3600, True, None),  # due now
+])
+def test_deadline(seconds, applied, requeue):
+    g = gang(RUNNING, GANG, activeDeadlineSeconds=seconds)
+    assert deadline.apply(g) is applied
+    assert g.plan.requeue_after == requeue
+    if applied:
+        assert (g.st.phase, g.reason, g.plan.delete) == ("Failed", Reason.DEADLINE_EXCEEDED, BOTH)
+
+
+@pytest.mark.parametrize("phase, ttl_seconds, completed, deleted, requeue", [
+    ("Succeeded", None, "2026-11-29T11:00:00Z", [], None),
+    ("Succeeded", 600, "2026-11-29T11:55:00Z", [], 300.0),
+    ("Succeeded", 600, "2026-11-29T11:50:00Z", BOTH, None),
+    ("Failed", None, "2026-11-29T11:50:00Z", ["minimal-worker-0"], None),  # the survivors go at once
+])
+def test_ttl(phase, ttl_seconds, completed, deleted, requeue):
+    pods = [pod(0, "Failed" if phase == "Failed" else "Succeeded", exit_code=2 if phase == "Failed" else 0),
+            pod(1, "Running" if phase == "Failed" else "Succeeded")]
+    g = gang({"phase": phase, "completionTime": completed}, pods, ttlSecondsAfterFinished=ttl_seconds)
+    ttl.apply(g)
+    assert (sorted(g.plan.delete), g.plan.requeue_after) == (sorted(deleted), requeue)
+    assert g.st.podsDeletedAfterTtl is (deleted == BOTH)
+
+
+@pytest.mark.parametrize("pods, old_phase, found", [
+    (GANG, "Running", None),
+    ([pod(0), pod(1, "Failed", exit_code=137, reason="OOMKilled")], "Running", ("minimal-worker-0", True)),
+    ([pod(0, "Failed", exit_code=2), pod(1)], "Running", ("minimal-master-0", False)),
+    ([pod(0, "Failed", exit_code=143, deleting=True), pod(1)], "Running", None),  # our own deletion
+    ([pod(0)], "Running", ("minimal-worker-0", True)),  # vanished once the gang ran
+    ([pod(0)], "Pending", None),  # not created yet
+    ([pod(0, "Succeeded", exit_code=0, message="hyft: stopped early by SIGTERM"), pod(1)], "Running",
+     ("minimal-master-0", True)),
+])
+def test_the_first_failure(pods, old_phase, found):
+    got = failure.first_failure(gang({"phase": old_phase, "startTime": EARLIER}, pods))
+    assert (got and (got.pod, got.retryable)) == (found or None)
+
+
+@pytest.mark.parametrize("restarts, limit, retryable, phase, reason, attempt", [
+    (0, 3, True, "Restarting", Reason.GANG_RESTART, 1),
+    (3, 3, True, "Failed", Reason.BACKOFF_LIMIT_EXCEEDED, 3),
+    (0, 3, False, "Failed", Reason.PERMANENT_ERROR, 0),
+    (0, 0, True, "Failed", Reason.BACKOFF_LIMIT_EXCEEDED, 0),
+])
+def test_backoff(restarts, limit, retryable, phase, reason, attempt):
+    pods = [pod(0, attempt=attempt - 1 if phase == "Restarting" else attempt),
+            pod(1, "Failed", exit_code=1, attempt=attempt - 1 if phase == "Restarting" else attempt)]
+    g = gang({**RUNNING, "restarts": restarts, "attempt": pods[0].attempt}, pods, backoffLimit=limit,
+             permanentExitCodes=[2] if retryable else [1])
+    assert failure.apply(g)
+    assert (g.st.phase, g.reason, g.st.attempt) == (phase, reason, attempt)
+    assert g.st.lastFailure.pod == "minimal-worker-0" and (g.st.completionTime is not None) is (phase == "Failed")
+
+
+def clock(idle, stepped):
+    now = NOW.timestamp()
+    return Scrape(now, None, TrainerClock(started=STARTED, last_step=now - idle if stepped else None, now=now,
+                                          step=5 if stepped else None))
+
+
+@pytest.mark.parametrize("scrape, watching, limits, outcome", [
+    (clock(30, True), True, {"stallTimeoutSeconds": 60}, ("requeue", 30.0)),
+    (clock(90, True), True, {"stallTimeoutSeconds": 60}, Reason.STALL_TIMEOUT),
+    (clock(90, True), False, {"stallTimeoutSeconds": 60}, None),  # not scraping: no verdict
+    (clock(90, True), True, {"startupTimeoutSeconds": 60}, None),  # it stepped: start-up is over
+    (clock(500, False), True, {"startupTimeoutSeconds": 300}, Reason.STARTUP_TIMEOUT),
+    (None, True, {"startupTimeoutSeconds": 900}, ("requeue", 300.0)),  # no answer: the pods' start counts
+    (None, True, {"startupTimeoutSeconds": 300}, Reason.STARTUP_TIMEOUT),
+])
+def test_stall_and_startup(scrape, watching, limits, outcome):
+    g = gang(RUNNING, GANG, scrape=scrape, watching=watching, **limits)
+    applied = stall.apply(g)
+    if isinstance(outcome, tuple):
+        assert not applied and g.plan.requeue_after == pytest.approx(outcome[1], abs=1)
+    elif outcome is None:
+        assert not applied and g.plan.requeue_after is None
+    else:
+        assert applied and (g.st.phase, g.reason, g.st.attempt) == ("Restarting", outcome, 1)
+        assert g.st.lastFailure.reason == outcome
+
+
+SEVEN_B_AT_RISK = {"model": {"volume": "models", "path": "Hunyuan-7B", "parameters": "7B"}, "memory": "8Gi"}
+
+
+@pytest.mark.parametrize("check, status, pods, refused", [
+    ("Enforce", {}, [], True),
+    ("Warn", {}, [], False),
+    ("Enforce", {"startTime": EARLIER}, [], False),  # started before: never stopped for it
+    ("Enforce", {}, [pod(0, "Pending")], False),
+])
+def test_memory_enforce(check, status, pods, refused):
+    body = job(status).model_dump(exclude_none=True)
+    body["spec"].update(SEVEN_B_AT_RISK)
+    body["spec"]["runPolicy"]["memoryCheck"] = check
+    g = Gang(api.HunyuanFineTune.model_validate(body), pods, NOW, None, False)
+    assert memory.refuse(g) is refused
+    assert (g.st.phase == "Failed") is refused
+
+
+@pytest.mark.parametrize("status, pods, create_ranks, phase, reason", [
+    ({}, [], [0, 1], "Pending", Reason.PODS_STARTING),
+    ({"phase": "Pending", "startTime": EARLIER}, [pod(0), pod(1, "Pending")], [], "Pending", Reason.PODS_STARTING),
+    ({"phase": "Pending", "startTime": EARLIER}, GANG, [], "Running", Reason.ALL_PODS_RUNNING),
+    (RUNNING, [pod(0, "Succeeded", exit_code=0), pod(1)], [], "Succeeded", Reason.COMPLETED),
+    ({"phase": "Suspended", "startTime": EARLIER}, [], [0, 1], "Pending", Reason.RESUMED),
+    ({"phase": "Restarting", "attempt": 1, "startTime": EARLIER}, [], [0, 1], "Restarting", ""),
+])
+def test_create_and_run(status, pods, create_ranks, phase, reason):
+    g = gang(status, pods)
+    create.apply(g)
+    assert (g.plan.create, g.st.phase, g.reason) == (create_ranks, phase, reason)
+
+
+def phase_conditions(status):
+    kinds = (*PHASE_CONDITIONS, ConditionType.RECONCILING, ConditionType.STALLED, ConditionType.READY)
+    return {c.type: (c.status, c.reason) for c in status.conditions if c.type in kinds}
+
+
+def test_an_invalid_spec_fails_the_job_as_any_failure_does():
+    """The Failed state is built in one place: an invalid spec's verdict has the same conditions as
+    the lifecycle's own failures, and writing it twice changes nothing."""
+    written = invalid.failed(HunyuanFineTuneStatus(phase="Running"), "spec.x: bad", NOW, 4)
+    g = gang(RUNNING, [pod(0, "Failed", exit_code=2), pod(1)])
+    failure.apply(g)
+    expected = {t: (s, Reason.INVALID_SPEC if r == Reason.PERMANENT_ERROR else r)
+                for t, (s, r) in phase_conditions(g.st).items()}
+    assert written.phase == "Failed" and phase_conditions(written) == expected
+    assert written.completionTime and written.observedGeneration == 4
+    assert invalid.failed(written, "spec.x: bad", NOW, 4) is None
+
+
+@pytest.mark.parametrize("attempt_after, create_ranks, verdict", [
+    (0, [], None),  # the running attempt goes on, told by SpecValid False
+    (1, [], "the gang cannot restart on it"),  # it failed: a restart would use the invalid spec
+    (0, [1], "the gang cannot restart on it"),  # a pod is missing
+])
+def test_an_edit_that_makes_a_running_spec_invalid(attempt_after, create_ranks, verdict):
+    g = gang(RUNNING, GANG)
+    g.st.attempt, g.plan.create = attempt_after, create_ranks
+    got = invalid.edited(g.job, g.plan, "spec.x: bad", NOW)
+    assert (got and verdict in got) if verdict else got is None
+    said = [c for c in g.st.conditions if c.type == ConditionType.SPEC_VALID]
+    assert bool(said) is (verdict is None) and [e.reason for e in g.plan.events] == (
+        [Reason.INVALID_SPEC] if verdict is None else [])
