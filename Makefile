@@ -58,7 +58,7 @@ real-node: venv binaries sysdeps ## a control plane + one real node running the 
 
 DEMO := $(HYFT_CACHE)/demo
 demo: venv ## train examples/local-tiny.yaml on this machine: 2 nodes, ZeRO-3 + CPU offload, LoRA
-	$(PY) -m hyft_operator.cli tiny-model $(DEMO)/models/tiny-small --family small
+	$(PY) -m hyft_trainer.cli tiny-model $(DEMO)/models/tiny-small --family small
 	rm -rf $(DEMO)/work/local-tiny
 	$(PY) -m hyft_operator.cli run examples/local-tiny.yaml --local \
 	  --volume models=$(DEMO)/models --volume data=examples/data --volume work=$(DEMO)/work

@@ -51,7 +51,7 @@ def measure(config: Path, log: Path) -> tuple[int, int, float]:
     env = {**os.environ, "NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1"}
     started = time.monotonic()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "train", str(config)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "hyft_trainer.cli", "train", str(config)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
         peak = 0
         while proc.poll() is None:

@@ -42,7 +42,7 @@ def run_mode(name: str, settings: dict, model: Path, work: Path, steps: int, bat
     env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf-cache"), "NPROC_PER_NODE": "2",
            "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hyft_operator.cli", "train", str(path)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "hyft_trainer.cli", "train", str(path)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")

@@ -59,7 +59,7 @@ def run_hyft(work: Path, model: Path, data: Path, ds: Path, packing: bool, args,
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1",
            "HF_DATASETS_CACHE": str(work / f"cache-{tag}"), "TORCH_EXTENSIONS_DIR": str(CACHE / "torch-extensions")}
-    proc = subprocess.run([sys.executable, "-m", "hyft_operator.cli", "train", str(path)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "hyft_trainer.cli", "train", str(path)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"hyft ({tag}) failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")

@@ -31,13 +31,13 @@ def measure(args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
 
+    from hyft_trainer.batches import PaddingCollator, token_mean_loss
     from hyft_trainer.chat_format import FAMILIES, Message
     from hyft_trainer.choices import SIZES
     from hyft_trainer.encode import IGNORE, encode
     from hyft_trainer.packing import first_fit_decreasing, pack
     from hyft_trainer.sample_data import make_samples
     from hyft_trainer.tiny import build_tokenizer
-    from hyft_trainer.worker import PaddingCollator, token_mean_loss
 
     torch.manual_seed(0)
     size = SIZES[args.size]

@@ -1,6 +1,6 @@
 # The hyft operator: Kopf + the kubernetes client, no torch.
 # Build from the repository root: `make images`, or
-#   docker build --network host -f docker/operator.Dockerfile -t hyft-operator:0.1.0 .
+#   docker build --network host -f docker/operator.Dockerfile -t hyft-operator:<version> .  (make images: the version of pyproject.toml)
 # DL3008: Debian stable's package versions move only for security fixes; take them.
 FROM debian:bookworm-slim AS build
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -1,7 +1,7 @@
 # The hyft trainer: torch (PyPI's wheel brings its CUDA libraries), DeepSpeed with
 # CPU-Adam prebuilt for GPU nodes and its CPU ops prebuilt for CPU nodes, transformers, peft.
 # Build from the repository root: `make images`, or
-#   docker build --network host -f docker/trainer.Dockerfile -t hyft-trainer:0.1.0 .
+#   docker build --network host -f docker/trainer.Dockerfile -t hyft-trainer:<version> .  (make images: the version of pyproject.toml)
 # torch 2.11.0 from PyPI is built for CUDA 13.0, so GPU nodes need an NVIDIA driver >= 580
 # and the NVIDIA container toolkit (or the GPU operator), which reads the NVIDIA_* variables.
 # DL3008: Debian stable's package versions move only for security fixes; take them.

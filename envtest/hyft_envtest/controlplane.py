@@ -10,6 +10,9 @@ real node's control plane: the API server listens on port 443 of every address t
 (the API service IP among them, so pods reach it without a kube-proxy), and
 ``server``/``kubeconfig`` lead to it from this side through a forwarded port, while
 ``inner_kubeconfig`` is what the components and the node inside use.
+
+Over 300 lines: the components' flags depend on one another (certificates, ports, the namespace);
+they are written once, side by side.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ joined to a test control plane, every part of it inside one network and mount
 namespace that this module makes (netns.NodeNamespace) and removes again.
 
     node = RealNode(workdir).start()      # control plane + node + cluster DNS
-    node.load_image("hyft-trainer:0.1.0") # from the local Docker engine into containerd
+    node.load_image(images.tag("trainer")) # from the local Docker engine into containerd
     ...                                    # kubectl --kubeconfig node.kubeconfig ...
     node.stop()
 
@@ -13,6 +13,9 @@ them, so pods reach it without a kube-proxy; CoreDNS answers on the node IP and 
 the kubelet's clusterDNS; pods get addresses from Debian's bridge + host-local CNI
 plugins. containerd keeps its images in the cache (an imported image survives the
 run; `load_image` skips one already there) and its state in the test's workdir.
+
+Over 300 lines: the node's parts start in one order and stop in the reverse; one file keeps both
+orders in view.
 """
 from __future__ import annotations
 

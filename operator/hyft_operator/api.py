@@ -6,6 +6,9 @@ No kopf or kubernetes imports here, and nothing from the trainer but its shared 
 
 Each validation rule is written twice, side by side (see Rule): CEL under
 ``x-kubernetes-validations`` for the API server, and its Python twin.
+
+Over 300 lines: the spec is one resource, read top to bottom as the user writes it; its building
+blocks (formats.py, markers.py) and the status (status.py) are apart.
 """
 from __future__ import annotations
 

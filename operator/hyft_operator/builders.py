@@ -4,6 +4,9 @@ The headless Service, the ConfigMap holding the trainer config (the trainer's ow
 schema, read back by `hyft train`), and the master/worker Pods of the pod
 contract (README, "How a job runs"; hyft_trainer/contract.py). No API calls: `hyft render` and `hyft run --local` use
 the same functions as the operator.
+
+Over 300 lines: the pod contract is one document (env, volumes, probes, scheduling of one pod),
+split it and a reader follows one pod across files.
 """
 from __future__ import annotations
 

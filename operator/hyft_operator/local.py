@@ -145,7 +145,7 @@ def run(job: HunyuanFineTune, folders: dict[str, Path], workdir: Path, out=sys.s
     pods = plan_pods(job, folders, workdir, devices)
     for pod in pods:
         pod.process = subprocess.Popen(
-            [sys.executable, "-m", "hyft_operator.cli", "train", str(pod.config_path)],
+            [sys.executable, "-m", "hyft_trainer.cli", "train", str(pod.config_path)],
             env={**os.environ, **pod.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True, bufsize=1)
     streams = [threading.Thread(target=_stream, args=(p, out), daemon=True) for p in pods]

@@ -5,6 +5,9 @@ Level-based and crash-safe: deterministic names, create-if-absent (409 means
 observed resourceVersion as a precondition) is written BEFORE pods are deleted
 or created, so a crash between two calls converges on the next pass. The
 operator never writes to spec.
+
+Over 300 lines: one class holds what passes over a job share (the cache expectations, the scrapes,
+the spec verdicts) with the API calls that act on a plan; the decisions are in lifecycle/.
 """
 from __future__ import annotations
 

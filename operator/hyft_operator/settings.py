@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hyft_trainer.contract import VERSION
 from hyft_trainer.problems import describe
 
 PREFIX = "HYFT_"
@@ -16,7 +17,7 @@ PREFIX = "HYFT_"
 class OperatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    trainer_image: str = Field("ghcr.io/hyft-io/hyft-trainer:0.1.0", min_length=1,
+    trainer_image: str = Field(f"ghcr.io/hyft-io/hyft-trainer:{VERSION}", min_length=1,
                                description="Trainer image for resources that name none (spec.image).")
     trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Its pull policy, unless spec.imagePullPolicy says otherwise.")

@@ -75,7 +75,7 @@ def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=(),
     if base_env is None:  # one intra-op thread: float reductions then do not depend on the machine's load
         env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / f"node{rank}-{port}.log", "w")
-    return (subprocess.Popen([*wrapper, sys.executable, "-m", "hyft_operator.cli", "train", str(config)],
+    return (subprocess.Popen([*wrapper, sys.executable, "-m", "hyft_trainer.cli", "train", str(config)],
                              env=env, stdout=log, stderr=subprocess.STDOUT), log)
 
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from hyft_trainer import attention
-from hyft_trainer.worker import PaddingCollator
+from hyft_trainer.batches import PaddingCollator
 from tests.unit.test_trained_logits import rows
 
 pytestmark = pytest.mark.unit

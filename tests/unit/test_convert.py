@@ -49,7 +49,7 @@ def test_cli_writes_nothing_when_a_sample_is_bad(tmp_path):
     src.write_text(json.dumps({"turns": [{"human": "q", "assistant": "a", "requires_reasoning": False}]}) + "\n"
                    + json.dumps({"turns": [{"human": "q", "assistant": "a", "requires_reasoning": True}]}) + "\n")
     dst = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "hyft_operator.cli", "data", "convert", str(src), str(dst)]
+    cmd = [sys.executable, "-m", "hyft_trainer.cli", "data", "convert", str(src), str(dst)]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and not dst.exists()
     assert f"{src} line 2 (sample 1): turns[0]: requires_reasoning is true but 'thinking' is empty" in bad.stderr
@@ -63,7 +63,7 @@ def test_convert_survives_every_malformed_line_and_writes_only_whole_files(tmp_p
 
     src, expected, _ = malformed.write(tmp_path / "mixed.jsonl")
     dst = tmp_path / "out.jsonl"
-    cmd = [sys.executable, "-m", "hyft_operator.cli", "data", "convert", str(src), str(dst), "--max-errors", "200"]
+    cmd = [sys.executable, "-m", "hyft_trainer.cli", "data", "convert", str(src), str(dst), "--max-errors", "200"]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and not dst.exists()
     assert not list(tmp_path.glob("*.tmp"))

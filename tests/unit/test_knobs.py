@@ -16,7 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import hyft_trainer
 from hyft_operator import api
 from hyft_operator.markers import Trainer
-from hyft_trainer import knobs, offload, worker
+from hyft_trainer import knobs, model_setup, offload, prepared_data, worker
 from hyft_trainer.config import TrainerConfig, parse_config
 from hyft_trainer.deepspeed_config import settle
 from tests.knob_values import BASE, COMPANIONS, changed
@@ -61,7 +61,7 @@ def test_a_deepspeed_setting_changes_the_deepspeed_json(knob):
 
 @pytest.mark.parametrize("knob", of(knobs.METHOD), ids=lambda k: k.key)
 def test_a_method_setting_changes_the_lora_or_freeze_settings(knob):
-    before, after = (worker.method_settings(c, layers=8) for c in configs(knob))
+    before, after = (model_setup.method_settings(c, layers=8) for c in configs(knob))
     assert after != before
 
 
@@ -79,11 +79,11 @@ def test_a_data_setting_changes_the_prepared_data(knob, monkeypatch):
         return Dataset.from_list(rows), data_check.Report(samples=len(rows))
 
     monkeypatch.setattr(data_check, "prepare", prepare)
-    monkeypatch.setattr(worker, "sources_for_config", lambda config: [])
+    monkeypatch.setattr(prepared_data, "sources_for_config", lambda config: [])
     seen = []
     for config in configs(knob):
         calls = []
-        train, evaluation, _ = worker.prepare_data(config, tokenizer=None)
+        train, evaluation, _ = prepared_data.prepare_data(config, tokenizer=None)
         seen.append((calls, train.to_list(), evaluation and evaluation.to_list()))
     assert seen[0] != seen[1]
 

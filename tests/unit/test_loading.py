@@ -100,7 +100,7 @@ def test_samples_over_cutoff_len_are_errors(tokenizers, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "hyft_operator.cli", "data", "check", *args],
+    return subprocess.run([sys.executable, "-m", "hyft_trainer.cli", "data", "check", *args],
                           capture_output=True, text=True, timeout=300)
 
 

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 
+from hyft_trainer.batches import PaddingCollator, keeps_trained_logits, token_mean_loss, trained_positions
 from hyft_trainer.chat_format import FAMILIES, Message
 from hyft_trainer.encode import IGNORE, encode
 from hyft_trainer.packing import pack
 from hyft_trainer.sample_data import make_samples
-from hyft_trainer.worker import PaddingCollator, keeps_trained_logits, token_mean_loss, trained_positions
 
 
 def rows(tokenizer, packed: bool):

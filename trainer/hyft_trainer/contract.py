@@ -4,7 +4,22 @@ the alert rules read. Torch-free: the operator image imports it.
 """
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def _version() -> str:
+    try:
+        return version("hyft")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+
+
+# hyft's version, declared once in pyproject.toml: the default image tags say it (the chart's and the
+# README's are checked against it by tests/unit/test_version.py)
+VERSION = _version()
 
 # --- exit codes and termination messages
 EXIT_INVALID = 2  # invalid config or data: permanent, the operator does not restart the gang

@@ -65,7 +65,7 @@ def run_train(config: dict, workdir: Path, expect_gpus: int, name: str) -> tuple
            "MASTER_PORT": str(free_port()), "NPROC_PER_NODE": str(max(expect_gpus, 1)),
            GPUS_PER_NODE_ENV: str(expect_gpus), "HF_DATASETS_CACHE": str(workdir / "hf-cache")}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hyft_operator.cli", "train", str(path)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "hyft_trainer.cli", "train", str(path)], env=env,
                           capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
 

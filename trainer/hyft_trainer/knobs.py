@@ -4,7 +4,7 @@ HunyuanFineTune spec exposes it 1:1, its spec path.
 
 From this table come the trainer config (config.TrainerConfig), the spec's 1:1 fields
 (hyft_operator.api), the `TrainingArguments` keywords (worker.training_arguments), the
-prepared data's settings (worker.data_cache_key), the CRD and the reference docs (`make regen`).
+prepared data's settings (prepared_data.data_cache_key), the CRD and the reference docs (`make regen`).
 Adding a 1:1 setting is one entry here; tests/unit/test_knobs.py proves each entry reaches its
 consumer. Torch-free: the operator image imports it.
 """
@@ -26,7 +26,7 @@ NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 # Who receives a setting (tests/unit/test_knobs.py proves each one does):
 ARGS = "TrainingArguments"  # passed through as the keyword `arg` (default: the key)
 DEEPSPEED = "DeepSpeed"  # the generated DeepSpeed JSON
-METHOD = "method"  # the LoRA config, or which layers train (worker.method_settings)
+METHOD = "method"  # the LoRA config, or which layers train (model_setup.method_settings)
 DATA = "data"  # how the data is prepared: part of the prepared data's cache key
 HYFT = "hyft"  # read by hyft's own code (the launcher, worker, callbacks, metrics)
 

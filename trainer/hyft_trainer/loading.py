@@ -4,6 +4,9 @@ Sources: JSON (a top-level list) and JSONL files, folders of them, and
 LLaMA-Factory data folders (dataset_info.json: file_name, formatting, columns,
 tags) so existing data folders work unchanged. Every record keeps where it came
 from (file, sample index, JSONL line) for error messages.
+
+Over 300 lines: every source kind (files, folders, LLaMA-Factory's dataset_info.json with its
+column maps) ends in the same validated records; the reading rules belong together.
 """
 from __future__ import annotations
 

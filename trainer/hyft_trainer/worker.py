@@ -1,7 +1,10 @@
 """One training process (started per GPU — or once per CPU node — by torch's
-elastic launcher): data, model, method, DeepSpeed, Trainer, checkpoints, export.
+elastic launcher): the run's order (preflight, data, model, method, DeepSpeed, Trainer,
+checkpoints, export); the batches, the prepared data and the model set-up have modules of their own.
 
     python -m hyft_trainer.worker CONFIG      (normally through `hyft train`)
+
+Over 300 lines: the run's order is one function, read top to bottom.
 """
 from __future__ import annotations
 
@@ -12,14 +15,15 @@ import time
 from pathlib import Path
 
 from . import attention, fabric, gpus, offload
+from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
-from .encode import IGNORE, MaskOptions
-from .knobs import ARGS, DATA, KNOBS
-from .loading import DataError, sources_for_config
-from .packing import first_fit_decreasing, pack
+from .knobs import ARGS, KNOBS
+from .loading import DataError
+from .model_setup import apply_method, attention_kernel, check_model
 from .preflight import PreflightError, check_gang
+from .prepared_data import build_datasets
 
 # The launcher's folder for talking with its workers (torchrun passes only exit status 1 on):
 LAUNCH_DIR_ENV = "HYFT_LAUNCH_DIR"
@@ -52,229 +56,6 @@ def init_distributed(deepspeed: bool, timeout_s: int):
     # Plain DDP on CPU needs cpu=True: otherwise the state stays DistributedType.NO, the Trainer never
     # wraps the model in DDP, and every rank steps alone (seen: 2x logged loss, larger grad norms).
     return PartialState(cpu=True, backend="gloo", timeout=timeout)
-
-
-def trained_positions(labels):
-    """The positions whose logits the loss reads: position p predicts token p + 1, so p is kept
-    when labels[p + 1] is a target. Prompts, padding and each row's last position are not."""
-    import torch
-
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:].ne(IGNORE)
-    return keep
-
-
-def keeps_trained_logits(model) -> bool:
-    """transformers' own causal LMs take a boolean `logits_to_keep` (B, T) and project only those
-    positions onto the vocabulary; remote-code models may slice it differently, so they get all."""
-    import inspect
-
-    return (type(model).__module__.startswith("transformers.")
-            and "logits_to_keep" in inspect.signature(type(model).forward).parameters)
-
-
-PAD_MULTIPLE = 8  # tensor cores take matrix sizes in multiples of 8
-
-
-class PaddingCollator:
-    """Pads to the longest in the batch, rounded up to a multiple of 8; packed rows carry position_ids
-    and NO attention mask, so transformers builds a block-diagonal causal mask from the restarting
-    positions (or varlen cuts them into documents). With documents (varlen) every row carries
-    position ids, a pad its own one-token document, and no row a mask. With keep_trained_logits the
-    batch says which positions need logits: the LM head (vocabulary x hidden, and its float32 copy
-    for the loss) then runs on the target tokens only."""
-
-    def __init__(self, pad_id: int, batch_log: str | None = None, keep_trained_logits: bool = False,
-                 documents: bool = False):
-        self.pad_id = pad_id
-        self.batch_log = batch_log  # diagnostics: which samples this rank trained on
-        self.keep_trained_logits = keep_trained_logits
-        self.documents = documents
-
-    def __call__(self, rows):
-        import torch
-
-        if self.batch_log:
-            with open(self.batch_log, "a") as f:
-                f.write(json.dumps([hash(tuple(r["input_ids"])) for r in rows]) + "\n")
-
-        longest = -(-max(len(r["input_ids"]) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
-
-        def padded(key, value):
-            return torch.tensor([r[key] + [value] * (longest - len(r[key])) for r in rows])
-
-        batch = {"input_ids": padded("input_ids", self.pad_id), "labels": padded("labels", IGNORE)}
-        if "position_ids" in rows[0]:
-            batch["position_ids"] = padded("position_ids", 0)
-        elif self.documents:
-            batch["position_ids"] = torch.tensor([list(range(len(r["input_ids"])))
-                                                  + [0] * (longest - len(r["input_ids"])) for r in rows])
-        else:
-            batch["attention_mask"] = torch.tensor([[1] * len(r["input_ids"]) + [0] * (longest - len(r["input_ids"]))
-                                                    for r in rows])
-        if self.keep_trained_logits:
-            batch["logits_to_keep"] = trained_positions(batch["labels"])
-        return batch
-
-
-def prepare_data(config: TrainerConfig, tokenizer):
-    """Validate, tokenize, split and pack (global rank 0, for every rank: build_datasets)."""
-    from datasets import Dataset
-
-    from .data_check import prepare
-
-    opts = MaskOptions(config.train_on_prompt, config.mask_history, config.train_assistant_header)
-    encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
-                              opts=opts, num_proc=config.preprocessing_num_workers, max_samples=config.max_samples,
-                              template_check_samples=config.template_check_samples)
-    if encoded is None or not encoded.num_rows:
-        check_prepared(config, report, rows=0)
-    encoded = encoded.select_columns(["input_ids", "labels"])
-    eval_ds = None
-    if config.val_size:
-        count = config.val_size >= 1  # LLaMA-Factory: a whole number of samples
-        split = encoded.train_test_split(test_size=int(config.val_size) if count else config.val_size,
-                                         seed=config.seed)
-        encoded, eval_ds = split["train"], split["test"]
-    if config.packing:
-        rows = encoded.to_dict()
-        samples = list(zip(rows["input_ids"], rows["labels"], strict=True))
-        packs = [pack(samples, g) for g in first_fit_decreasing([len(s[0]) for s in samples], config.cutoff_len)]
-        encoded = Dataset.from_list(packs)
-    return encoded, eval_ds, report
-
-
-def check_prepared(config: TrainerConfig, report, rows: int) -> None:
-    """What stops training after preparation, the same on every rank."""
-    if report.template_mismatch:
-        raise ConfigError(report.template_mismatch)
-    if report.failed and not config.skip_invalid_samples:
-        raise DataError("invalid training data (set skip_invalid_samples to train without these):\n"
-                        + report.render())
-    if not rows:
-        raise DataError("no valid training samples" + (":\n" + report.render() if report.failed else ""))
-
-
-def data_cache_key(config: TrainerConfig) -> str:
-    from . import data_cache
-
-    settings = {k.key: getattr(config, k.key) for k in KNOBS if k.to == DATA}
-    settings["seed"] = config.seed  # the validation split's
-    sources = sources_for_config(config)
-    settings["sources"] = [(str(s.path), s.format, s.name, s.dataset, repr(s.columns)) for s in sources]
-    return data_cache.key([s.path for s in sources], Path(config.model_name_or_path), settings)
-
-
-def build_datasets(config: TrainerConfig, tokenizer, state):
-    """(train, eval, report, cache facts): prepared once per job by global rank 0 into the shared data cache,
-    memory-mapped by every rank (data_cache)."""
-    import torch.distributed as dist
-
-    from . import data_cache
-
-    key = [data_cache_key(config) if state.is_main_process else None]
-    if state.num_processes > 1:
-        dist.broadcast_object_list(key, src=0)
-    folder = Path(config.data_cache_dir or Path(config.output_dir) / data_cache.FOLDER) / key[0]
-    built = False
-    if not data_cache.complete(folder):
-        if state.is_main_process:
-            print(f"hyft: preparing the data once for every rank into {folder}", flush=True)
-            data_cache.clear_failure(folder)
-            try:
-                data_cache.save(folder, *prepare_data(config, tokenizer))
-                built = True
-            except (ConfigError, DataError) as err:
-                data_cache.save_failure(folder, type(err).__name__, str(err))
-        elif state.local_process_index == 0:
-            print(f"hyft: waiting for global rank 0 to prepare the data into {folder} "
-                  f"(at most ddp_timeout, {config.ddp_timeout}s)", flush=True)
-        state.wait_for_everyone()
-    if failed := data_cache.failure(folder):
-        raise (ConfigError if failed["kind"] == "ConfigError" else DataError)(failed["message"])
-    train_ds, eval_ds, report = data_cache.load(folder)
-    if not built and state.local_process_index == 0:
-        print(f"hyft: loaded the prepared data from {folder} ({train_ds.num_rows} rows; prepared earlier or by "
-              "global rank 0)", flush=True)
-    check_prepared(config, report, train_ds.num_rows)
-    if report.failed and state.is_main_process:
-        print(f"hyft: {report.skipped_summary()}", flush=True)
-    return train_ds, eval_ds, report, {"folder": str(folder), "built_here": built}
-
-
-def method_settings(config: TrainerConfig, layers: int) -> dict:
-    """LoRA: peft's LoraConfig keywords; freeze: which of the model's decoder layers train."""
-    if config.finetuning_type == "lora":
-        targets = "all-linear" if config.lora_target == "all" else [t.strip() for t in config.lora_target.split(",")]
-        return {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
-                "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
-    if config.finetuning_type == "freeze":
-        n = config.freeze_trainable_layers
-        return {"trainable_layers": sorted(range(layers - n, layers) if n > 0 else range(-n))}
-    return {}
-
-
-def apply_method(model, config: TrainerConfig):
-    if config.finetuning_type == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        return get_peft_model(model, LoraConfig(**method_settings(config, 0)))
-    if config.finetuning_type == "freeze":
-        layers = model.model.layers
-        trainable = method_settings(config, len(layers))["trainable_layers"]
-        for p in model.parameters():
-            p.requires_grad = False
-        for i in trainable:
-            for p in layers[i].parameters():
-                p.requires_grad = True
-    return model
-
-
-def attention_kernel(config: TrainerConfig, on_gpu: bool) -> tuple[str, str]:
-    """attention.choose for this process's GPU (registering varlen with transformers)."""
-    import importlib.util
-
-    import torch
-
-    capability = torch.cuda.get_device_capability() if on_gpu else None
-    try:
-        kernel = attention.choose(config.attn_implementation, on_gpu, capability, config.bf16 or config.fp16,
-                                  importlib.util.find_spec("flash_attn") is not None)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    attention.register()
-    return kernel
-
-
-def check_model(config: TrainerConfig, model_config) -> None:
-    quant = getattr(model_config, "quantization_config", None)
-    method = (quant or {}).get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if method in ("gptq", "awq"):
-        if config.zero_stage == 3 or config.deepspeed is not None:
-            raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by ZeRO-3; use "
-                              "zero_stage 0 or 2 with finetuning_type lora")
-        if config.finetuning_type != "lora":
-            raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
-
-
-def token_mean_loss(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy summed over this rank's target tokens, divided by the target tokens of the whole
-    global batch (all ranks, all accumulation steps): every token weighs the same, however the batch
-    is split, so N nodes train exactly like one process with the same global batch."""
-    import torch
-
-    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-    targets = labels[..., 1:]
-    if logits.dim() == 2:  # the trained positions' logits only (trained_positions), in the targets' order
-        targets = targets[targets.ne(IGNORE)]
-    else:
-        logits = logits[..., :-1, :]
-    targets = targets.reshape(-1).to(logits.device)
-    total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets,
-                                              ignore_index=IGNORE, reduction="sum")
-    if num_items_in_batch is None:
-        return total / targets.ne(IGNORE).sum().clamp(min=1)
-    return total / num_items_in_batch
 
 
 def _batch_log(state) -> str | None:
