@@ -45,6 +45,7 @@ lint: venv ## ruff
 	$(VENV)/bin/ruff check .
 
 regen: venv ## regenerate from the declarations: crds/, the chart's CRDs, docs/reference.md, the golden files
+	$(PY) -m hyft_trainer.upstream_gen
 	$(PY) -m hyft_operator.crdgen crds/
 	$(PY) -m hyft_operator.docgen > docs/reference.md
 	cp crds/*.yaml charts/hyft-operator/crds/

@@ -158,6 +158,71 @@ DS_Z3_OFFLOAD = {
 }
 DS_Z3_OFFLOAD_HUNYUAN = {**DS_Z3_OFFLOAD, "bf16": {"enabled": True}}
 
+# The usual guide's recipe for a Hunyuan LoRA, as a user brings it: transformers' training arguments
+# (optimizer, evaluation keeping the best checkpoint, data loader), fp16 with DeepSpeed's dynamic loss
+# scaling. Sized for a tiny model on CPU; the guide's FSDP keys are refused until FSDP is built.
+GUIDE_RECIPE = """
+### model
+model_name_or_path: {model}
+
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_rank: 8
+lora_target: all
+deepspeed: {deepspeed}
+
+### dataset
+dataset_dir: {dataset_dir}
+dataset: car_sft
+template: hunyuan
+cutoff_len: 256
+val_size: 0.25
+
+### output
+output_dir: {output}
+logging_dir: {output}/logs
+logging_steps: 1
+save_strategy: steps
+save_steps: 2
+report_to: tensorboard
+
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 2
+learning_rate: 5.0e-3
+max_steps: 8
+lr_scheduler_type: cosine
+warmup_steps: 1
+optim: adamw_torch
+adam_beta1: 0.9
+adam_beta2: 0.95
+adam_epsilon: 1.0e-8
+max_grad_norm: 1.0
+fp16: true
+gradient_checkpointing: true
+dataloader_pin_memory: false
+dataloader_num_workers: 4
+
+### eval
+eval_strategy: steps
+eval_steps: 2
+load_best_model_at_end: true
+metric_for_best_model: eval_loss
+greater_is_better: false
+early_stopping_steps: 3
+"""
+DS_Z3_FP16 = {
+    "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,
+    "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+             "hysteresis": 2, "min_loss_scale": 1},
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
+                          "stage3_gather_16bit_weights_on_model_save": True},
+}
+
 CORPUS = {
     "hunyuan_full": (HUNYUAN_FULL, DS_Z3_OFFLOAD_HUNYUAN),
     "llama3_lora_sft": (LORA_SFT, None),

@@ -8,9 +8,10 @@ import json
 import sys
 from typing import Any
 
-from hyft_trainer import knobs
+from hyft_trainer import keys, knobs
 from hyft_trainer.config import TrainerConfig
 from hyft_trainer.contract import EXIT_MEANINGS
+from hyft_trainer.upstream_keys import LLAMAFACTORY_ARGUMENTS, TRANSFORMERS_VERSION
 
 from . import api
 from .crdgen import openapi_schema
@@ -71,6 +72,12 @@ def _trainer_rows() -> list[str]:
     return rows
 
 
+def _key_rows() -> list[str]:
+    """Every key that is not a hyft setting, with its fate (keys.py)."""
+    return [f"| `{key}` | {fate} | {why} |" for key, (fate, why) in sorted(keys.every_key().items())
+            if fate != keys.Fate.IMPLEMENTED]
+
+
 def _settings_rows() -> list[str]:
     properties = OperatorSettings.model_json_schema()["properties"]
     return [f"| `{OperatorSettings.env_name(name)}` | {_type(properties[name])} | `{json.dumps(field.default)}` | "
@@ -104,6 +111,13 @@ def render() -> str:
         "it; *spec*: the HunyuanFineTune field that sets it.\n\n"
         "| key | type | default | spec | origin | to | description |\n|---|---|---|---|---|---|---|\n"
         + "\n".join(_trainer_rows()) + "\n\n"
+        "### Every other key\n\n"
+        f"transformers' Seq2SeqTrainingArguments ({TRANSFORMERS_VERSION}) and LLaMA-Factory's argument classes "
+        f"({', '.join(sorted({r for *_, found_in in LLAMAFACTORY_ARGUMENTS.values() for r in found_in}))}), each "
+        "with its fate: *passed* to TrainingArguments as given; "
+        "*set by hyft* (refused unless at its default); *read as* a hyft setting; *no effect* (said once at "
+        "start-up); *refused* unless off. Any other key is unknown.\n\n"
+        "| key | fate | meaning or reason |\n|---|---|---|\n" + "\n".join(_key_rows()) + "\n\n"
         "## Operator settings\n\n"
         "Environment variables of the operator (the chart sets them from its values), read once at start-up.\n\n"
         "| variable | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(_settings_rows()) + "\n"

@@ -578,3 +578,34 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["fail_fast"]["passed"] and "this node expects 1 GPU(s)" in result["fail_fast"]["message"]
     assert result["train"]["exit_code"] == 0 and result["train"]["steps"] == 3
     assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None
+
+
+def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llamafactory_data, tmp_path):
+    """The guide's keys that are transformers' own (optim, adam_*, warmup_steps, the data loader, best-
+    checkpoint evaluation) reach TrainingArguments as written, the best checkpoint is the one exported,
+    and each key without effect here (logging_dir; fp16 on a CPU) is said once."""
+    import torch
+
+    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE
+
+    deepspeed = tmp_path / "ds_z3_fp16.json"
+    deepspeed.write_text(json.dumps(DS_Z3_FP16))
+    config = tmp_path / "recipe.yaml"
+    config.write_text(GUIDE_RECIPE.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
+                                          output=tmp_path / "out"))
+    report = run(config, 1, tmp_path)
+    log = logs(tmp_path)
+    assert log.count("hyft: logging_dir: has no effect here") == 1
+    assert log.count("hyft: fp16: off, no GPU here: training in float32") == 1
+    evals = {h["step"]: h["eval_loss"] for h in report["log_history"] if "eval_loss" in h}
+    best_step = min(evals, key=evals.get)
+    assert report["best_checkpoint"] == str(tmp_path / "out" / f"checkpoint-{best_step}")
+    args = torch.load(Path(report["best_checkpoint"]) / "training_args.bin", weights_only=False)
+    assert (args.optim, args.adam_beta2, args.warmup_steps, args.dataloader_pin_memory,
+            args.dataloader_num_workers, args.metric_for_best_model) == ("adamw_torch", 0.95, 1, False, 4, "eval_loss")
+    exported = (tmp_path / "out" / "export" / "adapter_model.safetensors")
+    best = Path(report["best_checkpoint"]) / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    assert all(torch.equal(a, b) for a, b in zip(load_file(exported).values(), load_file(best).values(), strict=True))
+    assert "Traceback" not in log

@@ -66,7 +66,7 @@ def test_bad_configs_name_the_problem(data, message):
 
 
 @pytest.mark.parametrize("key, hint", [
-    ("max_tokens", None), ("output_path", None), ("max_new_tokens", None),  # share a word with a key only
+    ("max_tokens", None), ("output_path", None), ("max_token_budget", None),  # share a word with a key only
     ("learning_rat", "learning_rate"), ("num_train_epoch", "num_train_epochs"), ("lora_rnak", "lora_rank"),
 ])
 def test_the_did_you_mean_hint_fires_on_a_typo_only(key, hint):

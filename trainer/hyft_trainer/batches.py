@@ -70,7 +70,7 @@ class PaddingCollator:
         return batch
 
 
-def token_mean_loss(outputs, labels, num_items_in_batch=None):
+def token_mean_loss(outputs, labels, num_items_in_batch=None, label_smoothing: float = 0.0):
     """Cross-entropy summed over this rank's target tokens, divided by the target tokens of the whole
     global batch (all ranks, all accumulation steps): every token weighs the same, however the batch
     is split, so N nodes train exactly like one process with the same global batch."""
@@ -84,7 +84,7 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None):
         logits = logits[..., :-1, :]
     targets = targets.reshape(-1).to(logits.device)
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets,
-                                              ignore_index=IGNORE, reduction="sum")
+                                              ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
     if num_items_in_batch is None:
         return total / targets.ne(IGNORE).sum().clamp(min=1)
     return total / num_items_in_batch

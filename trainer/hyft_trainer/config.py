@@ -1,5 +1,7 @@
 """The trainer's configuration: one pydantic model made from the settings declared in
-knobs.py (LLaMA-Factory's and transformers' key names), so a LLaMA-Factory YAML runs as brought.
+knobs.py (LLaMA-Factory's and transformers' key names) and transformers' training arguments that
+hyft passes through (keys.PASSED), so a LLaMA-Factory YAML runs as brought; every other key gets
+the fate keys.py gives it.
 
 The operator writes exactly this schema into the job's ConfigMap, and `hyft train`
 reads it back. This module must stay light (no torch import): the operator image
@@ -7,17 +9,19 @@ imports it.
 """
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, model_validator
+from pydantic_core import PydanticUndefined
 
+from . import keys
 from .knobs import KNOBS, PATH
-from .llamafactory_keys import known_keys, translate
+from .llamafactory_keys import translate
 from .problems import describe
+from .upstream_keys import TRAINING_ARGUMENTS
 
 
 def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
@@ -56,41 +60,46 @@ class _Checks(BaseModel):
             raise ValueError("offload_param needs zero_stage 3")
         if self.offload_optimizer is True and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs DeepSpeed: zero_stage 2 or 3")
+        if "warmup_steps" in self.model_fields_set and self.warmup_ratio:
+            raise ValueError("warmup_ratio and warmup_steps are one setting of transformers: set one of them")
         if self.save_only_model and self.early_stopping_steps and (self.deepspeed or self.zero_stage):
             raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
                              "checkpoint could not be reloaded at the end; drop one of them")
         return self
 
 
+def _passed_field(key: str) -> tuple[Any, Any]:
+    """A pass-through key as transformers types it (upstream_keys.py); its default is transformers' own,
+    and only a key the config sets reaches TrainingArguments."""
+    kind, default = TRAINING_ARGUMENTS[key]
+    mutable = isinstance(default, (list, dict))
+    return eval(kind, {"Any": Any}), Field(default=PydanticUndefined if mutable else default,  # noqa: S307
+                                           default_factory=(lambda: type(default)(default)) if mutable else None,
+                                           description=f"transformers' TrainingArguments.{key}, passed through")
+
+
 TrainerConfig = create_model("TrainerConfig", __base__=_Checks, __module__=__name__,
-                             **{k.key: (k.annotation(), k.field()) for k in KNOBS})
+                             **{k.key: (k.annotation(), k.field()) for k in KNOBS},
+                             **{key: _passed_field(key) for key in keys.PASSED})
 
 
 class ConfigError(ValueError):
     pass
 
 
-def _unknown_key_messages(data: dict[str, Any]) -> list[str]:
-    known = set(TrainerConfig.model_fields)
-    candidates = known | known_keys()
-    messages = []
-    for key in data:
-        if key in known:
-            continue
-        # a hint only for a real near-miss (a typo), not for a different key that shares a word
-        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.85)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        messages.append(f"{key}: unknown key{hint}")
-    return messages
+def passed_arguments(config: TrainerConfig) -> dict[str, Any]:
+    """The pass-through keys the config sets, for TrainingArguments."""
+    return {key: getattr(config, key) for key in keys.PASSED if key in config.model_fields_set}
 
 
 def parse_config(data: Any, source: str = "config") -> TrainerConfig:
-    """Validate a mapping into a TrainerConfig; errors name every bad key. LLaMA-Factory keys are
-    read as llamafactory_keys says; those without effect end up in config.notes."""
+    """Validate a mapping into a TrainerConfig; errors name every bad key. Each key is read as keys.py
+    gives its fate; those without effect end up in config.notes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    data, problems, notes = translate(data)
-    problems += _unknown_key_messages(data)
+    data, problems = translate(data)
+    data, judged, notes = keys.judge(data)
+    problems += judged
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
     try:
@@ -114,4 +123,5 @@ def dump_config(config: TrainerConfig) -> str:
     """YAML the trainer reads back with load_config (defaults included, for the record)."""
     # libyaml's emitter where the wheel has it: the operator writes one per gang it creates
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-    return yaml.dump(config.model_dump(mode="json"), Dumper=dumper, sort_keys=False)
+    unset = {key for key in keys.PASSED if key not in config.model_fields_set}
+    return yaml.dump(config.model_dump(mode="json", exclude=unset), Dumper=dumper, sort_keys=False)

@@ -162,7 +162,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("bf16", bool, False, "Train in bfloat16.", ARGS, TRANSFORMERS),
     Knob("fp16", bool, False, "Train in float16.", ARGS, TRANSFORMERS),
     Knob("gradient_checkpointing", bool, True, "Recompute activations to save GPU memory (LLaMA-Factory turns it "
-         "on unless disable_gradient_checkpointing).", ARGS, LLAMAFACTORY, spec="training.gradientCheckpointing"),
+         "on unless disable_gradient_checkpointing).", ARGS, LLAMAFACTORY, spec="training.gradientCheckpointing",
+         arg="activation_checkpointing"),  # transformers 5's name; gradient_checkpointing is its deprecated alias
+    Knob("label_smoothing_factor", float, 0.0, "Label smoothing of the cross-entropy over target tokens.", HYFT,
+         TRANSFORMERS, bounds=dict(ge=0, lt=1)),  # hyft's loss (batches.token_mean_loss) applies it
     Knob("attn_implementation", Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"],
          "auto", "The attention kernel (transformers' attn_implementation; LLaMA-Factory's flash_attn is read as it). "
          "auto: varlen (torch's variable-length flash kernel over each batch's samples: no mask, no padding "

@@ -1,7 +1,7 @@
-"""LLaMA-Factory (0.9.5) keys in a trainer config: which hyft reads with the same
-meaning (those are TrainerConfig fields), which have no effect here (accepted and
-reported once at start-up, with the reason), and which it refuses because ignoring
-them would silently change the result (the message says what to do).
+"""LLaMA-Factory's keys that hyft reads in its own way: its spellings of hyft settings (READ_AS,
+translate), keys without effect here (accepted and reported once at start-up, with the reason),
+and keys refused because ignoring them would silently change the result (the message says what
+to do). keys.py gives every other key its fate.
 
 Pure and torch-free: the operator image imports it through config.py.
 """
@@ -23,6 +23,12 @@ NO_EFFECT = {
     "tokenized_path": "hyft caches the tokenized data itself, keyed by content, and always goes on to train",
     "enable_thinking": "each assistant turn is rendered with the thinking markup its sample has (slow, fast or none)",
     "print_param_status": "the trainable parameter count is in the log",
+    "logging_dir": "transformers 5 removed it: TensorBoard logs go to output_dir/runs",
+    "cache_dir": "the model is read from model_name_or_path's folder, never downloaded",
+    **dict.fromkeys(("hf_hub_token", "ms_hub_token", "om_hub_token"), "the trainer pods reach no model hub: the "
+                    "model is read from model_name_or_path's folder"),
+    **dict.fromkeys(("infer_backend", "infer_dtype", "use_kv_cache", "offload_folder"),
+                    "an inference setting, not training"),
     **dict.fromkeys(("image_max_pixels", "image_min_pixels", "video_max_pixels", "video_min_pixels", "video_fps",
                      "video_maxlen", "audio_sampling_rate", "media_dir", "image_dir", "freeze_vision_tower",
                      "freeze_multi_modal_projector", "freeze_language_model", "use_audio_in_video"), _MEDIA),
@@ -51,16 +57,28 @@ REFUSED = {
 }
 
 
-def _off(value: Any) -> bool:
+# LLaMA-Factory's spellings, read as hyft's settings by translate()
+READ_AS = {
+    "stage": "sft only: hyft trains supervised fine-tuning",
+    "do_train": "true only: hyft always trains",
+    "average_tokens_across_devices": "true only: hyft's loss averages over the target tokens of the global batch",
+    "disable_gradient_checkpointing": "gradient_checkpointing: false",
+    "flash_attn": "attn_implementation (auto, disabled: eager, sdpa, fa2: flash_attention_2)",
+    "neat_packing": "packing (hyft's packing never attends across samples)",
+    "activation_checkpointing": "gradient_checkpointing (transformers 5's new name for it)",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs (transformers 5's new name for it)",
+    "use_reentrant_gc": "activation_checkpointing_kwargs: {use_reentrant: ...}",
+}
+
+
+def off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == ""
 
 
-def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
-    """(TrainerConfig input, problems, notes): LLaMA-Factory spellings turned into hyft's, refused keys
-    as problems, keys without effect as notes for the start-up log."""
+def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the config with LLaMA-Factory's spellings turned into hyft's, problems)."""
     data = dict(data)
     problems: list[str] = []
-    notes: list[str] = []
     if isinstance(data.get("dataset"), str):  # LLaMA-Factory writes "a,b"
         data["dataset"] = [d.strip() for d in data["dataset"].split(",") if d.strip()]
     if data.get("template") in LLAMAFACTORY_TEMPLATES:
@@ -77,6 +95,19 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
                         "whole global batch (every device, every accumulation step); remove the key")
     if data.pop("disable_gradient_checkpointing", False):  # LLaMA-Factory checkpoints unless told not to
         data["gradient_checkpointing"] = False
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; hyft's setting keeps
+    # LLaMA-Factory's name, its keywords go on under the new one
+    for spelling, key in (("activation_checkpointing", "gradient_checkpointing"),
+                          ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if spelling in data:
+            value = data.pop(spelling)
+            if key in data and data[key] != value:
+                problems.append(f"{spelling}: another name of {key}, which says otherwise: set one of them")
+            data[key] = value
+    if "use_reentrant_gc" in data:  # LLaMA-Factory's spelling of a checkpointing keyword
+        kwargs = data.get("activation_checkpointing_kwargs")
+        data["activation_checkpointing_kwargs"] = {**(kwargs if isinstance(kwargs, dict) else {}),
+                                                   "use_reentrant": data.pop("use_reentrant_gc")}
     if "flash_attn" in data:
         flash = data.pop("flash_attn")
         if flash not in FLASH_ATTN:
@@ -88,14 +119,7 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str
     report_to = data.get("report_to")
     if report_to is not None:
         data["report_to"] = _report_to(report_to, problems)
-    for key in list(data):
-        if key in NO_EFFECT:
-            data.pop(key)
-            notes.append(f"{key}: has no effect here: {NO_EFFECT[key]}")
-        elif key in REFUSED:
-            if not _off(data.pop(key)):
-                problems.append(f"{key}: {REFUSED[key]}")
-    return data, problems, notes
+    return data, problems
 
 
 # LLaMA-Factory's flash_attn values as transformers' attn_implementation
@@ -117,8 +141,3 @@ def _report_to(value: Any, problems: list[str]) -> list[str]:
         problems.append(f"report_to: {', '.join(unknown)} is not in the hyft image; use tensorboard or none "
                         "(hyft also exports Prometheus metrics)")
     return [n for n in names if n in REPORTERS]
-
-
-def known_keys() -> set[str]:
-    return {*NO_EFFECT, *REFUSED, "stage", "do_train", "average_tokens_across_devices", "neat_packing",
-            "disable_gradient_checkpointing", "flash_attn"}

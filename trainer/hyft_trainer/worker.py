@@ -8,6 +8,7 @@ Over 300 lines: the run's order is one function, read top to bottom.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 from . import attention, fabric, gpus, offload
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete
-from .config import ConfigError, TrainerConfig, dump_config, load_config
+from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .knobs import ARGS, KNOBS
 from .loading import DataError
@@ -74,16 +75,21 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
     from transformers import TrainingArguments
 
     evaluating = evaluates(config)
+    keywords = {knob.arg or knob.key: getattr(config, knob.key) for knob in KNOBS if knob.to == ARGS}
+    keywords.update(  # hyft's defaults for transformers' own keys: a config that sets them is passed on
+        per_device_eval_batch_size=config.per_device_eval_batch_size or config.per_device_train_batch_size,
+        eval_strategy="steps" if evaluating else "no",
+        eval_steps=(config.eval_steps or config.logging_steps) if evaluating else None,
+        load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        data_seed=config.seed,
+    )
+    keywords.update(passed_arguments(config))
     try:
         args = TrainingArguments(
-            **{knob.arg or knob.key: getattr(config, knob.key) for knob in KNOBS if knob.to == ARGS},
-            per_device_eval_batch_size=config.per_device_eval_batch_size or config.per_device_train_batch_size,
-            eval_strategy="steps" if evaluating else "no",
-            eval_steps=(config.eval_steps or config.logging_steps) if evaluating else None,
-            load_best_model_at_end=bool(evaluating and config.early_stopping_steps),
-            metric_for_best_model="eval_loss",
-            greater_is_better=False,
-            data_seed=config.seed,
+            **keywords,
+            # set by hyft (keys.OWNED)
             deepspeed=ds,
             ddp_backend=None if on_gpu else "gloo",
             accelerator_config={"use_configured_state": True},
@@ -176,13 +182,14 @@ def train(config: TrainerConfig) -> int:
     callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
                  MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
                                  * state.num_processes)]
-    if args.load_best_model_at_end:
+    if args.load_best_model_at_end and config.early_stopping_steps:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds if evaluates(config) else None,
                       data_collator=collator,
-                      processing_class=tokenizer, compute_loss_func=token_mean_loss,
-                      callbacks=callbacks)
+                      processing_class=tokenizer, callbacks=callbacks,
+                      compute_loss_func=functools.partial(token_mean_loss,
+                                                          label_smoothing=config.label_smoothing_factor))
     resume = starting_point(config)
     measured["host_rss_before_training"] = _peak_rss()
     started = time.time()
@@ -265,6 +272,8 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "final_loss": losses[-1] if losses else None,
         "best_loss": min(losses) if losses else None,
         "best_eval_loss": min(evals) if evals else None,
+        # load_best_model_at_end: the export holds this checkpoint's weights
+        "best_checkpoint": trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None,
         "samples_per_second": result.metrics.get("train_samples_per_second"),
         "tokens_per_second": (trainer.state.num_input_tokens_seen / result.metrics["train_runtime"]
                               if result.metrics.get("train_runtime") else None),
