@@ -165,7 +165,15 @@ CASES = [
     Invalid("image reference in upper case", _spec(image="Hyft/Trainer"), "spec.image"),
     Invalid("pull secret with an underscore", _spec(imagePullSecrets=["my_secret"]), "spec.imagePullSecrets[0]"),
     Invalid("GPU resource name with a space", _spec(gpuResourceName="nvidia gpu"), "spec.gpuResourceName"),
-    # --- only the operator (as the trainer would) can see these: DeepSpeed overrides
+    # --- only the operator (as the trainer would) can see these: training arguments, DeepSpeed overrides
+    Invalid("unknown training argument", _training(arguments={"adam_betas": [0.9, 0.95]}),
+            "spec.training.arguments.adam_betas", "operator"),
+    Invalid("training argument the spec has a field for", _training(arguments={"learning_rate": 1e-4}),
+            "spec.training.arguments.learning_rate", "operator"),
+    Invalid("training argument hyft owns", _training(arguments={"ddp_backend": "mpi"}),
+            "spec.training.arguments.ddp_backend", "operator"),
+    Invalid("training argument of the wrong type", _training(arguments={"adam_beta2": "high"}),
+            "spec.training.arguments.adam_beta2", "operator"),
     Invalid("override contradicting the ZeRO stage", _overrides({"zero_optimization": {"stage": 2}}),
             "spec.deepspeed.overrides", "operator"),
     Invalid("override turning parameter offload off",

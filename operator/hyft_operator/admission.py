@@ -51,8 +51,8 @@ def method_of(job: HunyuanFineTune) -> str:
 def options(shape: Shape, job: HunyuanFineTune, nodes: int | None = None, method: str | None = None) -> list[Estimate]:
     """hyft estimate's options for the job's own settings."""
     spec = job.spec
-    return options_for(builders.spec_config(job), shape, nodes or spec.nodes, max(spec.gpusPerNode, 1),
-                       spec.gpusPerNode > 0, method)
+    return options_for(builders.spec_config(job, with_arguments=False), shape, nodes or spec.nodes,
+                       max(spec.gpusPerNode, 1), spec.gpusPerNode > 0, method)
 
 
 def _need(shape: Shape, job: HunyuanFineTune, nodes: int, stage: int, offload_optimizer: bool, offload_params: bool,
@@ -69,7 +69,7 @@ def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -
     model, size = shape
     spec, ds = job.spec, job.spec.deepspeed
     method = method_of(job)
-    resolved, _, _ = sizing.offload_decision(job, builders.spec_config(job))
+    resolved, _, _ = sizing.offload_decision(job, builders.spec_config(job, with_arguments=False))
     optimizer, param = resolved.offload_optimizer, resolved.offload_param
     need = _need(model, job, spec.nodes, ds.stage, optimizer, param, method)
     limit = float(parse_quantity(spec.memory)) if spec.memory else None

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from hyft_trainer import data_cache
+from hyft_trainer import data_cache, keys
 from hyft_trainer.config import ConfigError, TrainerConfig, dump_config
 from hyft_trainer.contract import (
     ATTEMPT_ENV,
@@ -27,7 +27,8 @@ from hyft_trainer.contract import (
     RENDEZVOUS_ENV,
 )
 from hyft_trainer.deepspeed_config import settle
-from hyft_trainer.knobs import DataFile
+from hyft_trainer.knobs import BY_KEY, PATH, DataFile
+from hyft_trainer.llamafactory_keys import translate
 from hyft_trainer.problems import describe
 
 from . import sizing
@@ -155,13 +156,48 @@ def _marked(model: BaseModel) -> dict[str, Any]:
     return out
 
 
-def spec_config(job: HunyuanFineTune) -> TrainerConfig:
-    """The spec as a trainer config, unchecked and offload undecided: the marked fields as they are, and
-    the ones that need a conversion."""
+# Trainer keys the spec sets by a conversion, and the spec field to write instead
+CONVERTED = {
+    "model_name_or_path": "spec.model", "lora_target": "spec.method.lora.targetModules",
+    "data_files": "spec.data.files", "dataset_dir": "spec.data.datasetInfo", "max_steps": "spec.training.maxSteps",
+    "bf16": "spec.training.precision", "fp16": "spec.training.precision", "output_dir": "spec.output",
+    "data_cache_dir": "spec.output (hyft places it there)", "metrics_port": "spec.metrics",
+    "job_name": "metadata.name", "deepspeed": "spec.deepspeed.overrides",
+}
+
+
+def training_arguments(spec) -> dict[str, Any]:
+    """spec.training.arguments as trainer keys, judged as `hyft train` judges a config's keys; a key that
+    a spec field sets, or a path (files reach the pods through spec.volumes), is refused naming the field.
+    Keys without effect are dropped."""
+    data, problems = translate(spec.training.arguments)
+    kept, judged, _ = keys.judge(data)
+    problems += judged
+    for key, value in kept.items():
+        knob = BY_KEY.get(key)
+        if field := (f"spec.{knob.spec}" if knob and knob.spec else CONVERTED.get(key)):
+            problems.append(f"{key}: set {field} instead")
+        elif knob and PATH in knob.checks:
+            problems.append(f"{key}: a path in the pod: put the file on a volume and use the spec's fields")
+        else:
+            declared = TrainerConfig.model_fields[key]
+            try:
+                TypeAdapter(Annotated[declared.annotation, declared]).validate_python(value)
+            except ValidationError as err:
+                problems += describe(err, at=key)
+    if problems:
+        raise InvalidSpec("; ".join(f"spec.training.arguments.{p}" for p in problems))
+    return kept
+
+
+def spec_config(job: HunyuanFineTune, with_arguments: bool = True) -> TrainerConfig:
+    """The spec as a trainer config, unchecked and offload undecided: the marked fields as they are, the
+    ones that need a conversion, and spec.training.arguments (which sizing leaves out: the memory
+    estimate reads spec fields only, and a running job whose edit made them invalid is still sized)."""
     spec = job.spec
     data, training = spec.data, spec.training
-    return TrainerConfig(
-        **_marked(spec),
+    stall = spec.runPolicy.stallTimeoutSeconds
+    converted = dict(
         model_name_or_path=volume_path(spec.model),
         lora_target=",".join(spec.method.lora.targetModules),
         data_files=[DataFile(path=volume_path(f), format=f.format) for f in data.files],
@@ -174,9 +210,9 @@ def spec_config(job: HunyuanFineTune) -> TrainerConfig:
         data_cache_dir=volume_path(VolumePath(volume=spec.output.volume, path=data_cache.FOLDER)),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
         job_name=job.metadata["name"],
-        **({"ddp_timeout": min(DDP_TIMEOUT, max(1, stall * 4 // 5))} if (stall := spec.runPolicy.stallTimeoutSeconds)
-           else {}),
+        **({"ddp_timeout": min(DDP_TIMEOUT, max(1, stall * 4 // 5))} if stall else {}),
     )
+    return TrainerConfig(**{**_marked(spec), **converted, **(training_arguments(spec) if with_arguments else {})})
 
 
 def check(job: HunyuanFineTune) -> None:

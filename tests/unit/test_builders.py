@@ -92,6 +92,27 @@ def test_config_map_holds_exactly_what_the_trainer_reads():
     assert config.output_dir == "/hyft/volumes/data/runs/hunyuan-1-8b-lora"
 
 
+def test_training_arguments_reach_the_trainer_as_its_own_keys():
+    """spec.training.arguments: passed keys and LLaMA-Factory's spellings reach the ConfigMap as the trainer
+    reads them (the round trip keeps them set, so they go on to TrainingArguments); keys without effect
+    stay out."""
+    from hyft_trainer.config import passed_arguments
+
+    body = load_example(ROOT / "examples" / "hunyuan-1.8b-lora.yaml", namespace="research")
+    body["spec"]["training"]["arguments"] = {"optim": "adamw_torch", "adam_beta2": 0.95, "warmup_steps": 10,
+                                             "use_reentrant_gc": False, "temperature": 0.7, "lora_target": "x"}
+    body["spec"]["training"]["warmupRatio"] = 0.0  # warmup_steps is the same setting
+    with pytest.raises(builders.InvalidSpec, match=r"spec.training.arguments.lora_target: set "
+                                                   r"spec.method.lora.targetModules instead"):
+        builders.check(api.HunyuanFineTune.model_validate(body))
+    del body["spec"]["training"]["arguments"]["lora_target"]
+    job = api.HunyuanFineTune.model_validate(body)
+    config = parse_config(yaml.safe_load(builders.config_map(job)["data"]["train.yaml"]))
+    assert passed_arguments(config) == {"optim": "adamw_torch", "adam_beta2": 0.95, "warmup_steps": 10,
+                                        "activation_checkpointing_kwargs": {"use_reentrant": False}}
+    assert "temperature" not in builders.config_map(job)["data"]["train.yaml"]
+
+
 def test_cpu_job_requests_no_gpu_and_runs_one_process():
     doc = load_example(ROOT / "examples" / "minimal.yaml")
     doc["spec"].update(gpusPerNode=0, training={"precision": "fp32"})

@@ -43,7 +43,7 @@ FULL = {
                  "epochs": 2.0, "maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulationSteps": 2,
                  "precision": "bf16", "gradientCheckpointing": True, "maxGradNorm": 1.0, "seed": 1,
                  "loggingSteps": 5, "saveSteps": 50, "saveTotalLimit": 2, "evalSteps": 10,
-                 "earlyStoppingPatience": 3},
+                 "earlyStoppingPatience": 3, "arguments": {"optim": "adamw_torch"}},
     "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParams": False,
                   "overrides": {"zero_optimization": {"overlap_comm": True}}},
     "nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu", "gpuMemory": "80Gi", "cpu": "32",
@@ -79,6 +79,7 @@ CHANGED = {
     "scheduling.runtimeClassName": "kata", "network.resources": {"vpc.amazonaws.com/efa": "32"},
     "podMetadata.labels": {"team": "b"}, "podMetadata.annotations": {"k8s.v1.cni.cncf.io/networks": "ib-b"},
     "deepspeed.overrides": {"zero_optimization": {"overlap_comm": False}},
+    "training.arguments": {"optim": "adamw_torch", "adam_beta2": 0.95},
     "runPolicy.permanentExitCodes": [3], "method.freeze.trainableLayers": -2,
     "deepspeed.stage": 2, "masterPort": 29501, "metrics.port": 9091, "nodes": 3, "gpusPerNode": 4,
     "runPolicy.stallTimeoutSeconds": 1200,  # the trainer's collective timeout follows it

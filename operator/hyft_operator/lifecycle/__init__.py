@@ -42,5 +42,5 @@ def plan(job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Sc
     summary.conditions(gang)
     preflight.condition(gang)
     memory.condition(gang)
-    gang.st.offload = sizing.offload_decision(job, builders.spec_config(job))[2]
+    gang.st.offload = sizing.offload_decision(job, builders.spec_config(job, with_arguments=False))[2]
     return gang.plan
