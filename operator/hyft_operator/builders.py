@@ -28,7 +28,7 @@ from hyft_trainer.contract import (
 )
 from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.knobs import BY_KEY, PATH, DataFile
-from hyft_trainer.llamafactory_keys import translate
+from hyft_trainer.llamafactory_keys import off, translate
 from hyft_trainer.problems import describe
 
 from . import sizing
@@ -177,7 +177,7 @@ def training_arguments(spec) -> dict[str, Any]:
         knob = BY_KEY.get(key)
         if field := (f"spec.{knob.spec}" if knob and knob.spec else CONVERTED.get(key)):
             problems.append(f"{key}: set {field} instead")
-        elif knob and PATH in knob.checks:
+        elif knob and PATH in knob.checks and not off(value):
             problems.append(f"{key}: a path in the pod: put the file on a volume and use the spec's fields")
         else:
             declared = TrainerConfig.model_fields[key]

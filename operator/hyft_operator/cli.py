@@ -92,6 +92,32 @@ def cmd_run(args: argparse.Namespace) -> None:
         sys.exit(f"{args.file}: {err}")
 
 
+def cmd_recipe(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from hyft_trainer.problems import describe
+
+    from .api import HunyuanFineTune
+    from .builders import InvalidSpec, check
+    from .recipe import RecipeError, from_llamafactory
+
+    path = Path(args.file)
+    try:
+        recipe = yaml.safe_load(path.read_text())
+        body, notes = from_llamafactory(recipe, args.name, args.nodes, args.gpus_per_node, path.parent)
+    except (OSError, yaml.YAMLError, RecipeError) as err:
+        sys.exit(f"{path}: {err}")
+    print(f"# Written by `hyft recipe {path.name}`; complete before applying:")
+    print("".join(f"#   {note}\n" for note in notes) + yaml.safe_dump(body, sort_keys=False), end="")
+    body["metadata"]["namespace"] = "default"
+    try:
+        check(HunyuanFineTune.model_validate(body))
+    except ValidationError as err:
+        sys.exit("the resource is not valid yet:\n" + "\n".join(f"  {line}" for line in describe(err)))
+    except InvalidSpec as err:
+        sys.exit(f"the resource is not valid yet:\n  {err}")
+
+
 def cmd_operator(args: argparse.Namespace) -> None:
     from kopf.cli import main as kopf_main
 
@@ -174,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local folder for the volume NAME (repeatable); hostPath volumes default to their path")
     p.add_argument("--workdir", help="where the rendered per-pod configs go (default: a temp folder)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("recipe", help="write a HunyuanFineTune from a LLaMA-Factory training YAML",
+                       description="Print a HunyuanFineTune that trains what the LLaMA-Factory YAML FILE trains: "
+                                   "each key where the resource keeps it (spec fields, the DeepSpeed JSON as stage, "
+                                   "offloads and overrides, the rest in spec.training.arguments). Local paths "
+                                   "become volume paths to complete. Exit 1 when the result is not valid yet "
+                                   "(it is printed all the same, with the reasons).")
+    p.add_argument("file", help="a LLaMA-Factory training YAML")
+    p.add_argument("--name", required=True, help="the resource's name")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    p.set_defaults(func=cmd_recipe)
 
     p = sub.add_parser("operator", help="run the operator (in a cluster, or against your kubeconfig)",
                        description="Run the HunyuanFineTune operator (Kopf). Several replicas elect one active "

@@ -189,3 +189,22 @@ def test_edge_of_every_bound_is_accepted_and_runs(crds, api_client, op_namespace
     assert max(len(p.spec.hostname) for p in found) == len(name) + len("-worker-0")
     assert client.CoreV1Api(api_client).read_namespaced_service(name, op_namespace)
 
+
+
+def test_a_resource_written_by_hyft_recipe_is_accepted_by_the_api_server(crds, api_client, namespace, tmp_path):
+    """kubectl apply --dry-run=server of the guide recipe's resource, its claims filled in."""
+    import yaml
+
+    from hyft_operator.recipe import FILL_IN, from_llamafactory
+    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE
+
+    (tmp_path / "ds.json").write_text(json.dumps(DS_Z3_FP16))
+    recipe = yaml.safe_load(GUIDE_RECIPE.format(model="/models/Hunyuan-1.8B-Instruct", dataset_dir="/data/lf",
+                                                deepspeed="ds.json", output="saves/run"))
+    body, _ = from_llamafactory(recipe, "from-recipe", nodes=2, base=tmp_path)
+    for volume in body["spec"]["volumes"]:
+        assert volume["persistentVolumeClaim"]["claimName"] == FILL_IN
+        volume["persistentVolumeClaim"]["claimName"] = f"claim-{volume['name']}"
+    accepted = client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.PLURAL, body, dry_run="All")
+    assert accepted["spec"]["training"]["arguments"]["optim"] == "adamw_torch"
