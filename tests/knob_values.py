@@ -15,9 +15,12 @@ CHANGED = {
     "deepspeed_overrides": {"zero_optimization": {"overlap_comm": True}},
     "report_to": ["tensorboard"], "resume_from_checkpoint": "/ckpt", "job_name": "job", "data_cache_dir": "/cache",
     "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
-    "warmup_ratio": 0.5, "freeze_trainable_layers": -2,
+    "warmup_ratio": 0.5, "freeze_trainable_layers": -2, "additional_target": "embed_tokens",
+    "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm",
 }
-COMPANIONS = {"freeze_trainable_layers": {"finetuning_type": "freeze"}, "zero_stage": {"offload_param": False}}
+COMPANIONS = {"freeze_trainable_layers": {"finetuning_type": "freeze"}, "zero_stage": {"offload_param": False},
+              "freeze_trainable_modules": {"finetuning_type": "freeze"},
+              "freeze_extra_modules": {"finetuning_type": "freeze"}}
 
 
 def changed(knob: knobs.Knob):

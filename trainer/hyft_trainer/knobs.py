@@ -105,6 +105,13 @@ KNOBS: tuple[Knob, ...] = (
     Knob("lora_dropout", float, 0.0, "LoRA dropout.", METHOD, LLAMAFACTORY, spec="method.lora.dropout",
          bounds=dict(ge=0, lt=1)),
     Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt.", METHOD, LLAMAFACTORY),
+    Knob("additional_target", str | None, None, "Comma-separated modules besides the LoRA layers that train in "
+         "full and are saved with the adapter (peft's modules_to_save), e.g. embed_tokens,lm_head.", METHOD,
+         LLAMAFACTORY),
+    Knob("freeze_trainable_modules", str, "all", "Freeze: 'all' or comma-separated modules of the trainable "
+         "layers that train (e.g. mlp,self_attn).", METHOD, LLAMAFACTORY),
+    Knob("freeze_extra_modules", str | None, None, "Freeze: comma-separated modules outside the decoder layers "
+         "that train too (e.g. embed_tokens,norm).", METHOD, LLAMAFACTORY),
     Knob("freeze_trainable_layers", int, 2, "Train the last N decoder layers (negative: the first N).", METHOD,
          LLAMAFACTORY, spec="method.freeze.trainableLayers", bounds=dict(ge=-1024, le=1024), checks=(NOT_ZERO,)),
     # the data

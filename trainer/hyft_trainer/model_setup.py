@@ -6,30 +6,61 @@ from . import attention
 from .config import ConfigError, TrainerConfig
 
 
+def _names(value: str | None) -> list[str]:
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
+
+
 def method_settings(config: TrainerConfig, layers: int) -> dict:
-    """LoRA: peft's LoraConfig keywords; freeze: which of the model's decoder layers train."""
+    """LoRA: peft's LoraConfig keywords; freeze: which of the model's decoder layers train, which of their
+    modules (None: all), and which modules outside them."""
     if config.finetuning_type == "lora":
-        targets = "all-linear" if config.lora_target == "all" else [t.strip() for t in config.lora_target.split(",")]
-        return {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
-                "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
+        targets = "all-linear" if config.lora_target == "all" else _names(config.lora_target)
+        settings = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
+                    "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
+        if extra := _names(config.additional_target):
+            settings["modules_to_save"] = extra
+        return settings
     if config.finetuning_type == "freeze":
         n = config.freeze_trainable_layers
-        return {"trainable_layers": sorted(range(layers - n, layers) if n > 0 else range(-n))}
+        modules = config.freeze_trainable_modules
+        return {"trainable_layers": sorted(range(layers - n, layers) if n > 0 else range(-n)),
+                "trainable_modules": None if modules == "all" else _names(modules),
+                "extra_modules": _names(config.freeze_extra_modules)}
     return {}
+
+
+def _named(name: str, module: str) -> bool:
+    """Whether a parameter's dotted name lies in a module of that (dotted) name."""
+    return f".{module}." in f".{name}."
+
+
+def _unmatched(key: str, wanted: list[str], names: list[str]) -> None:
+    if missing := [m for m in wanted if not any(_named(n, m) for n in names)]:
+        raise ConfigError(f"{key}: the model has no module {', '.join(missing)}")
 
 
 def apply_method(model, config: TrainerConfig):
     if config.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
 
-        return get_peft_model(model, LoraConfig(**method_settings(config, 0)))
+        settings = method_settings(config, 0)
+        _unmatched("additional_target", settings.get("modules_to_save", []),
+                   [n for n, _ in model.named_parameters()])
+        return get_peft_model(model, LoraConfig(**settings))
     if config.finetuning_type == "freeze":
         layers = model.model.layers
-        trainable = method_settings(config, len(layers))["trainable_layers"]
+        settings = method_settings(config, len(layers))
+        modules, extra = settings["trainable_modules"], settings["extra_modules"]
+        _unmatched("freeze_trainable_modules", modules or [], [n for n, _ in layers[0].named_parameters()])
+        outside = [n for n, _ in model.named_parameters() if not _named(n, "layers")]
+        _unmatched("freeze_extra_modules", extra, outside)
         for p in model.parameters():
             p.requires_grad = False
-        for i in trainable:
-            for p in layers[i].parameters():
+        for i in settings["trainable_layers"]:
+            for name, p in layers[i].named_parameters():
+                p.requires_grad = modules is None or any(_named(name, m) for m in modules)
+        for name, p in model.named_parameters():
+            if name in outside and any(_named(name, m) for m in extra):
                 p.requires_grad = True
     return model
 

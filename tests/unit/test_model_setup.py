@@ -1,0 +1,52 @@
+"""The method as it meets the model: which parameters train under freeze (layers, their modules, modules
+outside them) and LoRA's additional targets; a module name the model lacks is refused, not ignored."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from hyft_trainer.config import ConfigError, parse_config
+from hyft_trainer.model_setup import apply_method
+
+BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}]}
+
+
+def trainable(model):
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_freeze_trains_the_named_modules_of_the_last_layers_and_the_extra_ones(tiny_model):
+    model = copy.deepcopy(tiny_model[1])
+    last = len(model.model.layers) - 1
+    config = parse_config({**BASE, "finetuning_type": "freeze", "freeze_trainable_layers": 1,
+                           "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm"})
+    names = trainable(apply_method(model, config))
+    assert names and all(n.startswith(f"model.layers.{last}.mlp.") or n == "model.norm.weight" for n in names)
+    assert "model.norm.weight" in names and any(".mlp.down_proj." in n for n in names)
+
+
+def test_freeze_all_modules_trains_whole_layers(tiny_model):
+    model = copy.deepcopy(tiny_model[1])
+    config = parse_config({**BASE, "finetuning_type": "freeze", "freeze_trainable_layers": 1})
+    last = len(model.model.layers) - 1
+    assert trainable(apply_method(model, config)) == sorted(
+        f"model.layers.{last}.{n}" for n, _ in model.model.layers[last].named_parameters())
+
+
+def test_lora_additional_targets_train_in_full_beside_the_adapter(tiny_model):
+    model = copy.deepcopy(tiny_model[1])
+    config = parse_config({**BASE, "finetuning_type": "lora", "additional_target": "embed_tokens"})
+    names = trainable(apply_method(model, config))
+    assert any("lora_" in n for n in names) and any("embed_tokens" in n and "lora_" not in n for n in names)
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"finetuning_type": "freeze", "freeze_trainable_modules": "feed_forward"},
+     "freeze_trainable_modules: the model has no module feed_forward"),
+    ({"finetuning_type": "freeze", "freeze_extra_modules": "wte"}, "freeze_extra_modules: the model has no module wte"),
+    ({"finetuning_type": "lora", "additional_target": "embeddings"}, "additional_target: the model has no module"),
+])
+def test_a_module_the_model_lacks_is_refused(tiny_model, keys, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_method(copy.deepcopy(tiny_model[1]), parse_config({**BASE, **keys}))
