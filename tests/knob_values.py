@@ -16,7 +16,7 @@ CHANGED = {
     "report_to": ["tensorboard"], "resume_from_checkpoint": "/ckpt", "job_name": "job", "data_cache_dir": "/cache",
     "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
     "warmup_ratio": 0.5, "freeze_trainable_layers": -2, "additional_target": "embed_tokens",
-    "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm",
+    "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm", "default_system": "Be brief.",
 }
 COMPANIONS = {"freeze_trainable_layers": {"finetuning_type": "freeze"}, "zero_stage": {"offload_param": False},
               "freeze_trainable_modules": {"finetuning_type": "freeze"},

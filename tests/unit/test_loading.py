@@ -250,3 +250,23 @@ def test_rows_and_max_samples_count_across_the_files_of_a_dataset(tokenizers, tm
                               cutoff_len=1024)
     assert report.samples == 7 and encoded.num_rows == 7
     assert report.template_mismatch is None and report.template_check.startswith("7 conversations match")
+
+
+def test_default_system_is_the_system_message_of_conversations_without_one(tokenizers, tmp_path):
+    """LLaMA-Factory's default_system: trained as every such conversation's system turn (not its own,
+    where it has one), and rendered alike by the model's chat_template."""
+    from hyft_trainer.data_check import prepare
+    from hyft_trainer.loading import sources_from_paths
+
+    tokenizer = tokenizers["small"]
+    own = {"messages": [{"role": "system", "content": "Own system."}, {"role": "user", "content": "Hi"},
+                        {"role": "assistant", "content": "Hello"}]}
+    bare = {"messages": own["messages"][1:]}
+    write_jsonl(tmp_path / "d.jsonl", [own, bare])
+    sources = sources_from_paths([tmp_path / "d.jsonl"])
+    plain, _ = prepare(sources, tokenizer, cutoff_len=256)
+    given, report = prepare(sources, tokenizer, cutoff_len=256, default_system="Be brief.")
+    texts = [tokenizer.decode(ids) for ids in given["input_ids"]]
+    assert "Own system." in texts[0] and "Be brief." not in texts[0]
+    assert "Be brief." in texts[1] and given["input_ids"][0] == plain["input_ids"][0]
+    assert report.template_mismatch is None and report.template_check.startswith("2 conversations match")

@@ -23,7 +23,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
         report = check(args.paths, tokenizer, args.template, args.cutoff_len, args.require_markup, args.format, opts,
-                       template_check_samples=args.template_check)
+                       template_check_samples=args.template_check, default_system=args.default_system)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -113,6 +113,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, argparse.Argument
     p.add_argument("--template-check", type=int, default=default("template_check_samples"), metavar="N",
                    help="with --tokenizer: render N conversations with the tokenizer's own chat_template and "
                         f"compare token ids with hyft's (default {default('template_check_samples')}; 0: off)")
+    p.add_argument("--default-system", metavar="TEXT", help="as in training (default_system): the system message "
+                                                               "of a conversation that has none")
     p.add_argument("--skip-invalid", action="store_true",
                    help="report what training with skip_invalid_samples would use; exit 0 if any sample is valid")
     p.set_defaults(func=cmd_data_check)

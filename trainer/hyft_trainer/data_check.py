@@ -112,7 +112,7 @@ def _encoded_features():
 
 def prepare(sources, tokenizer=None, template: str = "auto", cutoff_len: int = 2048, require_markup: bool = False,
             opts: MaskOptions = MaskOptions(), num_proc: int | None = None, max_samples: int | None = None,
-            template_check_samples: int = TEMPLATE_CHECK_SAMPLES):
+            template_check_samples: int = TEMPLATE_CHECK_SAMPLES, default_system: str | None = None):
     """(encoded dataset of valid samples or None without a tokenizer, report). Samples longer than
     cutoff_len are invalid (reason too_long): they are never truncated into a target without its EOS.
     With a tokenizer, the first template_check_samples conversations (a varied pick) are also rendered
@@ -124,7 +124,7 @@ def prepare(sources, tokenizer=None, template: str = "auto", cutoff_len: int = 2
     encoder = None if tokenizer is None else partial(encode_messages, tokenizer=tokenizer, family=family, opts=opts)
     # one pass: validation and tokenization in the same map (no conversations written in between)
     ds = load_checked(sources, require_markup, num_proc, max_samples, encoder,
-                      _encoded_features() if encoder else None)
+                      _encoded_features() if encoder else None, default_system)
     report = Report(samples=ds.num_rows, cutoff_len=cutoff_len if tokenizer is not None else None)
     # the verdicts in one read of the small columns; rows are then picked by index (no filter passes)
     summary = _columns(ds, "reason", "fast", "slow", "plain", *(["length"] if encoder else []))
@@ -155,7 +155,8 @@ def prepare(sources, tokenizer=None, template: str = "auto", cutoff_len: int = 2
         report.packed_efficiency = packed_efficiency(report.lengths, cutoff_len)
         if template_check_samples:
             report.template_check, report.template_mismatch = check_chat_template(
-                tokenizer, family, fitting, template_check_samples, sources, require_markup, max_samples)
+                tokenizer, family, fitting, template_check_samples, sources, require_markup, max_samples,
+                default_system)
     return fitting, report
 
 
@@ -175,7 +176,7 @@ def _varied_pick(rows: dict[str, list], n: int) -> list[int]:
 
 
 def check_chat_template(tokenizer, family: Family, encoded, n: int, sources, require_markup: bool = False,
-                        max_samples: int | None = None) -> tuple[str, str | None]:
+                        max_samples: int | None = None, default_system: str | None = None) -> tuple[str, str | None]:
     """(summary, diff or None): the ids training uses against the tokenizer's own chat_template, for a
     varied pick of n conversations (read again from the files); the diff decodes a few tokens either
     side of the first difference."""
@@ -189,7 +190,7 @@ def check_chat_template(tokenizer, family: Family, encoded, n: int, sources, req
     columns = {str(s.path): s.columns for s in sources}
     for i in picked:
         record = records[rows["row"][i]]
-        messages = check_record(record, columns, require_markup)["messages"]
+        messages = check_record(record, columns, require_markup, default_system)["messages"]
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False)
         except Exception as err:  # noqa: BLE001 - a broken template can raise anything from Jinja
@@ -229,6 +230,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
 def check(paths: list[str], tokenizer=None, template: str = "auto", cutoff_len: int = 2048,
           require_markup: bool = False, fmt: str = "auto", opts: MaskOptions = MaskOptions(),
-          num_proc: int | None = None, template_check_samples: int = TEMPLATE_CHECK_SAMPLES) -> Report:
+          num_proc: int | None = None, template_check_samples: int = TEMPLATE_CHECK_SAMPLES,
+          default_system: str | None = None) -> Report:
     return prepare(sources_from_paths(paths, fmt), tokenizer, template, cutoff_len, require_markup, opts,
-                   num_proc, template_check_samples=template_check_samples)[1]
+                   num_proc, template_check_samples=template_check_samples, default_system=default_system)[1]

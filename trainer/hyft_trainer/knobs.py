@@ -128,6 +128,9 @@ KNOBS: tuple[Knob, ...] = (
          spec="data.trainOnPrompt"),
     Knob("mask_history", bool, False, "Train only the last assistant turn of each conversation.", DATA,
          LLAMAFACTORY, spec="data.maskHistory"),
+    Knob("default_system", str | None, None, "The system message of a conversation that has none (LLaMA-Factory's "
+         "default_system; its hunyuan templates have none).", DATA, LLAMAFACTORY,
+         bounds=dict(max_length=100_000)),
     Knob("train_assistant_header", bool, False, "Also train on the assistant turn's header tokens.", DATA),
     Knob("skip_invalid_samples", bool, False, "Skip (and count) invalid samples instead of failing the job.", HYFT,
          spec="data.skipInvalidSamples"),

@@ -209,9 +209,10 @@ def check_text(role: str, content: str) -> None:
 MAX_ERROR_CHARS = 400
 
 
-def check_record(row: dict, columns: dict[str, Columns], require_markup: bool) -> dict:
+def check_record(row: dict, columns: dict[str, Columns], require_markup: bool,
+                 default_system: str | None = None) -> dict:
     conv, problem = _checked(row["raw"], row["load_error"], row["format"], columns.get(row["file"], NO_COLUMNS),
-                             require_markup)
+                             require_markup, default_system)
     return dict(zip(REPORT_COLUMNS, _report(row, conv, problem), strict=True)) | {
         "messages": _as_dicts(conv.messages if conv else None)}
 
@@ -221,11 +222,11 @@ NO_COLUMNS = Columns()
 REPORT_COLUMNS = ("reason", "error", "fast", "slow", "plain", "turns", "system")
 
 
-def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup: bool
-             ) -> tuple[Conversation | None, SampleError | None]:
+def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup: bool,
+             default_system: str | None = None) -> tuple[Conversation | None, SampleError | None]:
     """One raw record -> (its conversation, None) or (None, what is wrong with it)."""
     try:
-        conv = to_conversation(parse_record(raw, load_error), fmt, cols, require_markup)
+        conv = to_conversation(parse_record(raw, load_error), fmt, cols, require_markup, default_system)
         for message in conv.messages:
             check_text(message.role, message.content)
     except SampleError as err:
@@ -246,7 +247,7 @@ def _as_dicts(messages: list[Message] | None) -> list[dict]:
 
 
 def load_checked(sources: list[Source], require_markup: bool = False, num_proc: int | None = None,
-                 max_samples: int | None = None, encoder=None, features=None):
+                 max_samples: int | None = None, encoder=None, features=None, default_system: str | None = None):
     """A datasets.Dataset with one row per sample: messages, or reason + error for a bad one. With an
     encoder (conversations -> columns), its columns replace messages, in the same pass."""
     from datasets import Dataset
@@ -261,7 +262,7 @@ def load_checked(sources: list[Source], require_markup: bool = False, num_proc: 
                                                                "fingerprint": _fingerprint(sources),
                                                                "max_samples": max_samples})
         return raw.map(check_batch, fn_kwargs={"columns": columns, "require_markup": require_markup,
-                                               "encoder": encoder},
+                                               "encoder": encoder, "default_system": default_system},
                        batched=True, batch_size=1000, remove_columns=["raw", "load_error"], features=features,
                        num_proc=procs(num_proc, len(raw)),
                        desc="validating and tokenizing" if encoder else "validating")
@@ -283,10 +284,10 @@ def cyclic_gc_paused():
 
 
 def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_markup: bool,
-                encoder=None) -> dict[str, list]:
+                encoder=None, default_system: str | None = None) -> dict[str, list]:
     """check_record over a batch of rows (a batched map: no per-row formatting by datasets); with an
     encoder (each row's messages, None for an invalid row -> columns), its columns replace messages."""
-    checked = [_checked(raw, load_error, fmt, columns.get(file, NO_COLUMNS), require_markup)
+    checked = [_checked(raw, load_error, fmt, columns.get(file, NO_COLUMNS), require_markup, default_system)
                for raw, load_error, fmt, file in zip(batch["raw"], batch["load_error"], batch["format"], batch["file"],
                                                      strict=True)]
     if not checked:

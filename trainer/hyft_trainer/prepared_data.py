@@ -20,7 +20,8 @@ def prepare_data(config: TrainerConfig, tokenizer):
     opts = MaskOptions(config.train_on_prompt, config.mask_history, config.train_assistant_header)
     encoded, report = prepare(sources_for_config(config), tokenizer, config.template, config.cutoff_len,
                               opts=opts, num_proc=config.preprocessing_num_workers, max_samples=config.max_samples,
-                              template_check_samples=config.template_check_samples)
+                              template_check_samples=config.template_check_samples,
+                              default_system=config.default_system)
     if encoded is None or not encoded.num_rows:
         check_prepared(config, report, rows=0)
     encoded = encoded.select_columns(["input_ids", "labels"])

@@ -229,11 +229,14 @@ def _kind(reasoning: str, answer: str, user: str, where: str) -> str:
 
 
 def to_conversation(record: Any, fmt: str = "auto", cols: Columns = Columns(),
-                    require_markup: bool = False) -> Conversation:
+                    require_markup: bool = False, default_system: str | None = None) -> Conversation:
+    """default_system: the system message of a conversation that has none (LLaMA-Factory's default_system)."""
     if fmt == "auto":
         fmt = detect_format(record)
     messages = from_alpaca(record, cols) if fmt == "alpaca" else from_sharegpt(record, cols)
     check_order(messages)
+    if default_system and messages[0].role != "system":
+        messages.insert(0, Message("system", default_system))
     conv = Conversation(messages)
     last_user = ""
     for i, m in enumerate(messages):
