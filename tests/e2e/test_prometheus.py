@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from hyft_trainer.contract import GPU_METRICS
 from hyft_trainer.launcher import free_port
 from tests.chart import dashboard_queries, rules_file
 from tests.helpers import ROOT, wait_for
@@ -22,8 +23,8 @@ from tests.prometheus import Prometheus
 
 EXAMPLE = ROOT / "examples" / "local-tiny.yaml"
 OPERATOR_PANELS = ("Jobs by phase", "Gang restarts (1h)")
-# A CPU run has no GPU: torch reports no GPU memory (the DCGM series come from the stand-in below).
-NO_GPU_HERE = "hyft_train_peak_gpu_memory_bytes"
+# A CPU run has no GPU: no GPU memory, no MFU (the DCGM series come from the stand-in below).
+NO_GPU_HERE = GPU_METRICS
 
 
 def static_job(name, port, honor_labels=True, labels=None):
@@ -108,7 +109,7 @@ def test_prometheus_scrapes_a_local_run_and_every_training_panel_has_data(models
         # what Grafana sends once the job is picked in the $hyft_job variable
         panels = {title: queries for title, queries in dashboard_queries("local-tiny").items()
                   if title not in OPERATOR_PANELS}
-        queries = [q for qs in panels.values() for q in qs if NO_GPU_HERE not in q]
+        queries = [q for qs in panels.values() for q in qs if not any(name in q for name in NO_GPU_HERE)]
         assert len(queries) >= 13
         step_query = 'hyft_train_global_step{hyft_job="local-tiny",node_rank="0"}'
 
@@ -128,7 +129,7 @@ def test_prometheus_scrapes_a_local_run_and_every_training_panel_has_data(models
             log = (tmp_path / "run.log").read_text()[-2000:]
             raise AssertionError(f"{err}\nno data for: {missing}\n{log}") from None
         assert "local-tiny" in prom.label_values("hyft_job", "hyft_train_global_step")  # the $hyft_job variable
-        for query in [*panels["GPU utilisation (DCGM)"], panels["GPU memory (peak per node)"][1]]:
+        for query in [*panels["GPU utilisation (DCGM)"], panels["GPU memory (peak per GPU)"][1]]:
             gpu_pods = {r["metric"]["pod"] for r in results[query]}
             assert gpu_pods == {"local-tiny-master-0", "local-tiny-worker-0"}, (query, gpu_pods)
         eval_loss = next(q for q in queries if "hyft_train_eval_loss" in q)

@@ -238,6 +238,6 @@ def test_dashboard_ships_for_the_grafana_sidecar_and_covers_training(crds):
     titles = {p["title"] for p in dashboard["panels"]}
     for needed in ("Jobs by phase", "Gang restarts (1h)", "Progress", "ETA", "Loss", "Learning rate",
                    "Gradient norm", "Tokens per second", "Step time", "Host memory (peak RSS per node)",
-                   "GPU memory (peak per node)", "GPU utilisation (DCGM)"):
+                   "GPU memory (peak per GPU)", "GPU utilisation (DCGM)", "MFU"):
         assert needed in titles
     assert any("DCGM_FI_DEV_GPU_UTIL" in q for q in dashboard_queries()["GPU utilisation (DCGM)"])

@@ -75,3 +75,45 @@ def test_every_trainer_metric_the_chart_names_is_in_the_contract():
     metrics = TrainingMetrics("job-a", 0)
     exported = {m.name for m in metrics.registry.collect()}
     assert exported == set(TRAINER_METRICS)
+
+
+def test_every_gpu_of_a_node_is_exported_by_its_first_process(tmp_path):
+    """Each local rank writes its peaks; the node's exporter (local rank 0) serves all of them, one series
+    per local_rank, allocated and reserved; no GPU, no series."""
+    from hyft_trainer.contract import PEAK_GPU_MEMORY, PEAK_GPU_RESERVED
+
+    exporter = TrainingMetrics("job-a", 1, launch_dir=tmp_path, local_rank=0)
+    assert not [s for f in exporter.registry.collect() for s in f.samples if s.name.startswith("hyft_train_peak_gpu")]
+    for rank, (allocated, reserved) in enumerate([(10, 16), (11, 18), (12, 20)]):
+        TrainingMetrics("job-a", 1, launch_dir=tmp_path, local_rank=rank).gpu_memory.record(allocated, reserved)
+    text = generate_latest(exporter.registry).decode()
+    series = {(s.name, s.labels["local_rank"]): s.value for f in text_string_to_metric_families(text)
+              for s in f.samples if s.name in (PEAK_GPU_MEMORY, PEAK_GPU_RESERVED)}
+    assert series == {(PEAK_GPU_MEMORY, "0"): 10, (PEAK_GPU_MEMORY, "1"): 11, (PEAK_GPU_MEMORY, "2"): 12,
+                      (PEAK_GPU_RESERVED, "0"): 16, (PEAK_GPU_RESERVED, "1"): 18, (PEAK_GPU_RESERVED, "2"): 20}
+    assert all(s.labels["node_rank"] == "1" for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == PEAK_GPU_MEMORY)
+
+
+def test_mfu_is_tokens_per_second_times_a_tokens_share_of_the_peak():
+    from hyft_trainer.choices import SIZES
+    from hyft_trainer.estimate import Shape
+    from hyft_trainer.flops import flops_per_token, mfu, peak_flops
+
+    shape = Shape(**SIZES["7B"])
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_flops("Tesla T4") is None
+    assert flops_per_token(shape, 4096) == 6 * shape.params + 12 * shape.layers * shape.hidden * 4096
+    # 8 H100s at 3,000 tokens/s each on 7B
+    assert mfu(24_000, shape, 4096, 8, 989e12) == 24_000 * flops_per_token(shape, 4096) / (8 * 989e12)
+    assert mfu(24_000, shape, 4096, 8, None) is None
+    metrics = TrainingMetrics("job-a", 0)
+    callback = MetricsCallback(metrics, global_batch=8, peak_flops_per_token=1e-6)
+    state = SimpleNamespace(max_steps=10, global_step=0, num_input_tokens_seen=0, epoch=0.0)
+    callback.on_train_begin(None, state, None)
+    state.global_step, state.num_input_tokens_seen = 1, 4096
+    callback.on_step_end(None, state, None)
+    values = exported(metrics)
+    assert values["hyft_train_mfu"] == values["hyft_train_tokens_per_second"] * 1e-6
+    without = TrainingMetrics("job-a", 0)
+    MetricsCallback(without, global_batch=8).on_train_begin(None, state, None)
+    assert "hyft_train_mfu" not in exported(without)

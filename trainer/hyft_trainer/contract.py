@@ -97,8 +97,13 @@ HEARTBEAT = "hyft_train_heartbeat_timestamp_seconds"  # the trainer's clock at e
 CHECKPOINT_STEP = "hyft_train_last_checkpoint_step"
 PREFLIGHT_SECONDS = "hyft_train_preflight_seconds"  # set once every rank passed the preflight: the gang works
 PEAK_HOST_RSS = "hyft_train_peak_host_rss_bytes"
+# per GPU (label local_rank as well): the peaks torch's caching allocator saw, tensors and what it holds
 PEAK_GPU_MEMORY = "hyft_train_peak_gpu_memory_bytes"
+PEAK_GPU_RESERVED = "hyft_train_peak_gpu_reserved_bytes"
+MFU = "hyft_train_mfu"  # model FLOPs per second over the GPUs' dense bf16/fp16 peak (flops.py)
 STEP_DURATION = "hyft_train_step_duration_seconds"  # a histogram
+GPU_LABEL = "local_rank"
+GPU_METRICS = (PEAK_GPU_MEMORY, PEAK_GPU_RESERVED, MFU)  # none on a CPU
 TRAINER_METRICS = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, LEARNING_RATE, GRAD_NORM, EPOCH, TOKENS_PER_SECOND,
                    SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, PROCESS_START, HEARTBEAT, CHECKPOINT_STEP,
-                   PREFLIGHT_SECONDS, PEAK_HOST_RSS, PEAK_GPU_MEMORY, STEP_DURATION)
+                   PREFLIGHT_SECONDS, PEAK_HOST_RSS, STEP_DURATION, *GPU_METRICS)

@@ -33,29 +33,13 @@ from . import gpus
 from .choices import SIZES
 from .contract import EXIT_GPU_UNAVAILABLE, GPUS_PER_NODE_ENV, HIDE_GPUS_ENV
 from .estimate import Shape, estimate, load_shape
+from .flops import mfu, peak_flops
 from .launcher import free_port
 from .sample_data import make_samples
 
-# Dense bf16 peak FLOP/s per GPU, by the name torch reports (NVIDIA's datasheets, without sparsity).
-PEAK_BF16 = {"H200": 989e12, "H100 80GB HBM3": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12, "H20": 148e12,
-             "A100": 312e12, "L40S": 362e12, "B200": 2250e12, "GB200": 2500e12}
 LAYERS = 4  # of Hunyuan-7B's 32: the width is real, the depth fits a 9-minute check
 
 
-def peak_flops(name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16.items() if key in name), None)
-
-
-def flops_per_token(shape: Shape, seq: int) -> float:
-    """Model FLOPs per trained token (PaLM's accounting): 6 per parameter for forward and backward, plus the
-    attention scores, 12 x layers x hidden x sequence. Recomputation is not counted (it is overhead)."""
-    return 6 * shape.params + 12 * shape.layers * shape.hidden * seq
-
-
-def mfu(tokens_per_second: float, shape: Shape, seq: int, gpus_used: int, peak: float | None) -> float | None:
-    if not peak or not tokens_per_second:
-        return None
-    return tokens_per_second * flops_per_token(shape, seq) / (gpus_used * peak)
 
 
 def run_train(config: dict, workdir: Path, expect_gpus: int, name: str) -> tuple[int, str, float]:

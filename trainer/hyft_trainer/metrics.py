@@ -6,10 +6,14 @@ every other node exports the same metrics for its node (label node_rank).
 """
 from __future__ import annotations
 
+import json
+import os
 import resource
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from transformers import TrainerCallback
 
 from . import contract as c
@@ -30,8 +34,49 @@ class Series:
         self._metric.labels(**self._labels).observe(value)
 
 
+class GpuMemory:
+    """Every local rank's peak GPU memory, for its node's exporter: each rank writes its own file into
+    the launcher's folder (no collective: a slow rank holds up nobody), the exporter reads them all at
+    each scrape. Without the folder (a bare worker), only the exporting process's own."""
+
+    PREFIX = "gpu-memory-"
+
+    def __init__(self, labels: dict[str, str], folder: Path | None, local_rank: int):
+        self.labels, self.folder, self.local_rank = labels, folder, local_rank
+        self.own: dict[str, int] | None = None
+
+    def record(self, allocated: int, reserved: int) -> None:
+        self.own = {"allocated": allocated, "reserved": reserved}
+        if self.folder is not None:
+            path = self.folder / f"{self.PREFIX}{self.local_rank}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.own))
+            os.replace(tmp, path)
+
+    def by_rank(self) -> dict[str, dict[str, int]]:
+        found = {str(self.local_rank): self.own} if self.own else {}
+        for path in self.folder.glob(f"{self.PREFIX}*.json") if self.folder is not None else ():
+            try:
+                found[path.stem.removeprefix(self.PREFIX)] = json.loads(path.read_text())
+            except (OSError, ValueError):  # being replaced: the next scrape reads it
+                continue
+        return found
+
+    def collect(self):
+        names = [*self.labels, c.GPU_LABEL]
+        allocated = GaugeMetricFamily(c.PEAK_GPU_MEMORY, "Peak GPU memory allocated to tensors, per GPU", labels=names)
+        reserved = GaugeMetricFamily(c.PEAK_GPU_RESERVED, "Peak GPU memory held by the caching allocator, per GPU",
+                                     labels=names)
+        for rank, peaks in sorted(self.by_rank().items()):
+            allocated.add_metric([*self.labels.values(), rank], peaks["allocated"])
+            reserved.add_metric([*self.labels.values(), rank], peaks["reserved"])
+        yield allocated
+        yield reserved
+
+
 class TrainingMetrics:
-    def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None):
+    def __init__(self, job: str, node_rank: int, registry: CollectorRegistry | None = None,
+                 launch_dir: Path | None = None, local_rank: int = 0):
         self.registry = registry or CollectorRegistry()
         self.labels = dict(zip(METRIC_LABELS, (job, str(node_rank)), strict=True))
         names = list(self.labels)
@@ -52,7 +97,9 @@ class TrainingMetrics:
         self.eval_loss = gauge(c.EVAL_LOSS, "Loss on the held-out set")
         self.checkpoint_step = gauge(c.CHECKPOINT_STEP, "Step of the newest complete checkpoint")
         self.peak_rss = gauge(c.PEAK_HOST_RSS, "Peak resident memory of this process")
-        self.peak_gpu = gauge(c.PEAK_GPU_MEMORY, "Peak GPU memory allocated by this process")
+        self.gpu_memory = GpuMemory(self.labels, launch_dir, local_rank)
+        self.registry.register(self.gpu_memory)
+        self.mfu = gauge(c.MFU, "Model FLOPs utilisation: model FLOPs per second over the GPUs' dense peak")
         self.process_start = gauge(c.PROCESS_START, "Unix time the trainer process started (before loading)")
         self.process_start.set(time.time())
         self.preflight = gauge(c.PREFLIGHT_SECONDS, "Seconds the preflight took; set once every rank passed it")
@@ -70,9 +117,12 @@ class TrainingMetrics:
 class MetricsCallback(TrainerCallback):
     """Feeds TrainingMetrics from the Trainer's events (runs on every rank; only exporters serve)."""
 
-    def __init__(self, metrics: TrainingMetrics, global_batch: int):
+    def __init__(self, metrics: TrainingMetrics, global_batch: int, peak_flops_per_token: float | None = None):
+        """peak_flops_per_token: the model FLOPs of one token over the whole gang's peak FLOP/s (flops.py), so
+        that MFU is tokens per second times it; None where no peak is known (a CPU, an unknown GPU)."""
         self.metrics = metrics
         self.global_batch = global_batch
+        self.peak_flops_per_token = peak_flops_per_token
         self._last = None
         self._started = None
         self._first_step = 0
@@ -98,14 +148,17 @@ class MetricsCallback(TrainerCallback):
         done = state.global_step - self._first_step
         if elapsed > 0 and done > 0:
             m.samples_per_second.set(done * self.global_batch / elapsed)
-            m.tokens_per_second.set((state.num_input_tokens_seen - self._tokens) / elapsed)
+            tokens_per_second = (state.num_input_tokens_seen - self._tokens) / elapsed
+            m.tokens_per_second.set(tokens_per_second)
+            if self.peak_flops_per_token:
+                m.mfu.set(tokens_per_second * self.peak_flops_per_token)
             m.eta.set(max(0, state.max_steps - state.global_step) * elapsed / done)
         m.peak_rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         try:
             import torch
 
             if torch.cuda.is_available():
-                m.peak_gpu.set(torch.cuda.max_memory_allocated())
+                m.gpu_memory.record(torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
         except ImportError:
             pass
 

@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import attention, fabric, gpus, offload
+from . import attention, fabric, flops, gpus, offload
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
+from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
 from .model_setup import apply_method, attention_kernel, check_model
@@ -34,9 +35,14 @@ MODEL_LOADING = "loading the model from"  # the log's line when the slow part be
 STARTED_FILE = "started"  # a worker process ran: the gang assembled (its absence after a failure: it did not)
 
 
-def launch_file(name: str) -> Path | None:
+def launch_dir() -> Path | None:
     folder = os.environ.get(LAUNCH_DIR_ENV)
-    return Path(folder) / name if folder else None
+    return Path(folder) if folder else None
+
+
+def launch_file(name: str) -> Path | None:
+    folder = launch_dir()
+    return folder / name if folder else None
 
 
 def init_distributed(deepspeed: bool, timeout_s: int):
@@ -106,6 +112,22 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
     return args
 
 
+def mfu_basis(config: TrainerConfig, on_gpu: bool, world_size: int, says: bool) -> float | None:
+    """A token's model FLOPs over the gang's dense peak FLOP/s (MFU = tokens/s x this); None on a CPU, in
+    fp32, or on a GPU whose peak flops.py does not know (said once per node)."""
+    import torch
+
+    if not on_gpu or not (config.bf16 or config.fp16):
+        return None
+    name = torch.cuda.get_device_name()
+    if not (peak := flops.peak_flops(name)):
+        if says:
+            print(f"hyft: MFU: not exported: no dense bf16/fp16 peak known for {name} (hyft_trainer/flops.py)",
+                  flush=True)
+        return None
+    return flops.flops_per_token(load_shape(config.model_name_or_path), config.cutoff_len) / (world_size * peak)
+
+
 def starting_point(config: TrainerConfig) -> Path | None:
     """This run's own newest resumable checkpoint; else the one resume_from_checkpoint names."""
     own = newest_complete(config.output_dir)
@@ -125,8 +147,10 @@ def train(config: TrainerConfig) -> int:
     # Serve the metrics before anything slow: the operator's start-up timeout and the alerts see a
     # trainer that hangs while loading (process start and heartbeat, no step yet).
     node_rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
-    metrics = TrainingMetrics(config.job_name or Path(config.output_dir).name, node_rank)
-    if config.metrics_port and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    metrics = TrainingMetrics(config.job_name or Path(config.output_dir).name, node_rank, launch_dir=launch_dir(),
+                              local_rank=local_rank)
+    if config.metrics_port and local_rank == 0:
         metrics.serve(config.metrics_port)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     remote = config.trust_remote_code
@@ -179,9 +203,10 @@ def train(config: TrainerConfig) -> int:
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
+    peak_per_token = mfu_basis(config, on_gpu, world_size, state.is_local_main_process)
     callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
                  MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
-                                 * state.num_processes)]
+                                 * state.num_processes, peak_per_token)]
     if args.load_best_model_at_end and config.early_stopping_steps:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
