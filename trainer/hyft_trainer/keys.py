@@ -91,7 +91,6 @@ OUTSIDE_SPELLINGS = {
     "sequence_len": "cutoff_len",
     "lora_r": "lora_rank",
     "lora_target_modules": "lora_target",
-    "warmup_ratio_steps": "warmup_steps",
     "grad_accum": "gradient_accumulation_steps",
 }
 
