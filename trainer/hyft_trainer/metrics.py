@@ -46,7 +46,11 @@ class GpuMemory:
         self.own: dict[str, int] | None = None
 
     def record(self, allocated: int, reserved: int) -> None:
-        self.own = {"allocated": allocated, "reserved": reserved}
+        """Called every step; the file is rewritten only when a peak moved (rarely, after the first steps)."""
+        peaks = {"allocated": allocated, "reserved": reserved}
+        if peaks == self.own:
+            return
+        self.own = peaks
         if self.folder is not None:
             path = self.folder / f"{self.PREFIX}{self.local_rank}.json"
             tmp = path.with_suffix(".tmp")
