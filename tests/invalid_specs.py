@@ -72,6 +72,8 @@ CASES = [
     Invalid("seed beyond numpy's range", _training(seed=2**40), "spec.training.seed"),
     Invalid("exit code 0 as permanent", _sub("runPolicy", permanentExitCodes=[0]),
             "spec.runPolicy.permanentExitCodes[0]"),
+    Invalid("LoRA merge on a full run", _spec(method={"type": "full", "lora": {"merge": True}}),
+            "spec.method.lora.merge"),
     Invalid("empty LoRA target", _spec(method={"lora": {"targetModules": [""]}}),
             "spec.method.lora.targetModules[0]"),
     Invalid("unknown model size", lambda b: b["spec"]["model"].update(parameters="13B"), "spec.model.parameters"),

@@ -1,54 +1,33 @@
-"""LLaMA-Factory SFT configurations as users bring them, written from their documented
-keys (no download): Tencent's Hunyuan fine-tuning guide (hunyuan_full.yaml with its
-ZeRO-3 offload JSON) and LLaMA-Factory 0.9.5's examples/train_full and
-examples/train_lora SFT YAMLs. Only paths are placeholders ({model}, {dataset_dir},
-{deepspeed}, {output}); `template` names a Hunyuan template, as it must for a Hunyuan
+"""LLaMA-Factory SFT configurations as users bring them: Tencent's own published YAMLs and
+DeepSpeed JSONs for Hunyuan-7B and Hunyuan-A13B (tests/corpus/tencent, unchanged), and
+LLaMA-Factory 0.9.5's examples/train_full and examples/train_lora SFT YAMLs, written from
+their documented keys. Only paths are placeholders ({model}, {dataset_dir},
+{deepspeed}, {output}; Tencent's YAMLs name no dataset_dir: LLaMA-Factory's default, `data`
+in the working folder); `template` names a Hunyuan template, as it must for a Hunyuan
 model (the examples were written for Llama 3 / Qwen)."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import yaml
 
-# Tencent's guide: train/llama_factory_support/example_configs/hunyuan_full.yaml
-HUNYUAN_FULL = """
-### model
-model_name_or_path: {model}
-trust_remote_code: true
+TENCENT = Path(__file__).parent / "corpus" / "tencent"
 
-### method
-stage: sft
-do_train: true
-finetuning_type: full
-deepspeed: {deepspeed}
 
-### dataset
-dataset_dir: {dataset_dir}
-dataset: car_sft
-template: hunyuan
-cutoff_len: 4096
-max_samples: 100000
-overwrite_cache: true
-preprocessing_num_workers: 16
+def tencent(name: str, dataset: str = "car_sft") -> str:
+    """One of Tencent's published LLaMA-Factory YAMLs with what it leaves to the user filled in: the model
+    path, the data set name where it has a placeholder, and the paths as placeholders."""
+    text = (TENCENT / name).read_text()
+    for key, value in (("model_name_or_path", "{model}"), ("deepspeed", "{deepspeed}"), ("output_dir", "{output}")):
+        text = re.sub(rf"(?m)^{key}: .*$", f"{key}: {value}", text)
+    return text.replace("dataset: [!!!add the data set name here!!!]", f"dataset: {dataset}")
 
-### output
-output_dir: {output}
-logging_steps: 10
-save_steps: 500
-plot_loss: true
-overwrite_output_dir: true
-save_only_model: true
-report_to: none
 
-### train
-per_device_train_batch_size: 1
-gradient_accumulation_steps: 1
-learning_rate: 1.0e-5
-num_train_epochs: 3.0
-lr_scheduler_type: cosine
-warmup_ratio: 0.1
-bf16: true
-ddp_timeout: 180000000
-resume_from_checkpoint: null
-"""
+HUNYUAN_FULL = tencent("hunyuan_full.yaml")  # Hunyuan-7B's guide
+HUNYUAN_A13B_FULL = tencent("hunyuan_a13b_full_sft.yaml")
+DS_Z3_OFFLOAD_HUNYUAN = json.loads((TENCENT / "ds_zero3_offload_hy.json").read_text())
 
 # examples/train_lora/llama3_lora_sft.yaml
 LORA_SFT = """
@@ -131,7 +110,7 @@ freeze_language_model: false
 deepspeed: {deepspeed}
 """)
 
-# LLaMA-Factory's examples/deepspeed/ds_z3_offload_config.json; Tencent's guide sets bf16 itself
+# LLaMA-Factory's examples/deepspeed/ds_z3_offload_config.json
 DS_Z3_OFFLOAD = {
     "train_batch_size": "auto",
     "train_micro_batch_size_per_gpu": "auto",
@@ -156,7 +135,6 @@ DS_Z3_OFFLOAD = {
         "stage3_gather_16bit_weights_on_model_save": True,
     },
 }
-DS_Z3_OFFLOAD_HUNYUAN = {**DS_Z3_OFFLOAD, "bf16": {"enabled": True}}
 
 # The usual guide's recipe for a Hunyuan LoRA, as a user brings it: transformers' training arguments
 # (optimizer, evaluation keeping the best checkpoint, data loader), fp16 with DeepSpeed's dynamic loss
@@ -225,6 +203,7 @@ DS_Z3_FP16 = {
 
 CORPUS = {
     "hunyuan_full": (HUNYUAN_FULL, DS_Z3_OFFLOAD_HUNYUAN),
+    "hunyuan_a13b_full_sft": (HUNYUAN_A13B_FULL, DS_Z3_OFFLOAD_HUNYUAN),
     "llama3_lora_sft": (LORA_SFT, None),
     "llama3_lora_sft_ds3": (LORA_SFT_DS3, DS_Z3_OFFLOAD),
     "llama3_lora_sft_ray": (LORA_SFT_RAY, DS_Z3_OFFLOAD),

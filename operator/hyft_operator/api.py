@@ -118,6 +118,11 @@ FreezeSpec = with_knobs(_FreezeSpec, "method.freeze")
 class _MethodSpec(ApiModel):
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (type: lora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (type: freeze).")
+    RULES = (
+        Rule("!(has(self.lora) && has(self.lora.merge) && self.lora.merge && has(self.type) && self.type != 'lora')",
+             "lora.merge is for type lora: a full or freeze run exports the whole model already",
+             lambda s: not (s.lora.merge and s.type != "lora"), field="lora.merge"),
+    )
 
 
 MethodSpec = with_knobs(_MethodSpec, "method")

@@ -204,5 +204,6 @@ def summarize(output: Path, out) -> None:
                   + "\n")
     if (output / "loss.png").exists():
         out.write(f"[hyft] loss curve: {output / 'loss.png'}\n")
-    if (output / "export").exists():
-        out.write(f"[hyft] model: {output / 'export'}\n")
+    for name in ("export", "merged"):
+        if (output / name).exists():
+            out.write(f"[hyft] model ({name}): {output / name}\n")

@@ -60,12 +60,12 @@ def write_config(tmp_path, tiny, data, **overrides):
     return path
 
 
-def launch(config, nodes, tmp_path, port=None, extra_env=None, env=None, wrapper=()):
+def launch(config, nodes, tmp_path, port=None, extra_env=None, env=None, wrapper=(), cwd=None):
     port = port or free_port()
-    return [launch_node(config, rank, nodes, port, tmp_path, extra_env, wrapper, env) for rank in range(nodes)]
+    return [launch_node(config, rank, nodes, port, tmp_path, extra_env, wrapper, env, cwd) for rank in range(nodes)]
 
 
-def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=(), base_env=None):
+def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=(), base_env=None, cwd=None):
     """One node's `hyft train`; wrapper: a command to run it under (a namespace of its own)."""
     env = {**(os.environ if base_env is None else base_env), "NNODES": str(nodes), "NODE_RANK": str(rank),
            "MASTER_ADDR": "127.0.0.1",
@@ -76,7 +76,7 @@ def launch_node(config, rank, nodes, port, tmp_path, extra_env=None, wrapper=(),
         env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / f"node{rank}-{port}.log", "w")
     return (subprocess.Popen([*wrapper, sys.executable, "-m", "hyft_trainer.cli", "train", str(config)],
-                             env=env, stdout=log, stderr=subprocess.STDOUT), log)
+                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd), log)
 
 
 def wait(procs, timeout=RUN_TIMEOUT):
@@ -100,7 +100,8 @@ def logs(tmp_path):
 def run(config, nodes, tmp_path, **kw):
     codes = wait(launch(config, nodes, tmp_path, **kw))
     assert codes == [0] * nodes, logs(tmp_path)[-5000:]
-    return json.loads((Path(yaml.safe_load(config.read_text())["output_dir"]) / "report.json").read_text())
+    output = Path(kw.get("cwd") or ".") / yaml.safe_load(config.read_text())["output_dir"]
+    return json.loads((output / "report.json").read_text())
 
 
 def falls(curve, by=0.4):
@@ -118,7 +119,7 @@ def test_two_nodes_lora_zero3_offload_learns_and_ranks_see_different_data(tiny, 
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    config = write_config(tmp_path, tiny, memorisable, max_steps=80, learning_rate=1e-2)
+    config = write_config(tmp_path, tiny, memorisable, max_steps=80, learning_rate=1e-2, merge_lora=True)
     report = run(config, 2, tmp_path)
     curve = losses(report)
     assert report["world_size"] == 2 and report["steps"] == 80
@@ -145,6 +146,41 @@ def test_two_nodes_lora_zero3_offload_learns_and_ranks_see_different_data(tiny, 
         torch.testing.assert_close(base_after[name], tensor)
     assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
     assert (export / "hyft_config.yaml").exists() and (export / "tokenizer.json").exists()
+    assert_merged_export(tmp_path / "out", tiny)
+
+
+def assert_merged_export(out, tiny):
+    """merge_lora: a 16-bit model folder that reloads, generates and computes base+adapter's logits; the
+    whole output folder readable by any uid (safetensors writes its files 0600)."""
+    import stat
+
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = out / "merged"
+    report = json.loads((out / "report.json").read_text())  # rewritten by the merge
+    assert report["exported"] == {"adapter": str(out / "export"), "merged": str(merged)}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "model.safetensors"} <= {
+        p.name for p in merged.iterdir()}
+    assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(tiny).chat_template
+    weights = load_file(merged / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16} and not any("lora" in n for n in weights)
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), out / "export")
+    ids = torch.tensor([list(range(3, 40))])
+    with torch.no_grad():
+        got, want = model(ids).logits, reference(ids).logits
+    base = AutoModelForCausalLM.from_pretrained(tiny)(ids).logits.detach()
+    assert (want - base).abs().max() > 0.1  # the adapter changes the logits, and the merge keeps that change
+    torch.testing.assert_close(got, want, rtol=0, atol=0.05)  # bf16 weights: within their rounding
+    assert model.generate(ids[:, :5], max_new_tokens=4, do_sample=False).shape == (1, 9)
+    for path in [out, *out.rglob("*")]:
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode):
+            want_bits = 0o755 if stat.S_ISDIR(mode) else 0o644
+            assert mode & want_bits == want_bits, f"{path}: {oct(mode)}"
 
 
 def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memorisable, tmp_path):
@@ -470,11 +506,12 @@ def llamafactory_data(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("name", ["hunyuan_full", "llama3_lora_sft", "llama3_lora_sft_ds3", "llama3_lora_sft_ray",
-                                  "llama3_full_sft", "qwen2_5vl_full_sft"])
+@pytest.mark.parametrize("name", ["hunyuan_full", "hunyuan_a13b_full_sft", "llama3_lora_sft", "llama3_lora_sft_ds3",
+                                  "llama3_lora_sft_ray", "llama3_full_sft", "qwen2_5vl_full_sft"])
 def test_llamafactory_yamls_train_as_brought(tiny, llamafactory_data, tmp_path, name):
-    """Tencent's guide YAML and LLaMA-Factory's SFT examples, paths substituted: each trains, and each
-    key without effect here is said once at start-up."""
+    """Tencent's published YAMLs and LLaMA-Factory's SFT examples, paths substituted: each trains, and each
+    key without effect here is said once at start-up. Run where LLaMA-Factory runs them: a working folder
+    whose data/ is the data folder (Tencent's YAMLs name no dataset_dir)."""
     from hyft_trainer.llamafactory_keys import NO_EFFECT
     from tests.llamafactory_corpus import CORPUS
 
@@ -484,7 +521,8 @@ def test_llamafactory_yamls_train_as_brought(tiny, llamafactory_data, tmp_path, 
     config = tmp_path / f"{name}.yaml"
     config.write_text(text.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
                                   output=tmp_path / "out"))
-    report = run(config, 1, tmp_path)
+    (tmp_path / "data").symlink_to(llamafactory_data)
+    report = run(config, 1, tmp_path, cwd=tmp_path)
     log = logs(tmp_path)
     assert report["steps"] > 0 and report["data"]["valid"] == report["data"]["samples"]
     assert "match the model's chat_template token for token" in report["data"]["chat_template_check"]

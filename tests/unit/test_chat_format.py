@@ -117,6 +117,21 @@ def test_7b_trains_the_eos_and_not_the_reduced_history(tokenizers):
     assert trained_text(tok, ids, labels) == "plain A2<|eos|>"
 
 
+def test_7b_trains_a_history_turn_the_template_shows_unchanged(tokenizers):
+    """A plain earlier turn is shown exactly as the model generates it: every turn of a 4-turn plain
+    chat is a target; a reduced turn beside it stays context."""
+    tok = tokenizers["7b"]
+    plain = [m for i in range(4) for m in (Message("user", f"Q{i}"), Message("assistant", f"A{i}"))]
+    ids, labels = encode(tok, FAMILIES["7b"], plain)
+    assert trained_text(tok, ids, labels) == "".join(f"A{i}<|eos|>" for i in range(4))
+    mixed = [Message("user", "Q1"), Message("assistant", "<think>\nr\n</think>\n<answer>\nA1\n</answer>"),
+             Message("user", "Q2"), Message("assistant", "A2"), Message("user", "Q3"), Message("assistant", "A3")]
+    ids, labels = encode(tok, FAMILIES["7b"], mixed)
+    assert trained_text(tok, ids, labels) == "A2<|eos|>A3<|eos|>"
+    ids, labels = encode(tok, FAMILIES["7b"], plain, MaskOptions(mask_history=True))
+    assert trained_text(tok, ids, labels) == "A3<|eos|>"
+
+
 def official(tok, family, conv, **kwargs):
     from tests.official_templates import OFFICIAL
 

@@ -53,6 +53,15 @@ def test_more_nodes_need_less_host_memory_each_and_lora_needs_far_less():
     assert lora.host_bytes_per_node < one.host_bytes_per_node / 5
 
 
+def test_a_lora_merge_counts_the_16bit_base_on_the_master_node():
+    shape = load_shape("7B")
+    plain, merged = ({e.label: e for e in estimate(shape, 2, 8, method=m, merge=True)} for m in ("full", "lora"))
+    lora = {e.label: e for e in estimate(shape, 2, 8, method="lora")}
+    label = "ZeRO-3, offload params+optimizer"
+    assert merged[label].export_bytes - lora[label].export_bytes == 2 * shape.params
+    assert plain[label].export_bytes == 2 * shape.params  # full: the export is the model, nothing to merge
+
+
 def test_reads_a_model_folder_and_marks_what_fits(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -154,7 +154,7 @@ def test_unreadable_lines_are_sample_errors_and_the_valid_samples_stay(tmp_path)
     errors = [e for e in ds["error"] if e]
     assert ds["reason"] == ["", "invalid_json", "", "invalid_text", "invalid_json", ""]
     assert errors[0].startswith(f"{f} line 2 (sample 1): not UTF-8 text: byte ")
-    assert errors[1].startswith(f"{f} line 4 (sample 3): user content has a lone surrogate")
+    assert errors[1].startswith(f"{f} line 4 (sample 3): message 0 (user): content has a lone surrogate")
     assert errors[2] == f"{f} line 5 (sample 4): invalid JSON: nested too deeply"
     assert sum(1 for m in ds["messages"] if m) == 3
 

@@ -71,6 +71,12 @@ MALFORMED = [
      "/think forces slow thinking"),
     ("alpaca without output", {"instruction": "do", "input": ""}, "unknown_format", "cannot tell the format"),
     ("alpaca empty output", {"instruction": "do", "output": " "}, "empty_content", "output: empty content"),
+    ("NUL in content", chat(("user", "a\x00b"), ("assistant", "x")), "invalid_text",
+     "message 0 (user): content has a NUL character at character 1"),
+    ("lone surrogate in content", chat(("user", "q"), ("assistant", "a\ud800")), "invalid_text",
+     "message 1 (assistant): content has a lone surrogate"),
+    ("NUL in an alpaca input", {"instruction": "do", "input": "x\x00", "output": "ok"}, "invalid_text",
+     "message 0 (user): content has a NUL character at character 4"),
     ("alpaca bad history", {"instruction": "do", "output": "ok", "history": [["only one"]]}, "bad_history",
      "list of [question, answer] pairs"),
 ]
@@ -123,3 +129,23 @@ def test_alpaca_with_input_system_and_history():
 def test_no_json_value_crashes_the_validator(value):
     with pytest.raises(SampleError):
         to_conversation(json.loads(json.dumps(value)))
+
+
+def test_one_validator_judges_a_sample_alike_everywhere():
+    """The data path's table of malformed lines, given to to_conversation as parsed JSON: the same reason
+    for every line that parses (the data path adds only JSON parsing and the tokenizer's length)."""
+    from tests import malformed
+
+    judged = 0
+    for kind, raw, reason in malformed.MALFORMED:
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if reason == "too_long":
+            continue
+        with pytest.raises(SampleError) as err:
+            to_conversation(record)
+        assert err.value.reason == reason, kind
+        judged += 1
+    assert judged >= 35

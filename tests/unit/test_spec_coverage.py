@@ -90,7 +90,8 @@ CHANGED = {
 # Leaves whose change needs another to stay valid: both sides of the comparison get these first.
 COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPolicy.startupTimeoutSeconds": None},
               # one GPU's memory decides only an offload left unset (auto)
-              "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None}}
+              "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None},
+              "method.type": {"method.lora.merge": False}}  # merging is LoRA's
 
 
 def leaves(schema: dict, prefix: str = "") -> list[tuple[str, dict]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hyft_trainer.checkpoints import mark_complete, newest_complete
+from hyft_trainer.checkpoints import mark_complete, newest_complete, readable_by_all
 from hyft_trainer.config import ConfigError, parse_config
 from hyft_trainer.deepspeed_config import settle
 from hyft_trainer.launcher import rendezvous_from_env, torchrun_command
@@ -53,11 +53,11 @@ def test_every_key_of_the_llamafactory_corpus_is_applied_or_reported_once(name):
     ({**BASE, "zero_stage": 2, "offload_param": True}, "offload_param needs zero_stage 3"),
     ({**BASE, "stage": "dpo"}, "stage: hyft trains supervised fine-tuning only (stage: sft), not 'dpo'"),
     ({**BASE, "do_train": False}, "do_train: hyft always trains"),
-    ({**BASE, "average_tokens_across_devices": False}, "average_tokens_across_devices: hyft's loss always"),
     ({**BASE, "report_to": "wandb"}, "report_to: wandb is not in the hyft image; use tensorboard or none"),
     ({**BASE, "eval_dataset": "x"}, "eval_dataset: separate evaluation datasets are not supported: use val_size"),
     ({**BASE, "save_only_model": True, "early_stopping_steps": 2}, "save_only_model and early_stopping_steps"),
     ({**BASE, "warmup_ratio": 1.0}, "warmup_ratio"),  # transformers would read 1.0 as one warm-up step
+    ({**BASE, "finetuning_type": "full", "merge_lora": True}, "merge_lora is for finetuning_type lora: a full run"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_name_the_problem(data, message):
@@ -155,6 +155,24 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert newest_complete(tmp_path / "missing") is None
     mark_complete(tmp_path / "checkpoint-15", resumable=False)  # save_only_model: no optimizer state
     assert newest_complete(tmp_path).name == "checkpoint-10"
+
+
+def test_what_training_writes_is_made_readable_by_every_uid(tmp_path):
+    """safetensors writes through a private temporary file: its files land 0600 whatever the umask."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "checkpoint-3"
+    (folder / "global_step3").mkdir(parents=True)
+    folder.chmod(0o700)
+    save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    assert (folder / "adapter_model.safetensors").stat().st_mode & 0o077 == 0
+    (folder / "link").symlink_to("/etc/hostname")  # not followed: the target is not ours to change
+    mark_complete(folder)
+    for path in (folder, folder / "global_step3", folder / "adapter_model.safetensors", folder / "COMPLETE"):
+        want = 0o755 if path.is_dir() else 0o644
+        assert path.stat().st_mode & want == want, path
+    assert readable_by_all(tmp_path / "gone") == []
 
 
 @pytest.mark.parametrize("brought, on_gpu, nvcc, torch_adam", [

@@ -133,10 +133,11 @@ def _render_7b(family: Family, messages: list[Message], add_generation_prompt: b
             pieces += [Piece(m.content, "prompt"), Piece(SEVEN_B_USER_END, "prompt")]
             users += 1
         else:
-            if i != len(messages) - 1:  # every turn but the last message: context, never generated
-                pieces += [Piece(history_text(m.content), "history", turn), Piece(family.eos, "history", turn)]
-            else:
+            shown = m.content if i == len(messages) - 1 else history_text(m.content)
+            if shown == m.content:  # shown as the model generates it: a target like the last turn
                 pieces += [Piece(m.content, "content", turn), Piece(family.eos, "eos", turn)]
+            else:  # reduced to its answer: context, a form the model never generates
+                pieces += [Piece(shown, "history", turn), Piece(family.eos, "history", turn)]
             turn += 1
     if add_generation_prompt and messages and messages[-1].role != "user":
         pieces.append(Piece(SEVEN_B_USER_END, "prompt"))  # a user turn already ends with it

@@ -7,7 +7,9 @@ and is never picked.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 MARKER = "COMPLETE"
@@ -35,6 +37,29 @@ def newest_complete(output_dir: str | Path) -> Path | None:
 
 
 def mark_complete(checkpoint: Path, resumable: bool = True) -> None:
+    readable_by_all(checkpoint)
     tmp = checkpoint / (MARKER + ".tmp")
     tmp.write_text("ok\n" if resumable else MODEL_ONLY + "\n")
     tmp.replace(checkpoint / MARKER)
+
+
+def readable_by_all(root: Path) -> list[str]:
+    """Let every uid read what training wrote (a serving or evaluation pod seldom runs as the trainer's
+    uid): safetensors writes through a private temporary file, so its files land with mode 0600.
+    Adds read (and, for folders, search) permission for group and others; takes nothing away. Returns
+    the paths it could not change (owned by another uid)."""
+    refused = []
+    for folder, _dirs, files in os.walk(root):
+        for path in (folder, *(os.path.join(folder, f) for f in files)):
+            try:
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    continue
+                want = mode | (0o055 if stat.S_ISDIR(mode) else 0o044)
+                if want != mode:
+                    os.chmod(path, stat.S_IMODE(want))
+            except FileNotFoundError:  # removed meanwhile (save_total_limit rotates checkpoints)
+                continue
+            except PermissionError:
+                refused.append(path)
+    return refused

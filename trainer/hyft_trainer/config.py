@@ -65,6 +65,9 @@ class _Checks(BaseModel):
         if self.save_only_model and self.early_stopping_steps and (self.deepspeed or self.zero_stage):
             raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
                              "checkpoint could not be reloaded at the end; drop one of them")
+        if self.merge_lora and self.finetuning_type != "lora":
+            raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
+                             "whole model already")
         return self
 
 

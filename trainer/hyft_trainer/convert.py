@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .loading import MAX_ERROR_CHARS, Source, check_text, location, parse_record, raw_records
-from .samples import FAST_PREFIX, SampleError
+from .loading import MAX_ERROR_CHARS, Source, location, parse_record, raw_records
+from .samples import FAST_PREFIX, SampleError, check_text
 
 ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant"}
 
@@ -97,8 +97,8 @@ def convert_file(src: Path, dst: Path, skip_invalid: bool = False) -> tuple[int,
             if isinstance(record, SampleError):
                 raise record
             sample = convert_sample(record)
-            for message in sample["messages"]:
-                check_text(message["role"], message["content"])
+            for i, message in enumerate(sample["messages"]):
+                check_text(message["content"], f"message {i} ({message['role']})")
             lines.append(json.dumps(sample, ensure_ascii=False) + "\n")
         except SampleError as err:
             errors.append(f"{where}: {err.message}"[:MAX_ERROR_CHARS])

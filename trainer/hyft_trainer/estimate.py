@@ -163,9 +163,9 @@ def activations(shape: Shape, batch: int, seq: int, checkpointing: bool, element
 
 def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full", lora_rank: int = 8,
              batch: int = 1, seq: int = 2048, checkpointing: bool = True, half_precision: bool = True,
-             on_gpu: bool = True) -> list[Estimate]:
+             on_gpu: bool = True, merge: bool = False) -> list[Estimate]:
     """Every ZeRO option; half_precision False for float32 training; on_gpu False for a CPU run
-    (gpus_per_node then counts processes)."""
+    (gpus_per_node then counts processes); merge: LoRA's merge_lora."""
     trainable = shape.params if method == "full" else shape.lora_params(lora_rank)
     frozen = shape.params - trainable
     act = activations(shape, batch, seq, checkpointing, 2 if half_precision else 4)
@@ -173,6 +173,8 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
     # The export gathers the trained weights on global rank 0 and serializes them there: 16-bit weights
     # (float32 on CPU) for full fine-tuning, the float32 adapter for LoRA.
     export = shape.params * (2 if half_precision else 4) if method == "full" else trainable * 4
+    if merge and method == "lora":  # then the 16-bit base model, merged on the CPU (merge.py)
+        export += shape.params * 2
     base = NODE_BASE_BYTES + gpus_per_node * (CUDA_PROCESS_BASE_BYTES if on_gpu else PROCESS_BASE_BYTES)
     out = []
     options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False),

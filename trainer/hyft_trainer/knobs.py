@@ -105,6 +105,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("lora_dropout", float, 0.0, "LoRA dropout.", METHOD, LLAMAFACTORY, spec="method.lora.dropout",
          bounds=dict(ge=0, lt=1)),
     Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt.", METHOD, LLAMAFACTORY),
+    Knob("merge_lora", bool, False, "After training, also write the base model with the LoRA merged into it to "
+         "output_dir/merged: 16-bit safetensors shards with the tokenizer, chat template, generation config and "
+         "the model's own code, ready for a serving pod (merged on global rank 0's node, in host memory: hyft "
+         "estimate counts it).", HYFT, spec="method.lora.merge"),
     Knob("additional_target", str | None, None, "Comma-separated modules besides the LoRA layers that train in "
          "full and are saved with the adapter (peft's modules_to_save), e.g. embed_tokens,lm_head.", METHOD,
          LLAMAFACTORY),
@@ -117,8 +121,8 @@ KNOBS: tuple[Knob, ...] = (
     # the data
     Knob("dataset", list[DatasetName], [], "Dataset names from dataset_dir's dataset_info.json.", HYFT,
          LLAMAFACTORY, spec="data.names", bounds=dict(max_length=32)),
-    Knob("dataset_dir", str | None, None, "The folder holding dataset_info.json.", HYFT, LLAMAFACTORY,
-         checks=(PATH,)),
+    Knob("dataset_dir", str | None, "data", "The folder holding dataset_info.json (relative: to the working "
+         "folder).", HYFT, LLAMAFACTORY, checks=(PATH,)),
     Knob("data_files", list[DataFile], [], "Files read without dataset_info.json.", HYFT),
     Knob("cutoff_len", int, 2048, "Maximum tokens per sample (or per pack with packing).", DATA, LLAMAFACTORY,
          spec="data.cutoffLen", bounds=dict(ge=16, le=1048576)),

@@ -245,7 +245,21 @@ def launch(config_path: str, config, log: NodeLog) -> int:
     if rc == 0 and stop_file.exists():
         # Exit 0 with a checkpoint; the message tells the operator this was an interruption, not the end.
         termination_message(f"{STOPPED_EARLY}: a checkpoint was saved; a restart resumes from it")
+    elif rc == 0 and rdzv.node_rank == 0 and settled.config.merge_lora:
+        merge_export(settled.config, log)
     return rc
+
+
+def merge_export(config, log: NodeLog) -> None:
+    """The LoRA merged into the base (merge_lora), once every rank has exited."""
+    from .checkpoints import readable_by_all
+    from .merge import merge_lora, record
+
+    log.say(f"hyft: merging the LoRA into {config.model_name_or_path} (merge_lora)")
+    merged = merge_lora(config)
+    readable_by_all(merged)
+    record(Path(config.output_dir) / "report.json", merged)
+    log.say(f"hyft: merged model: {merged}")
 
 
 class Relay(threading.Thread):

@@ -61,7 +61,6 @@ REFUSED = {
 READ_AS = {
     "stage": "sft only: hyft trains supervised fine-tuning",
     "do_train": "true only: hyft always trains",
-    "average_tokens_across_devices": "true only: hyft's loss averages over the target tokens of the global batch",
     "disable_gradient_checkpointing": "gradient_checkpointing: false",
     "flash_attn": "attn_implementation (auto, disabled: eager, sdpa, fa2: flash_attention_2)",
     "neat_packing": "packing (hyft's packing never attends across samples)",
@@ -90,9 +89,6 @@ def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         problems.append(f"stage: hyft trains supervised fine-tuning only (stage: sft), not {stage!r}")
     if data.pop("do_train", True) is not True:
         problems.append("do_train: hyft always trains; remove the key")
-    if data.pop("average_tokens_across_devices", True) is not True:
-        problems.append("average_tokens_across_devices: hyft's loss always averages over the target tokens of the "
-                        "whole global batch (every device, every accumulation step); remove the key")
     if data.pop("disable_gradient_checkpointing", False):  # LLaMA-Factory checkpoints unless told not to
         data["gradient_checkpointing"] = False
     # transformers 5 renamed gradient checkpointing to activation checkpointing; hyft's setting keeps

@@ -195,17 +195,6 @@ def parse_record(raw: str, load_error: str = ""):
         raise SampleError("invalid_json", "invalid JSON: nested too deeply") from None
 
 
-def check_text(role: str, content: str) -> None:
-    """Text a tokenizer can take: no lone surrogates (valid JSON escapes, not Unicode), no NUL characters."""
-    try:
-        content.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise SampleError("invalid_text", f"{role} content has a lone surrogate {content[err.start]!r} at character "
-                                          f"{err.start}") from None
-    if "\x00" in content:
-        raise SampleError("invalid_text", f"{role} content has a NUL character at character {content.index(chr(0))}")
-
-
 MAX_ERROR_CHARS = 400
 
 
@@ -227,8 +216,6 @@ def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup:
     """One raw record -> (its conversation, None) or (None, what is wrong with it)."""
     try:
         conv = to_conversation(parse_record(raw, load_error), fmt, cols, require_markup, default_system)
-        for message in conv.messages:
-            check_text(message.role, message.content)
     except SampleError as err:
         return None, err
     return conv, None

@@ -228,6 +228,18 @@ def _kind(reasoning: str, answer: str, user: str, where: str) -> str:
     return "fast" if fast else "slow"
 
 
+def check_text(content: str, where: str) -> None:
+    """Text a tokenizer can take: no lone surrogates (valid JSON escapes, not Unicode), no NUL characters."""
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise SampleError("invalid_text", f"{where}: content has a lone surrogate {content[err.start]!r} at "
+                                          f"character {err.start}") from None
+    if "\x00" in content:
+        raise SampleError("invalid_text", f"{where}: content has a NUL character at character "
+                                          f"{content.index(chr(0))}")
+
+
 def to_conversation(record: Any, fmt: str = "auto", cols: Columns = Columns(),
                     require_markup: bool = False, default_system: str | None = None) -> Conversation:
     """default_system: the system message of a conversation that has none (LLaMA-Factory's default_system)."""
@@ -240,6 +252,7 @@ def to_conversation(record: Any, fmt: str = "auto", cols: Columns = Columns(),
     conv = Conversation(messages)
     last_user = ""
     for i, m in enumerate(messages):
+        check_text(m.content, f"message {i} ({m.role})")
         if m.role == "user":
             last_user = m.content
         elif m.role == "assistant":

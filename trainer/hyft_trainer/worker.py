@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import attention, fabric, flops, gpus, offload
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
-from .checkpoints import newest_complete
+from .checkpoints import newest_complete, readable_by_all
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
 from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .estimate import load_shape
@@ -307,6 +307,7 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
         "pod": os.environ.get(POD_NAME_ENV),
         "finetuning_type": config.finetuning_type,
+        "exported": {"adapter" if config.finetuning_type == "lora" else "model": str(out)},
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),
                  "invalid_examples": report.examples[:20], "chat_template_check": report.template_check},
         **measured,
@@ -315,6 +316,9 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
     (Path(config.output_dir) / "report.json").write_text(json.dumps(run, indent=2))
     if config.plot_loss:
         write_loss_curve(history, Path(config.output_dir) / "loss.png")
+    if refused := readable_by_all(Path(config.output_dir)):
+        print(f"hyft: WARNING: {len(refused)} file(s) in {config.output_dir} belong to another uid and stay "
+              f"unreadable to others, e.g. {refused[0]}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
