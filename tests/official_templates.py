@@ -1,9 +1,12 @@
-"""The reference: both families' official chat templates as Jinja text, written from
-their documented behaviour (../shared/hunyuan-chat-format.md) in the structure of
-Tencent's tokenizer_config.json templates (tool calls left out: hyft trains no tool
-turns). hyft's renderer and the tiny tokenizers' templates are checked against
-these; neither is derived from them."""
+"""The reference: the families' official chat templates as Jinja text. small and 7b are
+written from their documented behaviour (../shared/hunyuan-chat-format.md) in the
+structure of Tencent's tokenizer_config.json templates (tool calls left out); a13b is
+Tencent's own, read from its published tokenizer_config.json. hyft's renderer and the
+tiny tokenizers' templates are checked against these; neither is derived from them."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 # Both templates open alike: every system message, joined by a blank line, right after BOS.
 SYSTEM_PROMPT = """
@@ -58,7 +61,11 @@ SEVEN_B = SYSTEM_PROMPT + """{%- if ns.system_prompt != '' %}{{- '<|extra_4|>' }
 {%- if enable_thinking is defined and not enable_thinking %}{{- '<think>\n\n</think>\n' }}{%- endif %}
 """
 
-OFFICIAL = {"small": SMALL, "7b": SEVEN_B}
+# Hunyuan-A13B-Instruct's own template, as Tencent publishes it (tests/corpus/tencent)
+A13B = json.loads((Path(__file__).parent / "corpus" / "tencent" / "hunyuan_a13b_tokenizer_config.json").read_text(
+    encoding="utf-8"))["chat_template"]
+
+OFFICIAL = {"small": SMALL, "7b": SEVEN_B, "a13b": A13B}
 
 
 def _chat(*turns: tuple[str, str]) -> list[dict]:

@@ -14,7 +14,7 @@ from hyft_trainer.estimate import GIB, Shape
 
 from .api import HunyuanFineTune
 
-SIZE_IN_NAME = re.compile(r"(?<![0-9.])([0-9]+(?:\.[0-9]+)?)[Bb](?![A-Za-z])")
+SIZE_IN_NAME = re.compile(r"(?<![0-9.])([Aa]?)([0-9]+(?:\.[0-9]+)?)[Bb](?![A-Za-z])")  # 7B, 1.8B, A13B
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on GPU nodes by NVIDIA's GPU feature discovery
 
 
@@ -23,8 +23,8 @@ def model_shape(job: HunyuanFineTune) -> tuple[Shape, str] | None:
     if job.spec.model.parameters:
         size = job.spec.model.parameters.upper()
         return Shape(**SIZES[size]), f"model.parameters {size}"
-    for size in SIZE_IN_NAME.findall(job.spec.model.path)[::-1]:
-        name = f"{float(size):g}B"
+    for active, size in SIZE_IN_NAME.findall(job.spec.model.path)[::-1]:
+        name = f"{active.upper()}{float(size):g}B"
         if name in SIZES:
             return Shape(**SIZES[name]), f"{name}, from the model path"
     return None

@@ -205,6 +205,29 @@ def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memor
     assert not list((tmp_path / "out" / MARKER_DIR).iterdir())  # rank 0 removed its shared-volume marker
 
 
+@pytest.fixture(scope="module")
+def tiny_a13b(tmp_path_factory):
+    from hyft_trainer.tiny import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny-a13b", "a13b")
+
+
+@pytest.mark.parametrize("method", [{"finetuning_type": "lora", "learning_rate": 1e-2},
+                                    {"finetuning_type": "full", "learning_rate": 1e-3}], ids=["lora", "full"])
+def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memorisable, tmp_path, method):
+    """Hunyuan-A13B's mixture of experts: its own chat template found from the model, each MoE block a
+    ZeRO-3 leaf, LoRA on the attention projections (Tencent's default), the loss falling."""
+    config = write_config(tmp_path, tiny_a13b, memorisable, max_steps=40, **method)
+    report = run(config, 2, tmp_path)
+    assert falls(losses(report)), losses(report)
+    log = logs(tmp_path)
+    assert log.count("hyft: ZeRO-3 leaf modules (moe_leaf_module): HunYuanMoEV1Moe") == 2  # once per node
+    assert "match the model's chat_template token for token" in report["data"]["chat_template_check"]
+    if method["finetuning_type"] == "lora":
+        adapter = json.loads((tmp_path / "out" / "export" / "adapter_config.json").read_text())
+        assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+
+
 @pytest.mark.parametrize("engine", [
     {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
     {"zero_stage": 0, "offload_optimizer": False, "offload_param": False},  # plain DDP, no DeepSpeed

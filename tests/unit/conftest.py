@@ -2,13 +2,15 @@ from __future__ import annotations
 
 import pytest
 
+from hyft_trainer.chat_format import FAMILIES
+
 
 @pytest.fixture(scope="session")
 def tokenizers():
-    """Tiny locally built tokenizers of both chat families (no model weights needed)."""
+    """Tiny locally built tokenizers of every chat family (no model weights needed)."""
     from hyft_trainer.tiny import build_tokenizer
 
-    return {family: build_tokenizer(family) for family in ("small", "7b")}
+    return {family: build_tokenizer(family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Token-exact chat formats for both families, and the label masks."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -31,7 +32,7 @@ def as_dicts(msgs):
     return [{"role": m.role, "content": m.content} for m in msgs]
 
 
-@pytest.mark.parametrize("family", ["small", "7b"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_encoder_matches_apply_chat_template_token_for_token(tokenizers, family):
     tok = tokenizers[family]
     assert len(CONVERSATIONS) >= 50
@@ -42,7 +43,7 @@ def test_encoder_matches_apply_chat_template_token_for_token(tokenizers, family)
         assert len(labels) == len(ids)
 
 
-@pytest.mark.parametrize("family", ["small", "7b"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_generation_prompt_matches_too(tokenizers, family):
     tok = tokenizers[family]
     for msgs in CONVERSATIONS[:20]:
@@ -73,6 +74,24 @@ def test_family_is_detected_from_special_tokens(tokenizers):
     assert detect_family(tokenizers["7b"].get_vocab()).name == "7b"
     with pytest.raises(ValueError, match="neither"):
         detect_family({"hello": 1})
+
+
+def test_a13b_is_told_from_7b_by_the_models_config(tokenizers, tmp_path):
+    """Both have the 7b tokens; the model's config tells the MoE, in transformers' spelling or Tencent's own
+    (model_type hunyuan with the MoE architecture, as published)."""
+    from hyft_trainer.chat_format import resolve_family
+    from tests.llamafactory_corpus import TENCENT
+
+    vocab = tokenizers["7b"].get_vocab()
+    tencent = json.loads((TENCENT / "hunyuan_a13b_config.json").read_text())
+    assert detect_family(vocab, tencent).name == "a13b"
+    assert detect_family(vocab, {"model_type": "hunyuan_v1_moe"}).name == "a13b"
+    assert detect_family(vocab, {"model_type": "hunyuan_v1_dense"}).name == "7b"
+    assert detect_family(vocab).name == "7b"  # a tokenizer without its model: Hunyuan-7B's
+    (tmp_path / "config.json").write_text(json.dumps(tencent))
+    assert resolve_family("auto", vocab, tmp_path).name == "a13b"
+    assert resolve_family("7b", vocab, tmp_path).name == "7b"  # said explicitly, it wins
+    assert detect_family(tokenizers["a13b"].get_vocab(), tencent).name == "a13b"
 
 
 def trained_text(tok, ids, labels):
@@ -142,7 +161,7 @@ def messages_of(conv):
     return [Message(m["role"], m["content"]) for m in conv]
 
 
-@pytest.mark.parametrize("family", ["small", "7b"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fidelity_corpus_renders_exactly_as_the_official_templates(tokenizers, family):
     """hyft's renderer, for training and for generation prompts, against the official templates'
     text; the tiny tokenizers' shipped templates against them too, thinking switch included."""
@@ -170,7 +189,7 @@ def test_7b_history_keeps_the_official_templates_character_strip():
     assert text == "<|startoftext|>Q1<|extra_0|>Su<|eos|><|startoftext|>Q2<|extra_0|>"
 
 
-@pytest.mark.parametrize("family", ["small", "7b"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_fast_path_gives_the_same_ids_and_labels_as_offsets(tokenizers, family, monkeypatch):
     """Labels from char_to_token on the Rust tokenizer equal labels from the offset mapping, token for
     token, for every mask option (multi-byte characters and emoji included)."""

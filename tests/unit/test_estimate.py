@@ -62,6 +62,22 @@ def test_a_lora_merge_counts_the_16bit_base_on_the_master_node():
     assert plain[label].export_bytes == 2 * shape.params  # full: the export is the model, nothing to merge
 
 
+def test_a13b_counts_every_expert_in_memory_and_the_routed_ones_in_flops():
+    """Tencent's published A13B config reads as the A13B size: 80B parameters, 13B of them per token."""
+    from hyft_trainer.flops import flops_per_token
+    from tests.llamafactory_corpus import TENCENT
+
+    shape = load_shape(str(TENCENT / "hunyuan_a13b_config.json"))
+    assert shape == load_shape("A13B")
+    assert 79e9 < shape.params < 81e9 and 12.5e9 < shape.active_params < 13.5e9
+    assert flops_per_token(shape, 0) == 6 * shape.active_params
+    dense = load_shape("7B")
+    assert dense.active_params == dense.params
+    lora = {e.label: e for e in estimate(shape, 2, 8, method="lora")}["ZeRO-3, offload none"]
+    assert shape.lora_params(8) == 32 * 8 * (2 * (4096 + 4096) + 2 * (4096 + 1024))  # the attention only
+    assert lora.gpu_bytes_per_device > 2 * shape.params / 16  # the frozen experts, sharded over 16 GPUs
+
+
 def test_reads_a_model_folder_and_marks_what_fits(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

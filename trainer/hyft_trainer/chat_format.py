@@ -6,7 +6,9 @@ Pure: no tokenizer here. `encode.py` turns pieces into ids and labels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 Role = Literal["system", "user", "assistant"]
@@ -27,12 +29,14 @@ class Piece(NamedTuple):
 
 @dataclass(frozen=True)
 class Family:
-    name: Literal["small", "7b"]
+    name: Literal["small", "7b", "a13b"]
     bos: str
     eos: str
     pad: str
     system_end: str
     special_tokens: tuple[str, ...]
+    reduces_history: bool = False  # earlier assistant turns shown by their answer only (Hunyuan-7B)
+    generation_prompt: str = ""  # appended for a reply unless the last message is a user turn
 
 
 SMALL = Family(
@@ -59,27 +63,45 @@ SEVEN_B = Family(
                     *(f"<|extra_{i}|>" for i in range(6))),
 )
 SEVEN_B_USER_END = "<|extra_0|>"
+SEVEN_B = replace(SEVEN_B, reduces_history=True, generation_prompt=SEVEN_B_USER_END)
+# Hunyuan-A13B: the 7b tokens, but every earlier turn shown in full and no generation prompt of its own
+A13B = replace(SEVEN_B, name="a13b", reduces_history=False, generation_prompt="")
 
-FAMILIES = {"small": SMALL, "7b": SEVEN_B}
+FAMILIES = {"small": SMALL, "7b": SEVEN_B, "a13b": A13B}
+# The architectures (config.json) whose template is A13B's: the 7b tokens alone cannot tell them apart
+A13B_ARCHITECTURES = frozenset({"HunYuanMoEV1ForCausalLM"})
+A13B_MODEL_TYPES = frozenset({"hunyuan_v1_moe"})
 
 
 class FamilyError(ValueError):
     pass
 
 
-def detect_family(vocab: set[str] | dict[str, int]) -> Family:
-    """Pick the chat family from the tokenizer's special tokens."""
+def detect_family(vocab: set[str] | dict[str, int], model_config: dict | None = None) -> Family:
+    """Pick the chat family from the tokenizer's special tokens, and for the 7b tokens from the model's
+    config.json (Hunyuan-A13B, a MoE, shares them with Hunyuan-7B but not its template)."""
     if SMALL_ASSISTANT in vocab and SMALL.eos in vocab:
         return SMALL
     if SEVEN_B_USER_END in vocab and SEVEN_B.eos in vocab:
-        return SEVEN_B
+        config = model_config or {}
+        moe = (config.get("model_type") in A13B_MODEL_TYPES
+               or A13B_ARCHITECTURES.intersection(config.get("architectures") or ()))
+        return A13B if moe else SEVEN_B
     raise FamilyError("the tokenizer has neither the small-family (<｜hy_Assistant｜>) nor the 7b-family "
-                      "(<|extra_0|>, <|eos|>) chat tokens: set template: small or 7b explicitly, or use a "
+                      "(<|extra_0|>, <|eos|>) chat tokens: set template: small, 7b or a13b explicitly, or use a "
                       "Hunyuan tokenizer")
 
 
-def resolve_family(name: str, vocab: set[str] | dict[str, int]) -> Family:
-    family = detect_family(vocab) if name == "auto" else FAMILIES[name]
+def model_config_of(folder: str | Path | None) -> dict | None:
+    """The model folder's config.json, where there is one (a tokenizer may live without it)."""
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()) if folder else None
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_family(name: str, vocab: set[str] | dict[str, int], model_folder: str | Path | None = None) -> Family:
+    family = detect_family(vocab, model_config_of(model_folder)) if name == "auto" else FAMILIES[name]
     missing = [t for t in (family.bos, family.eos, family.system_end) if t not in vocab]
     if missing:
         raise FamilyError(f"template {family.name}: the tokenizer lacks {missing}")
@@ -133,14 +155,14 @@ def _render_7b(family: Family, messages: list[Message], add_generation_prompt: b
             pieces += [Piece(m.content, "prompt"), Piece(SEVEN_B_USER_END, "prompt")]
             users += 1
         else:
-            shown = m.content if i == len(messages) - 1 else history_text(m.content)
+            shown = m.content if i == len(messages) - 1 or not family.reduces_history else history_text(m.content)
             if shown == m.content:  # shown as the model generates it: a target like the last turn
                 pieces += [Piece(m.content, "content", turn), Piece(family.eos, "eos", turn)]
             else:  # reduced to its answer: context, a form the model never generates
                 pieces += [Piece(shown, "history", turn), Piece(family.eos, "history", turn)]
             turn += 1
-    if add_generation_prompt and messages and messages[-1].role != "user":
-        pieces.append(Piece(SEVEN_B_USER_END, "prompt"))  # a user turn already ends with it
+    if add_generation_prompt and family.generation_prompt and messages and messages[-1].role != "user":
+        pieces.append(Piece(family.generation_prompt, "prompt"))  # a user turn already ends with it
     return pieces
 
 
@@ -176,5 +198,14 @@ CHAT_TEMPLATES = {
         "{{ content + '<|eos|>' }}"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt and messages[-1]['role'] != 'user' %}{{ '<|extra_0|>' }}{% endif %}" + _NO_THINK
+    ),
+    "a13b": (
+        "{% for m in messages %}"
+        "{% if m['role'] == 'system' and loop.first %}{{ bos_token + m['content'] + '<|extra_4|>' }}"
+        "{% elif m['role'] == 'user' %}"
+        "{% if not (loop.index0 == 1 and messages[0]['role'] == 'system') %}{{ bos_token }}{% endif %}"
+        "{{ m['content'] + '<|extra_0|>' }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + '<|eos|>' }}"
+        "{% endif %}{% endfor %}" + _NO_THINK
     ),
 }

@@ -151,8 +151,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, argparse.Argument
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("tiny-model", help="write a tiny random-weight Hunyuan model for tests and demos",
-                       description="Write a tiny random-weight HunYuanDenseV1 model and a locally built tokenizer "
-                                   "with the family's special tokens and chat template (no download needed).")
+                       description="Write a tiny random-weight Hunyuan model (a13b: the MoE) and a locally built "
+                                   "tokenizer with the family's special tokens and chat template (no download needed).")
     p.add_argument("out", help="output folder")
     p.add_argument("--family", choices=[f for f in get_args(ChatFamily) if f != "auto"], default="small",
                    help="chat family: small (0.5B/1.8B/4B tokens) or 7b (default: small)")

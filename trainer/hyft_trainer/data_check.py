@@ -118,7 +118,8 @@ def prepare(sources, tokenizer=None, template: str = "auto", cutoff_len: int = 2
     With a tokenizer, the first template_check_samples conversations (a varied pick) are also rendered
     by the tokenizer's own chat_template and compared with hyft's ids (report.template_*)."""
     try:
-        family = resolve_family(template, tokenizer.get_vocab()) if tokenizer is not None else None
+        family = (resolve_family(template, tokenizer.get_vocab(), tokenizer.name_or_path) if tokenizer is not None
+                  else None)
     except FamilyError as err:
         raise DataError(str(err)) from None
     encoder = None if tokenizer is None else partial(encode_messages, tokenizer=tokenizer, family=family, opts=opts)

@@ -42,12 +42,24 @@ class Shape:
     ffn: int
     vocab: int
     tied: bool
+    experts: int = 0  # MoE: routed experts per layer (0: a dense model, one MLP)
+    topk: int = 0  # MoE: experts each token is routed to
+    shared_experts: int = 0  # MoE: experts every token goes through
+
+    def _layer(self, mlps: int) -> int:
+        h, hd = self.hidden, self.head_dim
+        attention = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2  # q, o; k, v
+        router = h * self.experts
+        return attention + mlps * 3 * h * self.ffn + router + 2 * h + 2 * hd  # SwiGLU MLPs, norms, q/k norms
 
     @property
     def layer_params(self) -> int:
-        h, hd = self.hidden, self.head_dim
-        attention = h * self.heads * hd * 2 + h * self.kv_heads * hd * 2  # q, o; k, v
-        return attention + 3 * h * self.ffn + 2 * h + 2 * hd  # SwiGLU, norms, q/k norms
+        return self._layer(self.experts + self.shared_experts if self.experts else 1)
+
+    @property
+    def active_layer_params(self) -> int:
+        """What one token computes with: the routed experts it is sent to, not all of them."""
+        return self._layer(self.topk + self.shared_experts if self.experts else 1)
 
     @property
     def embedding_params(self) -> int:
@@ -58,14 +70,20 @@ class Shape:
         return self.embedding_params * (1 if self.tied else 2) + self.layers * self.layer_params + self.hidden
 
     @property
+    def active_params(self) -> int:
+        return self.embedding_params * (1 if self.tied else 2) + self.layers * self.active_layer_params + self.hidden
+
+    @property
     def largest_layer(self) -> int:
         return max(self.embedding_params, self.layer_params)
 
     def lora_params(self, rank: int) -> int:
-        """LoRA on every linear layer of every decoder layer (target 'all')."""
+        """LoRA on every linear layer of every decoder layer (target 'all'); on a MoE, the attention
+        projections (its 'all', as Tencent's own script)."""
         h, hd = self.hidden, self.head_dim
-        shapes = [(h, self.heads * hd), (h, self.kv_heads * hd), (h, self.kv_heads * hd), (self.heads * hd, h),
-                  (h, self.ffn), (h, self.ffn), (self.ffn, h)]
+        shapes = [(h, self.heads * hd), (h, self.kv_heads * hd), (h, self.kv_heads * hd), (self.heads * hd, h)]
+        if not self.experts:
+            shapes += [(h, self.ffn), (h, self.ffn), (self.ffn, h)]
         return self.layers * sum(rank * (i + o) for i, o in shapes)
 
 
@@ -75,10 +93,22 @@ def load_shape(model: str) -> Shape:
     path = Path(model)
     config_path = path / "config.json" if path.is_dir() else path
     cfg = json.loads(config_path.read_text())
+    experts = _per_layer(cfg.get("num_experts") or 0)
+    moe = experts > 1  # a dense Hunyuan's config may say num_experts: 1
     return Shape(hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=cfg["num_attention_heads"],
                  kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                 head_dim=cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"],
-                 ffn=cfg["intermediate_size"], vocab=cfg["vocab_size"], tied=cfg.get("tie_word_embeddings", False))
+                 head_dim=cfg.get("head_dim") or cfg.get("attention_head_dim")
+                 or cfg["hidden_size"] // cfg["num_attention_heads"],
+                 ffn=_per_layer(cfg.get("moe_intermediate_size") or cfg["intermediate_size"]) if moe
+                 else cfg["intermediate_size"],
+                 vocab=cfg["vocab_size"], tied=cfg.get("tie_word_embeddings", False),
+                 experts=experts if moe else 0, topk=_per_layer(cfg.get("moe_topk") or 1) if moe else 0,
+                 shared_experts=_per_layer(cfg.get("num_shared_expert", 1)) if moe else 0)
+
+
+def _per_layer(value: int | list[int]) -> int:
+    """Tencent's configs give some MoE settings per layer (a list); the largest counts."""
+    return max(value) if isinstance(value, list) else int(value)
 
 
 @dataclass(frozen=True)
@@ -137,9 +167,15 @@ def layer_activations(shape: Shape, tokens: int, element: int = 2) -> float:
     """What one decoder layer keeps for its backward pass with a memory-efficient attention kernel
     (no T x T scores), counted as in Korthikanti et al. for a SwiGLU MLP without dropout: the two
     norms' inputs; the attention's input, q, k, v and output; the MLP's input, gate, up, SiLU(gate)
-    and their product (GPT's GeLU MLP keeps 9h per token, Hunyuan's SwiGLU h + 4·ffn)."""
+    and their product (GPT's GeLU MLP keeps 9h per token, Hunyuan's SwiGLU h + 4·ffn). A MoE keeps that
+    for each expert a token goes through, plus per routed expert the token's gathered copy and weighted
+    output (2h), and the router's float32 logits and probabilities."""
     h, q, kv = shape.hidden, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    norms, attention, mlp = 2 * h, h + 2 * q + 2 * kv, h + 4 * shape.ffn
+    norms, attention = 2 * h, h + 2 * q + 2 * kv
+    if shape.experts:
+        mlp = h + (shape.topk + shape.shared_experts) * 4 * shape.ffn + shape.topk * 2 * h + 4 * shape.experts
+    else:
+        mlp = h + 4 * shape.ffn
     return tokens * element * (norms + attention + mlp)
 
 

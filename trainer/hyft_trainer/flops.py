@@ -18,8 +18,9 @@ def peak_flops(name: str) -> float | None:
 def flops_per_token(shape: Shape, seq: int) -> float:
     """Model FLOPs per trained token (PaLM's accounting): 6 per parameter for forward and backward, plus the
     attention scores, 12 x layers x hidden x sequence. Recomputation is not counted (it is overhead), and
-    LoRA is counted as full training, as MFU is by convention."""
-    return 6 * shape.params + 12 * shape.layers * shape.hidden * seq
+    LoRA is counted as full training, as MFU is by convention. A MoE counts the parameters a token is routed
+    through, not every expert."""
+    return 6 * shape.active_params + 12 * shape.layers * shape.hidden * seq
 
 
 def mfu(tokens_per_second: float, shape: Shape, seq: int, gpus_used: int, peak: float | None) -> float | None:

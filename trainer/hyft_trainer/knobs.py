@@ -104,7 +104,9 @@ KNOBS: tuple[Knob, ...] = (
          spec="method.lora.alpha", bounds=dict(ge=1, le=4096)),
     Knob("lora_dropout", float, 0.0, "LoRA dropout.", METHOD, LLAMAFACTORY, spec="method.lora.dropout",
          bounds=dict(ge=0, lt=1)),
-    Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt.", METHOD, LLAMAFACTORY),
+    Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt. all: every linear layer; "
+         "on a mixture of experts (Hunyuan-A13B) the attention projections, as Tencent's own script.", METHOD,
+         LLAMAFACTORY),
     Knob("merge_lora", bool, False, "After training, also write the base model with the LoRA merged into it to "
          "output_dir/merged: 16-bit safetensors shards with the tokenizer, chat template, generation config and "
          "the model's own code, ready for a serving pod (merged on global rank 0's node, in host memory: hyft "
@@ -118,6 +120,10 @@ KNOBS: tuple[Knob, ...] = (
          "that train too (e.g. embed_tokens,norm).", METHOD, LLAMAFACTORY),
     Knob("freeze_trainable_layers", int, 2, "Train the last N decoder layers (negative: the first N).", METHOD,
          LLAMAFACTORY, spec="method.freeze.trainableLayers", bounds=dict(ge=-1024, le=1024), checks=(NOT_ZERO,)),
+    Knob("moe_leaf_module", bool, True, "Under ZeRO-3, make each mixture-of-experts block a leaf module: all of its "
+         "experts are gathered on entering it (DeepSpeed's set_z3_leaf_modules; Tencent's "
+         "--make_moe_param_leaf_module), not part by part in an order the routing changes.", HYFT,
+         spec="method.moeLeafModule"),
     # the data
     Knob("dataset", list[DatasetName], [], "Dataset names from dataset_dir's dataset_info.json.", HYFT,
          LLAMAFACTORY, spec="data.names", bounds=dict(max_length=32)),

@@ -10,11 +10,19 @@ def _names(value: str | None) -> list[str]:
     return [t.strip() for t in (value or "").split(",") if t.strip()]
 
 
-def method_settings(config: TrainerConfig, layers: int) -> dict:
+# lora_target `all` on a mixture of experts: the attention projections, as Tencent's own A13B script
+# (peft's all-linear would also adapt the routers and the shared expert)
+MOE_LORA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+def method_settings(config: TrainerConfig, layers: int, moe: bool = False) -> dict:
     """LoRA: peft's LoraConfig keywords; freeze: which of the model's decoder layers train, which of their
     modules (None: all), and which modules outside them."""
     if config.finetuning_type == "lora":
-        targets = "all-linear" if config.lora_target == "all" else _names(config.lora_target)
+        if config.lora_target == "all":
+            targets = MOE_LORA_ALL if moe else "all-linear"
+        else:
+            targets = _names(config.lora_target)
         settings = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
                     "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
         if extra := _names(config.additional_target):
@@ -39,11 +47,28 @@ def _unmatched(key: str, wanted: list[str], names: list[str]) -> None:
         raise ConfigError(f"{key}: the model has no module {', '.join(missing)}")
 
 
+def moe_blocks(model) -> list[type]:
+    """The classes of the model's mixture-of-experts blocks (a module holding `experts` and their router)."""
+    return list({type(m) for m in model.modules() if hasattr(m, "experts") and hasattr(m, "gate")})
+
+
+def make_moe_leaves(model, config: TrainerConfig) -> list[type]:
+    """Under ZeRO-3, each MoE block becomes a leaf (moe_leaf_module): DeepSpeed gathers all of its
+    parameters on entering it, instead of hooking each part, whose order changes with the routing."""
+    blocks = moe_blocks(model)
+    if blocks and config.moe_leaf_module and config.zero_stage == 3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, blocks)
+        return blocks
+    return []
+
+
 def apply_method(model, config: TrainerConfig):
     if config.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
 
-        settings = method_settings(config, 0)
+        settings = method_settings(config, 0, moe=bool(moe_blocks(model)))
         _unmatched("additional_target", settings.get("modules_to_save", []),
                    [n for n, _ in model.named_parameters()])
         return get_peft_model(model, LoraConfig(**settings))

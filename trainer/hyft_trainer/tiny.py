@@ -1,8 +1,9 @@
 """Tiny random-weight Hunyuan models for tests and demos (no hub download is possible).
 
-    hyft tiny-model --family small|7b OUT
+    hyft tiny-model --family small|7b|a13b OUT
 
-Writes a HunYuanDenseV1ForCausalLM with a few thousand parameters per layer and
+Writes a HunYuanDenseV1ForCausalLM (a13b: a HunYuanMoEV1ForCausalLM, Hunyuan-A13B's
+mixture of experts) with a few thousand parameters per layer and
 a byte-level BPE tokenizer trained locally on the bundled sample data, carrying
 the family's special tokens and a chat template that behaves like the official
 one. Loadable offline with AutoModelForCausalLM / AutoTokenizer.
@@ -14,6 +15,10 @@ from pathlib import Path
 
 from .chat_format import CHAT_TEMPLATES, FAMILIES
 from .sample_data import make_samples
+
+# Hunyuan-A13B's layout at tiny width: routed experts, a few per token, and one shared expert (transformers'
+# hunyuan_v1_moe has exactly one, sized like the experts)
+TINY_MOE = dict(experts=4, topk=2, shared_experts=1)
 
 
 def _corpus() -> list[str]:
@@ -45,13 +50,15 @@ def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers:
     """width: a published size's shape (choices.SIZES: hidden, ffn, heads, kv_heads, head_dim, vocab) at
     `layers` layers, instead of the tiny one (the GPU check's model)."""
     import torch
-    from transformers import HunYuanDenseV1Config, HunYuanDenseV1ForCausalLM
+    from transformers import AutoModelForCausalLM, HunYuanDenseV1Config, HunYuanMoEV1Config
 
     out = Path(out)
     tokenizer = build_tokenizer(family)
     width = width or dict(hidden=hidden_size, ffn=hidden_size * 2, heads=4, kv_heads=2, head_dim=hidden_size // 4,
-                          vocab=len(tokenizer))
-    config = HunYuanDenseV1Config(
+                          vocab=len(tokenizer), **(TINY_MOE if family == "a13b" else {}))
+    moe = {"num_experts": width["experts"], "moe_topk": width["topk"]} if width.get("experts") else {}
+    config = (HunYuanMoEV1Config if moe else HunYuanDenseV1Config)(
+        **moe,
         vocab_size=max(width["vocab"], len(tokenizer)),
         hidden_size=width["hidden"],
         intermediate_size=width["ffn"],
@@ -60,13 +67,13 @@ def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers:
         num_key_value_heads=width["kv_heads"],
         head_dim=width["head_dim"],  # must be explicit: HunYuan reads head_dim from the config
         max_position_embeddings=4096,
-        tie_word_embeddings=family == "small",
+        tie_word_embeddings=width.get("tied", family != "7b"),  # as the published models: 7B alone unties
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = HunYuanDenseV1ForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.to(getattr(torch, dtype)).save_pretrained(out)
     tokenizer.save_pretrained(out)

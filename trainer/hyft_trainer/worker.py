@@ -23,7 +23,7 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model
+from .model_setup import apply_method, attention_kernel, check_model, make_moe_leaves
 from .preflight import PreflightError, check_gang
 from .prepared_data import build_datasets
 
@@ -200,6 +200,8 @@ def train(config: TrainerConfig) -> int:
                     attention={"implementation": kernel, "why": kernel_why},
                     offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
                              "decided_on_node": decision.decided, "reason": decision.message})
+    if (leaves := make_moe_leaves(model, config)) and state.is_local_main_process:
+        print(f"hyft: ZeRO-3 leaf modules (moe_leaf_module): {', '.join(c.__name__ for c in leaves)}", flush=True)
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
