@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from hyft_trainer.contract import GPU_METRICS
+from hyft_trainer.contract import GPU_METRICS, MOE_METRICS
 from hyft_trainer.launcher import free_port
 from tests.chart import dashboard_queries, rules_file
 from tests.helpers import ROOT, wait_for
@@ -23,8 +23,8 @@ from tests.prometheus import Prometheus
 
 EXAMPLE = ROOT / "examples" / "local-tiny.yaml"
 OPERATOR_PANELS = ("Jobs by phase", "Gang restarts (1h)")
-# A CPU run has no GPU: no GPU memory, no MFU (the DCGM series come from the stand-in below).
-NO_GPU_HERE = GPU_METRICS
+# A CPU run of a dense model: no GPU memory, no MFU (the DCGM series come from the stand-in below), no router loss.
+ABSENT_HERE = (*GPU_METRICS, *MOE_METRICS)
 
 
 def static_job(name, port, honor_labels=True, labels=None):
@@ -109,7 +109,7 @@ def test_prometheus_scrapes_a_local_run_and_every_training_panel_has_data(models
         # what Grafana sends once the job is picked in the $hyft_job variable
         panels = {title: queries for title, queries in dashboard_queries("local-tiny").items()
                   if title not in OPERATOR_PANELS}
-        queries = [q for qs in panels.values() for q in qs if not any(name in q for name in NO_GPU_HERE)]
+        queries = [q for qs in panels.values() for q in qs if not any(name in q for name in ABSENT_HERE)]
         assert len(queries) >= 13
         step_query = 'hyft_train_global_step{hyft_job="local-tiny",node_rank="0"}'
 

@@ -220,6 +220,8 @@ def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memori
     config = write_config(tmp_path, tiny_a13b, memorisable, max_steps=40, **method)
     report = run(config, 2, tmp_path)
     assert falls(losses(report)), losses(report)
+    router = [h["router_aux_loss"] for h in report["log_history"] if "loss" in h]  # every logged step
+    assert len(router) == 40 and all(v > 0 for v in router) and report["router_aux_loss"] == router[-1]
     log = logs(tmp_path)
     assert log.count("hyft: ZeRO-3 leaf modules (moe_leaf_module): HunYuanMoEV1Moe") == 2  # once per node
     assert "match the model's chat_template token for token" in report["data"]["chat_template_check"]

@@ -70,10 +70,11 @@ class PaddingCollator:
         return batch
 
 
-def token_mean_loss(outputs, labels, num_items_in_batch=None, label_smoothing: float = 0.0):
+def token_mean_loss(outputs, labels, num_items_in_batch=None, label_smoothing: float = 0.0, router=None):
     """Cross-entropy summed over this rank's target tokens, divided by the target tokens of the whole
     global batch (all ranks, all accumulation steps): every token weighs the same, however the batch
-    is split, so N nodes train exactly like one process with the same global batch."""
+    is split, so N nodes train exactly like one process with the same global batch. router: a MoE's
+    moe.RouterLoss, whose term joins the loss."""
     import torch
 
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
@@ -85,6 +86,5 @@ def token_mean_loss(outputs, labels, num_items_in_batch=None, label_smoothing: f
     targets = targets.reshape(-1).to(logits.device)
     total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets,
                                               ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing)
-    if num_items_in_batch is None:
-        return total / targets.ne(IGNORE).sum().clamp(min=1)
-    return total / num_items_in_batch
+    loss = total / (targets.ne(IGNORE).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+    return loss + router(outputs) if router is not None else loss

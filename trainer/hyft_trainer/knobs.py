@@ -124,6 +124,9 @@ KNOBS: tuple[Knob, ...] = (
          "experts are gathered on entering it (DeepSpeed's set_z3_leaf_modules; Tencent's "
          "--make_moe_param_leaf_module), not part by part in an order the routing changes.", HYFT,
          spec="method.moeLeafModule"),
+    Knob("moe_aux_loss_coef", float | None, None, "A mixture of experts: add the routers' load-balancing loss "
+         "(Switch Transformer's) times this to the loss. Unset: logged (router_aux_loss), not trained on, as "
+         "LLaMA-Factory does for Hunyuan-A13B.", HYFT, LLAMAFACTORY, bounds=dict(ge=0, le=10)),
     # the data
     Knob("dataset", list[DatasetName], [], "Dataset names from dataset_dir's dataset_info.json.", HYFT,
          LLAMAFACTORY, spec="data.names", bounds=dict(max_length=32)),

@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from . import contract as c
 from .contract import METRIC_LABELS
+from .moe import ROUTER_LOG_KEY
 
 
 class Series:
@@ -99,6 +100,8 @@ class TrainingMetrics:
         self.eta = gauge(c.ETA, "Estimated seconds to the last step")
         self.last_step = gauge(c.LAST_STEP_TIME, "Unix time of the last finished step (stall alerts)")
         self.eval_loss = gauge(c.EVAL_LOSS, "Loss on the held-out set")
+        self.router_aux_loss = gauge(c.ROUTER_AUX_LOSS, "A mixture of experts' router load-balancing loss, "
+                                                        "mean over the last logging interval and every rank")
         self.checkpoint_step = gauge(c.CHECKPOINT_STEP, "Step of the newest complete checkpoint")
         self.peak_rss = gauge(c.PEAK_HOST_RSS, "Peak resident memory of this process")
         self.gpu_memory = GpuMemory(self.labels, launch_dir, local_rank)
@@ -169,7 +172,8 @@ class MetricsCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         for key, gauge in (("loss", self.metrics.loss), ("learning_rate", self.metrics.learning_rate),
-                           ("grad_norm", self.metrics.grad_norm), ("eval_loss", self.metrics.eval_loss)):
+                           ("grad_norm", self.metrics.grad_norm), ("eval_loss", self.metrics.eval_loss),
+                           (ROUTER_LOG_KEY, self.metrics.router_aux_loss)):
             if isinstance(logs.get(key), (int, float)):
                 gauge.set(logs[key])
 

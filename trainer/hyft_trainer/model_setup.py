@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import attention
 from .config import ConfigError, TrainerConfig
+from .moe import moe_blocks
 
 
 def _names(value: str | None) -> list[str]:
@@ -45,23 +46,6 @@ def _named(name: str, module: str) -> bool:
 def _unmatched(key: str, wanted: list[str], names: list[str]) -> None:
     if missing := [m for m in wanted if not any(_named(n, m) for n in names)]:
         raise ConfigError(f"{key}: the model has no module {', '.join(missing)}")
-
-
-def moe_blocks(model) -> list[type]:
-    """The classes of the model's mixture-of-experts blocks (a module holding `experts` and their router)."""
-    return list({type(m) for m in model.modules() if hasattr(m, "experts") and hasattr(m, "gate")})
-
-
-def make_moe_leaves(model, config: TrainerConfig) -> list[type]:
-    """Under ZeRO-3, each MoE block becomes a leaf (moe_leaf_module): DeepSpeed gathers all of its
-    parameters on entering it, instead of hooking each part, whose order changes with the routing."""
-    blocks = moe_blocks(model)
-    if blocks and config.moe_leaf_module and config.zero_stage == 3:
-        from deepspeed.utils import set_z3_leaf_modules
-
-        set_z3_leaf_modules(model, blocks)
-        return blocks
-    return []
 
 
 def apply_method(model, config: TrainerConfig):

@@ -23,7 +23,8 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model, make_moe_leaves
+from .model_setup import apply_method, attention_kernel, check_model
+from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
 from .preflight import PreflightError, check_gang
 from .prepared_data import build_datasets
 
@@ -202,11 +203,17 @@ def train(config: TrainerConfig) -> int:
                              "decided_on_node": decision.decided, "reason": decision.message})
     if (leaves := make_moe_leaves(model, config)) and state.is_local_main_process:
         print(f"hyft: ZeRO-3 leaf modules (moe_leaf_module): {', '.join(c.__name__ for c in leaves)}", flush=True)
+    router = None
+    if moe_blocks(model):  # the model then records its routers' logits, for the balance loss
+        model.config.output_router_logits = True
+        router = RouterLoss(model.config, config.moe_aux_loss_coef, config.gradient_accumulation_steps,
+                            state.num_processes, args.average_tokens_across_devices)
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
     peak_per_token = mfu_basis(config, on_gpu, world_size, state.is_local_main_process)
     callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
+                 *([router] if router else []),  # before the metrics: they export what it logs
                  MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
                                  * state.num_processes, peak_per_token)]
     if args.load_best_model_at_end and config.early_stopping_steps:
@@ -215,7 +222,7 @@ def train(config: TrainerConfig) -> int:
                       eval_dataset=eval_ds if evaluates(config) else None,
                       data_collator=collator,
                       processing_class=tokenizer, callbacks=callbacks,
-                      compute_loss_func=functools.partial(token_mean_loss,
+                      compute_loss_func=functools.partial(token_mean_loss, router=router,
                                                           label_smoothing=config.label_smoothing_factor))
     resume = starting_point(config)
     measured["host_rss_before_training"] = _peak_rss()
@@ -299,6 +306,7 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "final_loss": losses[-1] if losses else None,
         "best_loss": min(losses) if losses else None,
         "best_eval_loss": min(evals) if evals else None,
+        ROUTER_LOG_KEY: next((h[ROUTER_LOG_KEY] for h in reversed(history) if ROUTER_LOG_KEY in h), None),
         # load_best_model_at_end: the export holds this checkpoint's weights
         "best_checkpoint": trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None,
         "samples_per_second": result.metrics.get("train_samples_per_second"),
