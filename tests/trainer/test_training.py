@@ -230,6 +230,26 @@ def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memori
         assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
+def test_tool_calling_data_trains_the_a13b_checked_against_tencents_template(tiny_a13b, tmp_path):
+    """OpenAI-style tool conversations on the tiny A13B whose tokenizer carries Tencent's own published
+    chat template: the start-up check renders tool samples with it (the sample's pinned date) and finds
+    hyft's ids equal token for token; training runs."""
+    from tests.official_templates import OFFICIAL
+    from tests.unit.test_tool_calls import CORPUS
+
+    model = tmp_path / "a13b-official-template"
+    shutil.copytree(tiny_a13b, model)
+    (model / "chat_template.jinja").write_text(OFFICIAL["a13b"])
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in CORPUS * 2))
+    config = write_config(tmp_path, model, data, max_steps=6, zero_stage=0, offload_optimizer=False, cutoff_len=2048,
+                          offload_param=False)
+    report = run(config, 1, tmp_path)
+    assert report["data"]["valid"] == len(CORPUS) * 2 and report["steps"] == 6
+    assert "conversations match the model's chat_template token for token" in report["data"]["chat_template_check"]
+    assert all(h["loss"] > 0 for h in report["log_history"] if "loss" in h)
+
+
 @pytest.mark.parametrize("engine", [
     {"zero_stage": 3, "offload_optimizer": True, "offload_param": True},
     {"zero_stage": 0, "offload_optimizer": False, "offload_param": False},  # plain DDP, no DeepSpeed

@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 # What a piece of the rendered text is; labels are derived from it.
 Kind = Literal["prompt", "header", "content", "eos", "end", "history"]
+
+
+class ToolCall(NamedTuple):
+    name: str
+    arguments: Any  # as the data writes it: a JSON object, or a string holding one (rendered as written)
 
 
 class Message(NamedTuple):  # tuples: made for every sample, and cheaper than frozen dataclasses
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that calls tools
+
+
+class Tools(NamedTuple):
+    """A conversation's tools (the JSON list as the data gives it) and the date its prompt shows."""
+    specs: list
+    date: datetime
 
 
 class Piece(NamedTuple):
@@ -122,8 +135,16 @@ def history_text(content: str) -> str:
 
 
 # --------------------------------------------------------------------- rendering
-def render(family: Family, messages: list[Message], add_generation_prompt: bool = False) -> list[Piece]:
+def render(family: Family, messages: list[Message], add_generation_prompt: bool = False,
+           tools: Tools | None = None) -> list[Piece]:
     """The conversation as the official template renders it, split into labelled pieces."""
+    if tools is not None:
+        if family.name != "a13b":
+            raise FamilyError(f"template {family.name}: hyft renders tool calls for Hunyuan-A13B (template a13b) "
+                              "only, whose tool markup Tencent publishes; remove the tool samples or train A13B")
+        from .a13b_tools import render_with_tools
+
+        return render_with_tools(family, messages, tools)
     return (_render_small if family.name == "small" else _render_7b)(family, messages, add_generation_prompt)
 
 

@@ -3,13 +3,16 @@ trainer's preprocessing (same code, so the check says what training will see).""
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
+from unittest.mock import patch
 
 from . import knobs
-from .chat_format import Family, FamilyError, Message, resolve_family
+from .chat_format import Family, FamilyError, Message, Tools, resolve_family
 from .encode import MaskOptions, encode_batch
-from .loading import DataError, check_record, load_checked, location, records_at, sources_from_paths
+from .loading import DataError, conversation_at, load_checked, location, records_at, sources_from_paths
 from .packing import packed_efficiency, padded_efficiency
 
 TEMPLATE_CHECK_SAMPLES = knobs.default("template_check_samples")  # also `hyft data check`'s default
@@ -89,11 +92,14 @@ def _columns(ds, *names: str) -> dict[str, list]:
     return ds.select_columns(list(names)).to_dict()
 
 
-def encode_messages(rows: list[list[Message] | None], tokenizer, family: Family, opts: MaskOptions
-                    ) -> dict[str, list]:
+def encode_messages(rows: list[list[Message] | None], tools: list[Tools | None], tokenizer, family: Family,
+                    opts: MaskOptions) -> dict[str, list]:
     """input_ids, labels and length per row, in one tokenizer call; empty for an invalid row (None)."""
     valid = [i for i, messages in enumerate(rows) if messages is not None]
-    encoded = encode_batch(tokenizer, family, [rows[i] for i in valid], opts)
+    try:
+        encoded = encode_batch(tokenizer, family, [rows[i] for i in valid], opts, [tools[i] for i in valid])
+    except FamilyError as err:  # tool samples for a family whose tool markup hyft does not render
+        raise DataError(str(err)) from None
     out: dict[str, list] = {"input_ids": [[]] * len(rows), "labels": [[]] * len(rows), "length": [0] * len(rows)}
     for i, ids, labels in zip(valid, encoded["input_ids"], encoded["labels"], strict=True):
         out["input_ids"][i], out["labels"][i], out["length"][i] = ids, labels, len(ids)
@@ -106,7 +112,7 @@ def _encoded_features():
     text, number = Value("string"), Value("int64")
     return Features({"file": text, "format": text, "index": number, "line": number, "row": number, "reason": text,
                      "error": text, "fast": number, "slow": number, "plain": number, "turns": number,
-                     "system": Value("bool"), "input_ids": Sequence(Value("int32")),
+                     "system": Value("bool"), "tools": Value("bool"), "input_ids": Sequence(Value("int32")),
                      "labels": Sequence(Value("int32")), "length": number})
 
 
@@ -170,7 +176,7 @@ def _varied_pick(rows: dict[str, list], n: int) -> list[int]:
     kinds: dict[tuple, int] = {}
     for i in range(len(rows["turns"])):
         kind = (rows["system"][i], rows["turns"][i] - rows["system"][i] > 2, rows["fast"][i] > 0,
-                rows["slow"][i] > 0, rows["plain"][i] > 0)
+                rows["slow"][i] > 0, rows["plain"][i] > 0, rows["tools"][i])
         kinds.setdefault(kind, i)
     picked = sorted(kinds.values())[:n]
     return picked + [i for i in range(len(rows["turns"])) if i not in picked][:n - len(picked)]
@@ -184,16 +190,18 @@ def check_chat_template(tokenizer, family: Family, encoded, n: int, sources, req
     if not getattr(tokenizer, "chat_template", None):
         return "not checked: the tokenizer has no chat_template", None
     head = encoded.select(range(min(encoded.num_rows, 2000)))
-    rows = _columns(head, "system", "turns", "fast", "slow", "plain", "row")
+    rows = _columns(head, "system", "turns", "fast", "slow", "plain", "tools", "row")
     picked = _varied_pick(rows, n)
     rows["input_ids"] = dict(zip(picked, head.select(picked)["input_ids"], strict=True))
     records = records_at(sources, {rows["row"][i] for i in picked}, max_samples)
     columns = {str(s.path): s.columns for s in sources}
     for i in picked:
         record = records[rows["row"][i]]
-        messages = check_record(record, columns, require_markup, default_system)["messages"]
+        conv = conversation_at(record, columns, require_markup, default_system)
+        tools = {"tools": conv.tools.specs} if conv.tools else {}
         try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            with clock_at(conv.tools.date if conv.tools else None):
+                text = tokenizer.apply_chat_template(template_input(conv.messages), tokenize=False, **tools)
         except Exception as err:  # noqa: BLE001 - a broken template can raise anything from Jinja
             return "failed", (f"the model's chat_template cannot render {location(record)}: {type(err).__name__}: "
                               f"{str(err)[:200]}\n{TEMPLATE_CHECK_OFF}")
@@ -210,6 +218,36 @@ def check_chat_template(tokenizer, family: Family, encoded, n: int, sources, req
                 f"Training would teach a format the model is not prompted with. Use the model's official "
                 f"tokenizer files, or {TEMPLATE_CHECK_OFF}.")
     return f"{len(picked)} conversations match the model's chat_template token for token", None
+
+
+def template_input(messages: list[Message]) -> list[dict]:
+    """Messages as a chat template reads them: tool calls in OpenAI's form."""
+    out = []
+    for m in messages:
+        entry = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            entry["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                   for c in m.tool_calls]
+        out.append(entry)
+    return out
+
+
+@contextmanager
+def clock_at(date):
+    """Chat templates that show the date (A13B's, with tools) call transformers' strftime_now, which reads
+    the clock: the check shows them the sample's pinned date instead (a13b_tools.pinned_date)."""
+    if date is None:
+        yield
+        return
+    from transformers.utils import chat_template_utils
+
+    class Pinned(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return date
+
+    with patch.object(chat_template_utils, "datetime", Pinned):
+        yield
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):

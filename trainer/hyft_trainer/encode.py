@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from .chat_format import Family, Message, Piece, render, text_of
+from .chat_format import Family, Message, Piece, Tools, render, text_of
 
 IGNORE = -100
 
@@ -84,9 +84,11 @@ def _backend(tokenizer):
     return backend
 
 
-def encode_batch(tokenizer, family: Family, conversations: list[list[Message]], opts: MaskOptions
-                 ) -> dict[str, list[list[int]]]:
-    pieces = [render(family, conv) for conv in conversations]
+def encode_batch(tokenizer, family: Family, conversations: list[list[Message]], opts: MaskOptions,
+                 tools: list[Tools | None] | None = None) -> dict[str, list[list[int]]]:
+    """tools: each conversation's declared tools (None: it has none)."""
+    pieces = [render(family, conv, tools=t) for conv, t in zip(conversations, tools or [None] * len(conversations),
+                                                                strict=True)]
     texts = [text_of(p) for p in pieces]
     spans = [trained_spans(p, opts) for p in pieces]
     backend = _backend(tokenizer)
@@ -104,7 +106,7 @@ def encode_batch(tokenizer, family: Family, conversations: list[list[Message]], 
     return {"input_ids": enc["input_ids"], "labels": labels}
 
 
-def encode(tokenizer, family: Family, conversation: list[Message], opts: MaskOptions = MaskOptions()
-           ) -> tuple[list[int], list[int]]:
-    out = encode_batch(tokenizer, family, [conversation], opts)
+def encode(tokenizer, family: Family, conversation: list[Message], opts: MaskOptions = MaskOptions(),
+           tools: Tools | None = None) -> tuple[list[int], list[int]]:
+    out = encode_batch(tokenizer, family, [conversation], opts, [tools])
     return out["input_ids"][0], out["labels"][0]

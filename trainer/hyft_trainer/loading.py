@@ -198,17 +198,16 @@ def parse_record(raw: str, load_error: str = ""):
 MAX_ERROR_CHARS = 400
 
 
-def check_record(row: dict, columns: dict[str, Columns], require_markup: bool,
-                 default_system: str | None = None) -> dict:
-    conv, problem = _checked(row["raw"], row["load_error"], row["format"], columns.get(row["file"], NO_COLUMNS),
-                             require_markup, default_system)
-    return dict(zip(REPORT_COLUMNS, _report(row, conv, problem), strict=True)) | {
-        "messages": _as_dicts(conv.messages if conv else None)}
+def conversation_at(row: dict, columns: dict[str, Columns], require_markup: bool,
+                    default_system: str | None = None) -> Conversation | None:
+    """A raw record's conversation, as the data pass read it (None for an invalid one)."""
+    return _checked(row["raw"], row["load_error"], row["format"], columns.get(row["file"], NO_COLUMNS),
+                    require_markup, default_system)[0]
 
 
 NO_COLUMNS = Columns()
 # what check_batch adds per row (with the messages, or the encoder's columns)
-REPORT_COLUMNS = ("reason", "error", "fast", "slow", "plain", "turns", "system")
+REPORT_COLUMNS = ("reason", "error", "fast", "slow", "plain", "turns", "system", "tools")
 
 
 def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup: bool,
@@ -224,9 +223,9 @@ def _checked(raw: str, load_error: str, fmt: str, cols: Columns, require_markup:
 def _report(row: dict | None, conv: Conversation | None, problem: SampleError | None) -> tuple:
     """The row's REPORT_COLUMNS (row: its location, read only for a problem)."""
     if problem is not None:
-        return problem.reason, f"{location(row)}: {problem.message}"[:MAX_ERROR_CHARS], 0, 0, 0, 0, False
+        return problem.reason, f"{location(row)}: {problem.message}"[:MAX_ERROR_CHARS], 0, 0, 0, 0, False, False
     return ("", "", conv.fast_turns, conv.slow_turns, conv.plain_turns, len(conv.messages),
-            conv.messages[0].role == "system")
+            conv.messages[0].role == "system", conv.tools is not None)
 
 
 def _as_dicts(messages: list[Message] | None) -> list[dict]:
@@ -286,7 +285,8 @@ def check_batch(batch: dict[str, list], columns: dict[str, Columns], require_mar
     out = dict(zip(REPORT_COLUMNS, map(list, zip(*reports, strict=True)), strict=True))
     messages = [conv.messages if conv else None for conv, _ in checked]
     # the encoder takes the Message objects as they are (no round trip through dicts)
-    out.update(encoder(messages) if encoder is not None else {"messages": [_as_dicts(m) for m in messages]})
+    out.update(encoder(messages, [conv.tools if conv else None for conv, _ in checked]) if encoder is not None
+               else {"messages": [_as_dicts(m) for m in messages]})
     return out
 
 

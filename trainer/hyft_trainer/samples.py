@@ -6,20 +6,29 @@ or any LLaMA-Factory `columns`/`tags`), and alpaca (instruction/input/output,
 optional system and history). Hunyuan thinking markup, where an assistant turn
 uses it, must be `<think>…</think><answer>…</answer>` with nothing outside the
 tags: slow thinking has a non-empty think block, fast thinking (user turn
-starting with /no_think) an empty one. Whitespace is kept as written.
+starting with /no_think) an empty one. Whitespace is kept as written. Tool calling:
+a sample's `tools`, assistant `tool_calls` (OpenAI) or LLaMA-Factory's
+function_call/observation turns; called names must be declared, arguments JSON
+objects, every call followed by its results.
+
+Over 300 lines: the one validator that data check, training and convert share, every
+format and rule of a sample in one place.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Message
+from .chat_format import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Message, ToolCall, Tools
 
 FAST_PREFIX, SLOW_PREFIX = "/no_think", "/think"
 SHAREGPT_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
-                  "model": "assistant", "system": "system"}
+                  "model": "assistant", "system": "system", "tool": "tool", "observation": "tool",
+                  "function_call": "assistant"}  # LLaMA-Factory's tool roles: its call turn and the result
+FUNCTION_CALL = "function_call"
 
 
 def excerpt(value: Any, limit: int = 60) -> str:
@@ -50,6 +59,9 @@ class Columns:
     query: str = "input"
     response: str = "output"
     history: str = "history"
+    tools: str = "tools"
+    function_tag: str | None = None
+    observation_tag: str | None = None
 
 
 @dataclass(slots=True)
@@ -58,6 +70,7 @@ class Conversation:
     fast_turns: int = 0
     slow_turns: int = 0
     plain_turns: int = 0
+    tools: Tools | None = None  # a conversation that declares tools
 
 
 def detect_format(record: Any) -> str:
@@ -106,11 +119,62 @@ def from_sharegpt(record: Any, cols: Columns = Columns()) -> list[Message]:
         role = roles.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             raise SampleError("unknown_role", f"{where}: unknown role {excerpt(raw_role)} (expected system, "
-                                              "user/human, assistant/gpt)")
+                                              "user/human, assistant/gpt, tool/observation, function_call)")
+        if roles.get(FUNCTION_CALL) == role and raw_role in (FUNCTION_CALL, cols.function_tag):
+            # LLaMA-Factory: the call itself is the turn's text, a JSON object or a list of them
+            messages.append(Message("assistant", "", _calls(_json(turn.get(content_key), where), where)))
+            continue
+        if "tool_calls" in turn and role == "assistant":  # OpenAI style: beside an optional content
+            calls = _calls(turn["tool_calls"], f"{where}.tool_calls")
+            content = turn.get(content_key) or ""
+            messages.append(Message(role, content if isinstance(content, str) else _text(content, where), calls))
+            continue
         if content_key not in turn:
             raise SampleError("missing_content", f"{where}: no '{content_key}'{_stray(turn, role_key, content_key)}")
         messages.append(Message(role, _text(turn[content_key], where)))
     return messages
+
+
+def _json(value: Any, where: str, reason: str = "bad_tool_call") -> Any:
+    """A JSON value given as text (LLaMA-Factory writes tools and calls as strings) or as JSON."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as err:
+        raise SampleError(reason, f"{where}: not JSON: {err}") from None
+
+
+def _calls(value: Any, where: str) -> tuple[ToolCall, ...]:
+    """Tool calls: a list (or one) of {"name", "arguments"}, bare or under "function" (OpenAI)."""
+    calls = value if isinstance(value, list) else [value]
+    if not calls:
+        raise SampleError("bad_tool_call", f"{where}: no tool call in it")
+    out = []
+    for k, call in enumerate(calls):
+        call = call.get("function", call) if isinstance(call, dict) else call
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise SampleError("bad_tool_call", f"{where}[{k}]: a tool call needs a name (and arguments)")
+        arguments = call.get("arguments", {})
+        parsed = _json(arguments, f"{where}[{k}].arguments") if isinstance(arguments, str) else arguments
+        if not isinstance(parsed, dict):
+            raise SampleError("bad_tool_call", f"{where}[{k}].arguments: must be a JSON object, got "
+                                               f"{excerpt(arguments)}")
+        out.append(ToolCall(call["name"], arguments))
+    return tuple(out)
+
+
+def tool_names(specs: Any, where: str = "tools") -> set[str]:
+    """The names a sample's tools declare (OpenAI {"type": "function", "function": {...}} or bare)."""
+    if not isinstance(specs, list) or not specs:
+        raise SampleError("bad_tools", f"{where}: must be a non-empty list of tool definitions")
+    names = set()
+    for k, spec in enumerate(specs):
+        spec = spec.get("function", spec) if isinstance(spec, dict) else spec
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise SampleError("bad_tools", f"{where}[{k}]: a tool definition needs a name")
+        names.add(spec["name"])
+    return names
 
 
 def _vocabulary(turn: dict, list_key: str, cols: Columns) -> tuple[str, str]:
@@ -134,7 +198,8 @@ def _stray(turn: dict, role_key: str, content_key: str) -> str:
 @cache  # once per dataset's columns, not per sample
 def _roles(cols: Columns) -> dict[str, str]:
     """Role names as written -> roles: the dataset's own tags first, then the usual ShareGPT names."""
-    custom = {cols.user_tag: "user", cols.assistant_tag: "assistant", cols.system_tag: "system"}
+    custom = {cols.user_tag: "user", cols.assistant_tag: "assistant", cols.system_tag: "system",
+              cols.function_tag: "assistant", cols.observation_tag: "tool"}
     custom.pop(None, None)
     return {**SHAREGPT_ROLES, **custom} if custom else SHAREGPT_ROLES
 
@@ -165,21 +230,30 @@ def from_alpaca(record: Any, cols: Columns = Columns()) -> list[Message]:
 
 
 def check_order(messages: list[Message]) -> None:
-    """Optional system first, then user/assistant alternating, ending with an assistant turn."""
+    """Optional system first, then user/assistant alternating, ending with an assistant turn; an
+    assistant turn that calls tools is followed by their results (tool turns), then the assistant again."""
     for i, m in enumerate(messages):
         if m.role == "system" and i != 0:
             raise SampleError("system_not_first", f"message {i}: a system message may only come first")
-    body = messages[1:] if messages and messages[0].role == "system" else messages
-    if not body:
+    offset = 1 if messages and messages[0].role == "system" else 0
+    if len(messages) == offset:
         raise SampleError("no_assistant_reply", "only a system message: no user/assistant turns")
-    for i, m in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m.role != want:
-            offset = len(messages) - len(body)
-            raise SampleError("bad_role_order", f"message {i + offset}: expected {want}, got {m.role} "
+    want = ("user",)
+    for i, m in enumerate(messages[offset:], start=offset):
+        if m.role not in want:
+            if m.role == "tool":
+                raise SampleError("bad_role_order", f"message {i}: a tool result without a tool call before it")
+            raise SampleError("bad_role_order", f"message {i}: expected {' or '.join(want)}, got {m.role} "
                                                 "(turns must alternate user/assistant, starting with user)")
-    if body[-1].role != "assistant":
-        raise SampleError("no_assistant_reply", "the conversation ends with a user turn: nothing to train on")
+        if m.role == "user":
+            want = ("assistant",)
+        elif m.role == "tool":
+            want = ("tool", "assistant")
+        else:
+            want = ("tool",) if m.tool_calls else ("user",)
+    if messages[-1].role != "assistant":
+        what = "a user turn" if messages[-1].role == "user" else "a tool result"
+        raise SampleError("no_assistant_reply", f"the conversation ends with {what}: nothing to train on")
 
 
 _WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.S)
@@ -249,15 +323,46 @@ def to_conversation(record: Any, fmt: str = "auto", cols: Columns = Columns(),
     check_order(messages)
     if default_system and messages[0].role != "system":
         messages.insert(0, Message("system", default_system))
-    conv = Conversation(messages)
+    conv = Conversation(messages, tools=_tools(record, cols) if fmt == "sharegpt" else None)
+    declared = tool_names(conv.tools.specs) if conv.tools else set()
     last_user = ""
     for i, m in enumerate(messages):
         check_text(m.content, f"message {i} ({m.role})")
         if m.role == "user":
             last_user = m.content
+        elif m.tool_calls:  # a call turn: the markup is the tool calls', not thinking's
+            for call in m.tool_calls:
+                if call.name not in declared:
+                    known = ", ".join(sorted(declared)) or "none"
+                    raise SampleError("undeclared_tool", f"message {i}: calls {call.name!r}, which the sample's "
+                                                         f"tools do not declare ({known})")
+                check_text(call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments),
+                           f"message {i} ({call.name} arguments)")
+            conv.plain_turns += 1
         elif m.role == "assistant":
             kind = thinking(m.content, last_user, f"message {i}")
             if kind == "plain" and require_markup:
                 raise SampleError("missing_markup", f"message {i}: no <think>/<answer> markup (required)")
             setattr(conv, f"{kind}_turns", getattr(conv, f"{kind}_turns") + 1)
     return conv
+
+
+DATE_KEY = "date"  # a tool sample's own date, shown in its prompt (a13b_tools.pinned_date)
+
+
+def _tools(record: dict, cols: Columns) -> Tools | None:
+    """The sample's tools (a list, or LLaMA-Factory's JSON text of one) with its pinned date; None without."""
+    from .a13b_tools import pinned_date
+
+    specs = record.get(cols.tools)
+    if specs is None or specs == "" or specs == []:
+        return None
+    specs = _json(specs, cols.tools, "bad_tools")
+    tool_names(specs, cols.tools)
+    given = record.get(DATE_KEY)
+    if given is not None and not isinstance(given, str):
+        raise SampleError("bad_date", f"{DATE_KEY}: expected a string YYYY-MM-DD or YYYY-MM-DD HH:MM:SS")
+    try:
+        return Tools(specs, pinned_date(given, json.dumps(record, sort_keys=True)))
+    except ValueError as err:
+        raise SampleError("bad_date", str(err)) from None

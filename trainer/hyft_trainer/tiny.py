@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .a13b_tools import with_tools
 from .chat_format import CHAT_TEMPLATES, FAMILIES
 from .sample_data import make_samples
 
@@ -41,7 +42,8 @@ def build_tokenizer(family_name: str, vocab_size: int = 1024):
     tok.train_from_iterator(_corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=family.bos, eos_token=family.eos, pad_token=family.pad,
-        chat_template=CHAT_TEMPLATES[family_name], model_max_length=4096, clean_up_tokenization_spaces=False,
+        chat_template=with_tools(CHAT_TEMPLATES[family_name]) if family_name == "a13b" else CHAT_TEMPLATES[family_name],
+        model_max_length=4096, clean_up_tokenization_spaces=False,
     )
 
 
