@@ -230,6 +230,23 @@ def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memori
         assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
+def test_tencents_a13b_train_sh_as_a_hyft_config_trains(tiny_a13b, memorisable, tmp_path):
+    """The arguments of Tencent's A13B train.sh (tests/corpus/a13b_train_sh.yaml) with its DeepSpeed JSON,
+    on the tiny A13B: the LR schedule ends at its floor, and the run saves and exports as asked."""
+    from tests.llamafactory_corpus import TENCENT
+
+    text = (TENCENT.parent / "a13b_train_sh.yaml").read_text()
+    config = tmp_path / "train_sh.yaml"
+    config.write_text(text.format(model=tiny_a13b, data=memorisable, deepspeed=TENCENT / "ds_zero3_offload.json",
+                                  output=tmp_path / "out").replace("max_steps: 200", "max_steps: 12")
+                      .replace("save_steps: 100", "save_steps: 6").replace("cutoff_len: 4096", "cutoff_len: 512"))
+    report = run(config, 1, tmp_path)
+    rates = [h["learning_rate"] for h in report["log_history"] if "learning_rate" in h]
+    assert report["steps"] == 12 and rates[-1] == pytest.approx(1e-6, rel=0.2) and max(rates) <= 1e-5
+    assert (tmp_path / "out" / "checkpoint-6" / "COMPLETE").exists()
+    assert json.loads((tmp_path / "out" / "export" / "adapter_config.json").read_text())["r"] == 64
+
+
 def test_tool_calling_data_trains_the_a13b_checked_against_tencents_template(tiny_a13b, tmp_path):
     """OpenAI-style tool conversations on the tiny A13B whose tokenizer carries Tencent's own published
     chat template: the start-up check renders tool samples with it (the sample's pinned date) and finds

@@ -133,3 +133,12 @@ def test_label_smoothing_reaches_hyfts_loss():
                                                  label_smoothing=0.2)
     assert torch.allclose(token_mean_loss({"logits": logits}, labels, label_smoothing=0.2), expected)
     assert not torch.allclose(token_mean_loss({"logits": logits}, labels), expected)
+
+
+def test_a_min_lr_floor_reaches_the_scheduler_as_a_rate(accelerate_state):  # noqa: F811
+    """transformers reads min_lr through the optimizer's defaults, which DeepSpeed's ZeRO optimizers lack."""
+    config = parse_config({**BASE, "learning_rate": 1e-5, "lr_scheduler_type": "cosine_with_min_lr",
+                           "lr_scheduler_kwargs": {"min_lr": 1e-6}})
+    args = worker.training_arguments(config, None, on_gpu=False)
+    assert args.lr_scheduler_kwargs == {"min_lr_rate": pytest.approx(0.1)}
+    assert worker.scheduler_floor('{"min_lr_rate": 0.2}', 1e-5) == {"min_lr_rate": 0.2}

@@ -58,6 +58,8 @@ def test_every_key_of_the_llamafactory_corpus_is_applied_or_reported_once(name):
     ({**BASE, "save_only_model": True, "early_stopping_steps": 2}, "save_only_model and early_stopping_steps"),
     ({**BASE, "warmup_ratio": 1.0}, "warmup_ratio"),  # transformers would read 1.0 as one warm-up step
     ({**BASE, "finetuning_type": "full", "merge_lora": True}, "merge_lora is for finetuning_type lora: a full run"),
+    ({**BASE, "lr_scheduler_type": "cosine_with_min_lr"}, "cosine_with_min_lr needs its floor"),
+    ({**BASE, "lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": "{x"}, "lr_scheduler_kwargs: not JSON"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_configs_name_the_problem(data, message):

@@ -8,7 +8,7 @@ ChatFamily = Literal["auto", "small", "7b", "a13b"]  # auto: from the tokenizer'
 DataFormat = Literal["auto", "sharegpt", "alpaca"]  # auto: detected per file
 FinetuningType = Literal["lora", "full", "freeze"]
 LrSchedulerType = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
-                          "polynomial", "inverse_sqrt"]
+                          "polynomial", "inverse_sqrt", "cosine_with_min_lr"]
 
 # The published configs (../shared/hunyuan-chat-format.md).
 SIZES = {

@@ -9,6 +9,7 @@ imports it.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,15 @@ class _Checks(BaseModel):
         if self.save_only_model and self.early_stopping_steps and (self.deepspeed or self.zero_stage):
             raise ValueError("save_only_model and early_stopping_steps exclude each other under DeepSpeed: the best "
                              "checkpoint could not be reloaded at the end; drop one of them")
+        floor = getattr(self, "lr_scheduler_kwargs", None) or {}
+        if isinstance(floor, str):  # transformers reads a JSON string too
+            try:
+                floor = json.loads(floor)
+            except ValueError:
+                raise ValueError(f"lr_scheduler_kwargs: not JSON: {floor!r}") from None
+        if self.lr_scheduler_type == "cosine_with_min_lr" and not ({"min_lr", "min_lr_rate"} & set(floor)):
+            raise ValueError("lr_scheduler_type cosine_with_min_lr needs its floor: lr_scheduler_kwargs: {min_lr: ...} "
+                             "(or min_lr_rate, a fraction of learning_rate)")
         if self.merge_lora and self.finetuning_type != "lora":
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")

@@ -76,6 +76,15 @@ def evaluates(config: TrainerConfig) -> bool:
         config.eval_steps is not None or config.eval_strategy == "steps")
 
 
+def scheduler_floor(kwargs: dict | str, learning_rate: float) -> dict:
+    """lr_scheduler_kwargs with min_lr given as min_lr_rate: transformers turns min_lr into a rate by reading
+    the optimizer's defaults, which DeepSpeed's ZeRO optimizers do not have (an AttributeError at start)."""
+    kwargs = dict(json.loads(kwargs) if isinstance(kwargs, str) else kwargs)
+    if "min_lr" in kwargs and "min_lr_rate" not in kwargs:
+        kwargs["min_lr_rate"] = kwargs.pop("min_lr") / learning_rate
+    return kwargs
+
+
 def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
     """The Trainer's arguments. With a ZeRO-3 DeepSpeed config, creating them makes every later
     from_pretrained load the model partitioned (zero.Init): each process holds its shard only."""
@@ -93,6 +102,8 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
         data_seed=config.seed,
     )
     keywords.update(passed_arguments(config))
+    if isinstance(floor := keywords.get("lr_scheduler_kwargs"), (dict, str)):
+        keywords["lr_scheduler_kwargs"] = scheduler_floor(floor, config.learning_rate)
     try:
         args = TrainingArguments(
             **keywords,
