@@ -99,3 +99,26 @@ def test_the_launcher_exits_with_the_checks_code_and_message(tmp_path, monkeypat
     assert launcher.main([str(path)]) == EXIT_SHM_TOO_SMALL
     assert "preflight: /dev/shm is 0 MiB" in capsys.readouterr().err
     assert termination.read_text().startswith("preflight: /dev/shm")
+
+
+def _gang_minimum_of(rank, port, values, out):
+    import torch.distributed as dist
+
+    from hyft_trainer.preflight import gang_minimum
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(values))
+    out[rank] = gang_minimum(values[rank], "cpu")
+    dist.destroy_process_group()
+
+
+def test_nodes_of_different_gpus_agree_on_the_smallest():
+    """The offload decision's input, as every rank sees it after the gang's MIN (an H100 node and an H200 node
+    then both plan for 80 GiB)."""
+    import torch.multiprocessing as mp
+
+    from hyft_trainer.launcher import free_port
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_gang_minimum_of, args=(free_port(), [141 * 2**30, 80 * 2**30], out), nprocs=2)
+        assert dict(out) == {0: 80 * 2**30, 1: 80 * 2**30}

@@ -186,6 +186,16 @@ def collective_verdict(finished: bool, error: str | None) -> int | None:
     return EXIT_COLLECTIVE_FAILED
 
 
+def gang_minimum(value: int, device) -> int:
+    """The smallest of every rank's value (after check_gang: the gang's collectives work)."""
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def _all_reduce(tensor, timeout_seconds: float, what: str) -> None:
     """The all-reduce in a thread, bounded as a whole: NCCL builds its communicator inside the first
     collective's call (not in the work's wait), and a fabric fault can hang it there."""

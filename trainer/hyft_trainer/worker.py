@@ -25,7 +25,7 @@ from .knobs import ARGS, KNOBS
 from .loading import DataError
 from .model_setup import apply_method, attention_kernel, check_model
 from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
-from .preflight import PreflightError, check_gang
+from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
 
 # The launcher's folder for talking with its workers (torchrun passes only exit status 1 on):
@@ -170,8 +170,9 @@ def train(config: TrainerConfig) -> int:
     check_model(config, model_config)
     on_gpu = torch.cuda.is_available()
     nnodes = int(os.environ.get("NNODES", os.environ.get("PET_NNODES", "1")))
-    config, decision = offload.for_node(config, gpus.memory_bytes(), nnodes,
-                                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    memory, per_node = gpus.memory_bytes(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    asked = config
+    config, decision = offload.for_node(asked, memory, nnodes, per_node)
     settled = settle(config, world_size, on_gpu, nvcc_available())  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
     kernel, kernel_why = attention_kernel(config, on_gpu)
@@ -179,6 +180,15 @@ def train(config: TrainerConfig) -> int:
     preflight_seconds = float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0"))
     if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
         preflight_seconds += check_gang(config.output_dir, config.preflight_timeout, state.device)
+        # Each node decided from its own GPUs; nodes of different GPUs must still run one plan
+        # (ZeRO-3 with parameters offloaded on some ranks only does not train): the gang's smallest decides.
+        if decision.decided and memory and (smallest := gang_minimum(min(memory), state.device)) < min(memory):
+            config, decision = offload.for_node(asked, (smallest,), nnodes, per_node)
+            settled = settle(config, world_size, on_gpu, nvcc_available())
+            config, ds = settled.config, settled.deepspeed
+            if state.is_local_main_process:
+                print(f"hyft: another node's GPU is smaller ({smallest / 2**30:.1f} GiB): the gang follows it: "
+                      f"{decision.message}", flush=True)
     metrics.preflight.set(preflight_seconds)
     fabric_facts, fabric_warnings = fabric.read(nnodes, on_gpu)
     if state.local_process_index == 0:
