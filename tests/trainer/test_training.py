@@ -213,7 +213,9 @@ def tiny_a13b(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", [{"finetuning_type": "lora", "learning_rate": 1e-2},
-                                    {"finetuning_type": "full", "learning_rate": 1e-3}], ids=["lora", "full"])
+                                    {"finetuning_type": "lora", "learning_rate": 1e-2, "lora_target": "q_proj,experts"},
+                                    {"finetuning_type": "full", "learning_rate": 1e-3}],
+                         ids=["lora", "lora-experts", "full"])
 def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memorisable, tmp_path, method):
     """Hunyuan-A13B's mixture of experts: its own chat template found from the model, each MoE block a
     ZeRO-3 leaf, LoRA on the attention projections (Tencent's default), the loss falling."""
@@ -227,7 +229,16 @@ def test_two_nodes_train_the_tiny_a13b_moe_under_zero3_offload(tiny_a13b, memori
     assert "match the model's chat_template token for token" in report["data"]["chat_template_check"]
     if method["finetuning_type"] == "lora":
         adapter = json.loads((tmp_path / "out" / "export" / "adapter_config.json").read_text())
-        assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+        if "lora_target" in method:  # the experts' own 3-D weights, through peft's target_parameters
+            assert adapter["target_modules"] == ["q_proj"]
+            assert sorted(adapter["target_parameters"]) == ["experts.down_proj", "experts.gate_up_proj"]
+            from safetensors.torch import load_file
+
+            weights = load_file(tmp_path / "out" / "export" / "adapter_model.safetensors")
+            experts_b = [w for name, w in weights.items() if "experts" in name and "lora_B" in name]
+            assert len(experts_b) == 4 and all(w.abs().sum() > 0 for w in experts_b)  # B starts at zero: trained
+        else:
+            assert sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
 
 
 def test_tencents_a13b_train_sh_as_a_hyft_config_trains(tiny_a13b, memorisable, tmp_path):

@@ -50,3 +50,25 @@ def test_lora_additional_targets_train_in_full_beside_the_adapter(tiny_model):
 def test_a_module_the_model_lacks_is_refused(tiny_model, keys, message):
     with pytest.raises(ConfigError, match=message):
         apply_method(copy.deepcopy(tiny_model[1]), parse_config({**BASE, **keys}))
+
+
+@pytest.fixture(scope="module")
+def tiny_moe():
+    from transformers import AutoModelForCausalLM, HunYuanMoEV1Config
+
+    return AutoModelForCausalLM.from_config(HunYuanMoEV1Config(
+        vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_experts=4, moe_topk=2))
+
+
+@pytest.mark.parametrize("target, modules, parameters", [
+    ("all", ["k_proj", "o_proj", "q_proj", "v_proj"], None),  # a MoE's all: the attention, as Tencent's
+    ("q_proj,experts", ["q_proj"], ["experts.down_proj", "experts.gate_up_proj"]),
+])
+def test_lora_on_a_moe_targets_the_attention_and_the_experts_own_weights(tiny_moe, target, modules, parameters):
+    model = apply_method(copy.deepcopy(tiny_moe), parse_config({**BASE, "finetuning_type": "lora",
+                                                                 "lora_target": target}))
+    lora = model.peft_config["default"]
+    assert sorted(lora.target_modules) == modules
+    assert (sorted(lora.target_parameters) if lora.target_parameters else None) == parameters
+    assert not any("gate.wg" in n for n in trainable(model))  # the routers stay as trained

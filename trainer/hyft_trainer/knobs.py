@@ -105,8 +105,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("lora_dropout", float, 0.0, "LoRA dropout.", METHOD, LLAMAFACTORY, spec="method.lora.dropout",
          bounds=dict(ge=0, lt=1)),
     Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt. all: every linear layer; "
-         "on a mixture of experts (Hunyuan-A13B) the attention projections, as Tencent's own script.", METHOD,
-         LLAMAFACTORY),
+         "on a mixture of experts (Hunyuan-A13B) the attention projections, as Tencent's own script; `experts` "
+         "adapts the experts' own weights.", METHOD, LLAMAFACTORY),
     Knob("merge_lora", bool, False, "After training, also write the base model with the LoRA merged into it to "
          "output_dir/merged: 16-bit safetensors shards with the tokenizer, chat template, generation config and "
          "the model's own code, ready for a serving pod (merged on global rank 0's node, in host memory: hyft "

@@ -48,11 +48,29 @@ def _unmatched(key: str, wanted: list[str], names: list[str]) -> None:
         raise ConfigError(f"{key}: the model has no module {', '.join(missing)}")
 
 
+def parameter_targets(model, targets) -> dict:
+    """A named target that is no linear layer but holds weights itself (a MoE's `experts`: one 3-D tensor
+    per projection) is adapted through peft's target_parameters, each of its weights."""
+    import torch
+
+    if not isinstance(targets, list):
+        return {}
+    holders = {t: sorted({p for name, m in model.named_modules() if name.split(".")[-1] == t
+                          and not isinstance(m, torch.nn.Linear) for p, _ in m.named_parameters(recurse=False)})
+               for t in targets}
+    holders = {t: weights for t, weights in holders.items() if weights}
+    if not holders:
+        return {}
+    return {"target_modules": [t for t in targets if t not in holders],
+            "target_parameters": [f"{t}.{w}" for t, weights in holders.items() for w in weights]}
+
+
 def apply_method(model, config: TrainerConfig):
     if config.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model
 
         settings = method_settings(config, 0, moe=bool(moe_blocks(model)))
+        settings.update(parameter_targets(model, settings["target_modules"]))
         _unmatched("additional_target", settings.get("modules_to_save", []),
                    [n for n, _ in model.named_parameters()])
         return get_peft_model(model, LoraConfig(**settings))
