@@ -16,7 +16,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import hyft_trainer
 from hyft_operator import api
 from hyft_operator.markers import Trainer
-from hyft_trainer import knobs, model_setup, offload, prepared_data, worker
+from hyft_trainer import knobs, loading, model_setup, offload, prepared_data, worker
 from hyft_trainer.config import TrainerConfig, parse_config
 from hyft_trainer.deepspeed_config import settle
 from tests.knob_values import BASE, COMPANIONS, changed
@@ -72,14 +72,16 @@ def test_a_data_setting_changes_the_prepared_data(knob, monkeypatch):
 
     from hyft_trainer import data_check
 
-    rows = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (20, 30, 40, 50)]
+    rows = [{"input_ids": list(range(n)), "labels": list(range(n)), "file": f"{n % 20}.jsonl"}
+            for n in (20, 40, 30, 50)]  # two datasets, one after the other: mixing changes the order
+    sources = [loading.Source(Path(f"{k}.jsonl"), dataset=str(k)) for k in (0, 10)]
 
     def prepare(*args, **kwargs):
         calls.append((args[1:], kwargs))
         return Dataset.from_list(rows), data_check.Report(samples=len(rows))
 
     monkeypatch.setattr(data_check, "prepare", prepare)
-    monkeypatch.setattr(prepared_data, "sources_for_config", lambda config: [])
+    monkeypatch.setattr(prepared_data, "sources_for_config", lambda config: sources)
     seen = []
     for config in configs(knob):
         calls = []

@@ -37,6 +37,14 @@ def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
     return model.model_copy(update=update)
 
 
+def interleave_probs(value: str | list[float]) -> list[float]:
+    """LLaMA-Factory writes "0.7,0.3"."""
+    try:
+        return [float(p) for p in (value.split(",") if isinstance(value, str) else value)]
+    except ValueError:
+        raise ValueError(f"interleave_probs: comma-separated numbers, got {value!r}") from None
+
+
 class _Checks(BaseModel):
     """What holds across settings; the settings themselves are knobs.KNOBS."""
 
@@ -75,6 +83,12 @@ class _Checks(BaseModel):
         if self.lr_scheduler_type == "cosine_with_min_lr" and not ({"min_lr", "min_lr_rate"} & set(floor)):
             raise ValueError("lr_scheduler_type cosine_with_min_lr needs its floor: lr_scheduler_kwargs: {min_lr: ...} "
                              "(or min_lr_rate, a fraction of learning_rate)")
+        if self.interleave_probs is not None:
+            if self.mix_strategy == "concat":
+                raise ValueError("interleave_probs needs an interleave mix_strategy (interleave_under, _over, _once)")
+            probs = interleave_probs(self.interleave_probs)
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+                raise ValueError(f"interleave_probs: shares from 0 to 1 that sum to 1, got {probs}")
         if self.merge_lora and self.finetuning_type != "lora":
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")

@@ -137,6 +137,13 @@ KNOBS: tuple[Knob, ...] = (
          spec="data.cutoffLen", bounds=dict(ge=16, le=1048576)),
     Knob("packing", bool, False, "Pack several samples into one sequence (no attention across samples).", DATA,
          LLAMAFACTORY, spec="data.packing"),
+    Knob("mix_strategy", Literal["concat", "interleave_under", "interleave_over", "interleave_once"], "concat",
+         "How several datasets mix: concat (all of each), or interleaved by interleave_probs (datasets' "
+         "interleave_datasets): under stops when the first dataset runs out, over when the last does (repeating "
+         "the others), once uses every sample once.", DATA, LLAMAFACTORY),
+    Knob("interleave_probs", str | list[float] | None, None, "With an interleave mix_strategy: the share of "
+         "each dataset, in the order of dataset then data_files (\"0.7,0.3\"; unset: equal turns).", DATA,
+         LLAMAFACTORY),
     Knob("train_on_prompt", bool, False, "Also train on prompt tokens.", DATA, LLAMAFACTORY,
          spec="data.trainOnPrompt"),
     Knob("mask_history", bool, False, "Train only the last assistant turn of each conversation.", DATA,

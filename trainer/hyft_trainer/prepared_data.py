@@ -24,6 +24,8 @@ def prepare_data(config: TrainerConfig, tokenizer):
                               default_system=config.default_system)
     if encoded is None or not encoded.num_rows:
         check_prepared(config, report, rows=0)
+    if config.mix_strategy != "concat":
+        encoded = interleaved(encoded, sources_for_config(config), config)
     encoded = encoded.select_columns(["input_ids", "labels"])
     eval_ds = None
     if config.val_size:
@@ -37,6 +39,32 @@ def prepare_data(config: TrainerConfig, tokenizer):
         packs = [pack(samples, g) for g in first_fit_decreasing([len(s[0]) for s in samples], config.cutoff_len)]
         encoded = Dataset.from_list(packs)
     return encoded, eval_ds, report
+
+
+STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted",
+            "interleave_once": "all_exhausted_without_replacement"}  # LLaMA-Factory's meaning of each
+
+
+def interleaved(encoded, sources, config: TrainerConfig):
+    """The valid samples of each dataset (a dataset_info entry, or a data_files entry), interleaved as
+    mix_strategy and interleave_probs say, by datasets' interleave_datasets (before the validation split,
+    as LLaMA-Factory mixes)."""
+    from datasets import interleave_datasets
+
+    from .config import interleave_probs
+
+    units = list(dict.fromkeys(s.dataset for s in sources))
+    unit_of = {str(s.path): units.index(s.dataset) for s in sources}
+    rows: list[list[int]] = [[] for _ in units]
+    for i, file in enumerate(encoded["file"]):
+        rows[unit_of[file]].append(i)
+    if empty := [units[u] for u, r in enumerate(rows) if not r]:
+        raise DataError(f"mix_strategy {config.mix_strategy}: no valid samples in {', '.join(empty)}")
+    probs = interleave_probs(config.interleave_probs) if config.interleave_probs is not None else None
+    if probs is not None and len(probs) != len(units):
+        raise ConfigError(f"interleave_probs: {len(probs)} shares for {len(units)} datasets ({', '.join(units)})")
+    return interleave_datasets([encoded.select(r) for r in rows], probabilities=probs, seed=config.seed,
+                               stopping_strategy=STOPPING[config.mix_strategy])
 
 
 def check_prepared(config: TrainerConfig, report, rows: int) -> None:
