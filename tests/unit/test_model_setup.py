@@ -8,6 +8,7 @@ import pytest
 
 from hyft_trainer.config import ConfigError, parse_config
 from hyft_trainer.model_setup import apply_method
+from tests.unit.test_knobs import accelerate_state  # noqa: F401  (a fixture)
 
 BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}]}
 
@@ -72,3 +73,20 @@ def test_lora_on_a_moe_targets_the_attention_and_the_experts_own_weights(tiny_mo
     assert sorted(lora.target_modules) == modules
     assert (sorted(lora.target_parameters) if lora.target_parameters else None) == parameters
     assert not any("gate.wg" in n for n in trainable(model))  # the routers stay as trained
+
+
+def test_loraplus_gives_the_b_matrices_their_own_learning_rate(tiny_model, accelerate_state, tmp_path):  # noqa: F811
+    from transformers import TrainingArguments
+
+    from hyft_trainer.model_setup import trainer_class
+
+    config = parse_config({**BASE, "finetuning_type": "lora", "learning_rate": 1e-4, "loraplus_lr_ratio": 16})
+    model = apply_method(copy.deepcopy(tiny_model[1]), config)
+    trainer = trainer_class(config)(model=model, args=TrainingArguments(str(tmp_path), learning_rate=1e-4,
+                                                                        report_to=[], use_cpu=True))
+    groups = trainer.create_optimizer().param_groups
+    by_lr = {g["lr"]: len(g["params"]) for g in groups if g["params"]}
+    assert set(by_lr) == {1e-4, 16e-4} and by_lr[1e-4] == by_lr[16e-4]  # one A and one B per adapted layer
+    plain = parse_config({**BASE, "finetuning_type": "lora", "use_rslora": True})
+    assert trainer_class(plain).__name__ == "Trainer"
+    assert apply_method(copy.deepcopy(tiny_model[1]), plain).peft_config["default"].use_rslora

@@ -89,6 +89,9 @@ class _Checks(BaseModel):
             probs = interleave_probs(self.interleave_probs)
             if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
                 raise ValueError(f"interleave_probs: shares from 0 to 1 that sum to 1, got {probs}")
+        if (self.loraplus_lr_ratio or self.use_rslora) and self.finetuning_type != "lora":
+            raise ValueError(f"{'loraplus_lr_ratio' if self.loraplus_lr_ratio else 'use_rslora'} is for "
+                             f"finetuning_type lora, not {self.finetuning_type}")
         if self.merge_lora and self.finetuning_type != "lora":
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")

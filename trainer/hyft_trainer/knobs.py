@@ -104,6 +104,13 @@ KNOBS: tuple[Knob, ...] = (
          spec="method.lora.alpha", bounds=dict(ge=1, le=4096)),
     Knob("lora_dropout", float, 0.0, "LoRA dropout.", METHOD, LLAMAFACTORY, spec="method.lora.dropout",
          bounds=dict(ge=0, lt=1)),
+    Knob("use_rslora", bool, False, "Rank-stabilised LoRA: scale the adapter by alpha/sqrt(rank), not alpha/rank.",
+         METHOD, LLAMAFACTORY),
+    Knob("loraplus_lr_ratio", float | None, None, "LoRA+: the learning rate of the B matrices, as a multiple of "
+         "learning_rate (peft's create_loraplus_optimizer; 16 in the LoRA+ paper).", HYFT, LLAMAFACTORY,
+         bounds=dict(gt=0, le=1e4)),
+    Knob("loraplus_lr_embedding", float, 1e-6, "LoRA+: the learning rate of LoRA on embedding layers.", HYFT,
+         LLAMAFACTORY, bounds=dict(gt=0, le=1)),
     Knob("lora_target", str, "all", "'all' or comma-separated module names to adapt. all: every linear layer; "
          "on a mixture of experts (Hunyuan-A13B) the attention projections, as Tencent's own script; `experts` "
          "adapts the experts' own weights.", METHOD, LLAMAFACTORY),

@@ -43,7 +43,6 @@ REFUSED = {
     "use_unsloth": "unsloth is not supported: remove the key",
     "use_dora": "DoRA is not supported: remove the key for plain LoRA",
     "pissa_init": "PiSSA is not supported: remove the key for plain LoRA initialisation",
-    "use_rslora": "rank-stabilised LoRA is not supported: remove the key (and check lora_alpha)",
     "lora_rank_pattern": "per-module LoRA ranks are not supported: one lora_rank applies to every target",
     "rope_scaling": "RoPE scaling is not supported: the model's own RoPE settings are used",
     "eval_dataset": "separate evaluation datasets are not supported: use val_size to split one off",

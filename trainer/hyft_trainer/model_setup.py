@@ -25,7 +25,8 @@ def method_settings(config: TrainerConfig, layers: int, moe: bool = False) -> di
         else:
             targets = _names(config.lora_target)
         settings = {"r": config.lora_rank, "lora_alpha": config.lora_alpha or 2 * config.lora_rank,
-                    "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM"}
+                    "lora_dropout": config.lora_dropout, "target_modules": targets, "task_type": "CAUSAL_LM",
+                    "use_rslora": config.use_rslora}
         if extra := _names(config.additional_target):
             settings["modules_to_save"] = extra
         return settings
@@ -117,3 +118,27 @@ def check_model(config: TrainerConfig, model_config) -> None:
                               "zero_stage 0 or 2 with finetuning_type lora")
         if config.finetuning_type != "lora":
             raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
+
+
+def trainer_class(config: TrainerConfig):
+    """transformers' Trainer, or for LoRA+ one whose optimizer gives the B matrices their own learning rate
+    (peft's create_loraplus_optimizer over the optimizer the arguments choose; under DeepSpeed the Trainer
+    hands it to the engine as a client optimizer)."""
+    from transformers import Trainer
+
+    if not config.loraplus_lr_ratio:
+        return Trainer
+
+    class LoraPlusTrainer(Trainer):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                from peft.optimizers import create_loraplus_optimizer
+
+                optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = create_loraplus_optimizer(
+                    self.model, optimizer_cls, loraplus_lr_ratio=config.loraplus_lr_ratio,
+                    loraplus_lr_embedding=config.loraplus_lr_embedding, loraplus_weight_decay=self.args.weight_decay,
+                    **kwargs)
+            return self.optimizer
+
+    return LoraPlusTrainer

@@ -23,7 +23,7 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model
+from .model_setup import apply_method, attention_kernel, check_model, trainer_class
 from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
 from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
@@ -150,7 +150,7 @@ def starting_point(config: TrainerConfig) -> Path | None:
 
 def train(config: TrainerConfig) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, set_seed
 
     from .callbacks import CompleteMarker, StopOnSignal, Timeline
     from .deepspeed_config import nvcc_available, settle
@@ -239,7 +239,11 @@ def train(config: TrainerConfig) -> int:
                                  * state.num_processes, peak_per_token)]
     if args.load_best_model_at_end and config.early_stopping_steps:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
-    trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+    if config.loraplus_lr_ratio and isinstance(ds, dict) and "optimizer" in ds:
+        raise ConfigError("loraplus_lr_ratio: the DeepSpeed JSON's optimizer block makes DeepSpeed build its own "
+                          "optimizer, without LoRA+'s learning rates; remove the block (the Trainer then builds "
+                          "the optimizer that optim names) or loraplus_lr_ratio")
+    trainer = trainer_class(config)(model=model, args=args, train_dataset=train_ds,
                       eval_dataset=eval_ds if evaluates(config) else None,
                       data_collator=collator,
                       processing_class=tokenizer, callbacks=callbacks,
