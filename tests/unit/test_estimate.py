@@ -76,6 +76,8 @@ def test_a13b_counts_every_expert_in_memory_and_the_routed_ones_in_flops():
     lora = {e.label: e for e in estimate(shape, 2, 8, method="lora")}["ZeRO-3, offload none"]
     assert shape.lora_params(8) == 32 * 8 * (2 * (4096 + 4096) + 2 * (4096 + 1024))  # the attention only
     assert lora.gpu_bytes_per_device > 2 * shape.params / 16  # the frozen experts, sharded over 16 GPUs
+    assert render(shape, [lora], None).startswith(
+        "model: 80.39B parameters (12.75B per token: 8 of 64 experts and 1 shared)")
 
 
 def test_reads_a_model_folder_and_marks_what_fits(tmp_path):

@@ -239,7 +239,9 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
 def render(shape: Shape, estimates: list[Estimate], gpu_memory_gib: float | None) -> str:
     from .offload import GPU_MARGIN
 
-    lines = [f"model: {shape.params / 1e9:.2f}B parameters, largest layer {shape.largest_layer / 1e6:.0f}M",
+    routed = (f" ({shape.active_params / 1e9:.2f}B per token: {shape.topk} of {shape.experts} experts and "
+              f"{shape.shared_experts} shared)" if shape.experts else "")
+    lines = [f"model: {shape.params / 1e9:.2f}B parameters{routed}, largest layer {shape.largest_layer / 1e6:.0f}M",
              f"{'option':34s} {'host RAM/node':>14s} {'/process':>10s} {'GPU/device':>11s} {'GPU/node':>10s} "
              f"{'(activations)':>14s}" + ("  fits" if gpu_memory_gib else "")]
     for e in estimates:
