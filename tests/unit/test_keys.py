@@ -87,7 +87,7 @@ def test_the_passed_key_wins_over_hyfts_default_for_it(accelerate_state):  # noq
     ({"ddp_backend": "mpi"}, "ddp_backend: set by hyft"),
     ({"push_to_hub": True}, "push_to_hub: set by hyft"),
     ({"logging_strategy": "epoch"}, "logging_strategy: set by hyft: the job's status"),
-    ({"upcast_layernorm": True}, "upcast_layernorm: hyft does not implement it (yet)"),
+    ({"enable_liger_kernel": True}, "enable_liger_kernel: hyft does not implement it (yet)"),
     ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_ratio and warmup_steps are one setting"),
     ({"optim": 5}, "optim"),  # typed as transformers types it
     ({"early_stopping_patience": 3}, "early_stopping_patience: unknown key (hyft reads 'early_stopping_steps')"),

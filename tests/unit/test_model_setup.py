@@ -90,3 +90,20 @@ def test_loraplus_gives_the_b_matrices_their_own_learning_rate(tiny_model, accel
     plain = parse_config({**BASE, "finetuning_type": "lora", "use_rslora": True})
     assert trainer_class(plain).__name__ == "Trainer"
     assert apply_method(copy.deepcopy(tiny_model[1]), plain).peft_config["default"].use_rslora
+
+
+def test_upcast_layernorm_keeps_the_norms_in_float32_without_deepspeed(tiny_model):
+    import torch
+
+    from hyft_trainer.model_setup import upcast_norms
+
+    model = copy.deepcopy(tiny_model[1]).to(torch.bfloat16)
+    ddp = parse_config({**BASE, "upcast_layernorm": True, "zero_stage": 0, "offload_optimizer": False,
+                        "offload_param": False})
+    assert upcast_norms(model, ddp) > 0
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "norm" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "norm" not in n)
+    zero3 = parse_config({**BASE, "upcast_layernorm": True})
+    assert upcast_norms(model, zero3) == 0
+    assert any(n.startswith("upcast_layernorm: has no effect here: DeepSpeed") for n in zero3.notes)

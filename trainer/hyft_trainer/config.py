@@ -92,6 +92,9 @@ class _Checks(BaseModel):
         if (self.loraplus_lr_ratio or self.use_rslora) and self.finetuning_type != "lora":
             raise ValueError(f"{'loraplus_lr_ratio' if self.loraplus_lr_ratio else 'use_rslora'} is for "
                              f"finetuning_type lora, not {self.finetuning_type}")
+        if self.upcast_layernorm and (self.zero_stage or self.deepspeed is not None):
+            self._notes.append("upcast_layernorm: has no effect here: DeepSpeed keeps every parameter in the "
+                               "training precision (it applies with zero_stage 0)")
         if self.merge_lora and self.finetuning_type != "lora":
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")

@@ -127,6 +127,9 @@ KNOBS: tuple[Knob, ...] = (
          "that train too (e.g. embed_tokens,norm).", METHOD, LLAMAFACTORY),
     Knob("freeze_trainable_layers", int, 2, "Train the last N decoder layers (negative: the first N).", METHOD,
          LLAMAFACTORY, spec="method.freeze.trainableLayers", bounds=dict(ge=-1024, le=1024), checks=(NOT_ZERO,)),
+    Knob("upcast_layernorm", bool, False, "Keep the normalisation layers' weights in float32 under half-precision "
+         "training (plain DDP, zero_stage 0; DeepSpeed keeps every parameter in the training precision: no effect "
+         "there, said at start-up).", HYFT, LLAMAFACTORY),
     Knob("moe_leaf_module", bool, True, "Under ZeRO-3, make each mixture-of-experts block a leaf module: all of its "
          "experts are gathered on entering it (DeepSpeed's set_z3_leaf_modules; Tencent's "
          "--make_moe_param_leaf_module), not part by part in an order the routing changes.", HYFT,

@@ -66,6 +66,21 @@ def parameter_targets(model, targets) -> dict:
             "target_parameters": [f"{t}.{w}" for t, weights in holders.items() for w in weights]}
 
 
+def upcast_norms(model, config: TrainerConfig) -> int:
+    """upcast_layernorm without DeepSpeed: the normalisation layers' weights in float32 (autocast then runs the
+    rest in half precision). Returns how many tensors it cast."""
+    if not config.upcast_layernorm or config.zero_stage or config.deepspeed is not None:
+        return 0
+    import torch
+
+    cast = 0
+    for name, param in model.named_parameters():
+        if param.ndim == 1 and "norm" in name and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def apply_method(model, config: TrainerConfig):
     if config.finetuning_type == "lora":
         from peft import LoraConfig, get_peft_model

@@ -23,7 +23,7 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model, trainer_class
+from .model_setup import apply_method, attention_kernel, check_model, trainer_class, upcast_norms
 from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
 from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
@@ -229,6 +229,7 @@ def train(config: TrainerConfig) -> int:
         model.config.output_router_logits = True
         router = RouterLoss(model.config, config.moe_aux_loss_coef, config.gradient_accumulation_steps,
                             state.num_processes, args.average_tokens_across_devices)
+    upcast_norms(model, config)
     model = apply_method(model, config)
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
