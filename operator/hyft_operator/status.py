@@ -75,7 +75,9 @@ class Reason(_Documented):
     CHECKING = "Checking", "the attempt's master trainer has not reported its preflight yet"
     INVALID_SPEC = "InvalidSpec", "the spec is refused (the message names the field)"
     OUTPUT_NOT_SHARED = "OutputNotShared", "a multi-node job's output volume is not shared by every node"
-    INTERRUPTED = "Interrupted", "lastFailure: the trainer stopped early on SIGTERM with a checkpoint"
+    DISRUPTED = "Disrupted", ("a pod was preempted, evicted or drained (its DisruptionTarget condition), or the "
+                              "trainer stopped early on SIGTERM with a checkpoint: the gang restarts from it as the "
+                              "next attempt, not counted against runPolicy.backoffLimit")
     POD_DELETED = "PodDeleted", "lastFailure: a running pod disappeared (deleted, preempted, node lost)"
 
 
@@ -125,7 +127,9 @@ class HunyuanFineTuneStatus(ApiModel):
     phase: Phase = Field("Pending", description="Pending, Running, Restarting, Succeeded, Failed or Suspended.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions, one per type.")
     attempt: int = Field(0, description="Current gang attempt (pods carry it as hyft.io/attempt).")
-    restarts: int = Field(0, description="Gang restarts after failures.")
+    restarts: int = Field(0, description="Gang restarts after failures (counted against runPolicy.backoffLimit).")
+    disruptions: int = Field(0, description="Gang restarts after disruptions: preemption, eviction, a node drain "
+                                            "(not counted against runPolicy.backoffLimit).")
     nodes: NodeCounts = Field(default_factory=NodeCounts, description="Pod counts of the current attempt.")
     readyNodes: str = Field("0/0", description="ready/total, for kubectl get.")
     startTime: str | None = Field(None, description="When the first gang was created.")

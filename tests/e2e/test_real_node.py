@@ -303,7 +303,10 @@ def test_deleting_a_worker_mid_training_checkpoints_and_restarts_the_gang(node, 
     kubectl(node, "delete", "pod", "-n", NAMESPACE, f"{name}-worker-0", "--wait=false")
 
     final, _, _ = follow(node, name, timeout=1200)
-    assert final["phase"] == "Succeeded" and final["restarts"] == 1, f"{final}\n{diagnostics(node)}"
+    # the master's trainer stopped early with a checkpoint (a disruption), or the operator saw the worker
+    # vanish first (a counted restart): one restart either way
+    assert final["phase"] == "Succeeded" and final["restarts"] + final.get("disruptions", 0) == 1, \
+        f"{final}\n{diagnostics(node)}"
     assert final.get("attempt") == 1
     assert {p["metadata"]["labels"]["hyft.io/attempt"] for p in trainer_pods(node, name)} == {"1"}
     report = json.loads((out / "report.json").read_text())

@@ -93,11 +93,19 @@ CASES = [
     Case("a running pod that vanished restarts the gang", {"phase": "Running", "startTime": EARLIER},
          [pod(0)], "Restarting", delete=["minimal-master-0"], restarts=1, attempt=1,
          message="pod minimal-worker-0 failed (PodDeleted)"),
-    Case("master stopped early by SIGTERM (preempted) is an interruption, not success",
-         {"phase": "Running", "startTime": EARLIER},
-         [pod(0, "Succeeded", exit_code=0, message="hyft: stopped early by SIGTERM: a checkpoint was saved"),
-          pod(1, "Succeeded", exit_code=0)], "Restarting", restarts=1, attempt=1,
-         delete=["minimal-master-0", "minimal-worker-0"], message="Interrupted"),
+    Case("master stopped early by SIGTERM (preempted) is a disruption, not success nor a counted failure",
+         {"phase": "Running", "startTime": EARLIER, "restarts": 3, "attempt": 3},
+         [pod(0, "Succeeded", exit_code=0, attempt=3, message="hyft: stopped early by SIGTERM: a checkpoint was "
+                                                               "saved"),
+          pod(1, "Succeeded", exit_code=0, attempt=3)], "Restarting", restarts=3, attempt=4,
+         delete=["minimal-master-0", "minimal-worker-0"], event="Disrupted",
+         message="a disruption, not counted against the backoff limit"),
+    Case("an evicted or preempted pod (DisruptionTarget) restarts the gang without counting, even at the limit",
+         {"phase": "Running", "startTime": EARLIER, "restarts": 3, "attempt": 3},
+         [pod(0, attempt=3), pod(1, attempt=3, deleting=True,
+                                 disrupted="EvictionByEvictionAPI: Eviction API: evicting")],
+         "Restarting", restarts=3, attempt=4, delete=["minimal-master-0"], event="Disrupted",
+         message="pod minimal-worker-0 failed (Disrupted): EvictionByEvictionAPI"),
     Case("evicted pod (no exit code) is retryable", {"phase": "Running", "startTime": EARLIER},
          [pod(0), pod(1, "Failed", reason="Evicted")], "Restarting", restarts=1, attempt=1,
          delete=["minimal-master-0", "minimal-worker-0"]),
@@ -209,7 +217,12 @@ def test_pod_view_reads_the_api_object():
             {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
     })
     assert (view.rank, view.attempt, view.exit_code, view.reason) == (1, 2, 137, "OOMKilled")
-    assert describe_exit(137, "OOMKilled") == "exit code 137 (SIGKILL), OOMKilled"
+    assert describe_exit(137, "OOMKilled") == "exit code 137 (SIGKILL), OOMKilled" and not view.disrupted
+    evicted = pod_view({"metadata": {"name": "x-master-0", "deletionTimestamp": EARLIER},
+                        "status": {"phase": "Running", "conditions": [
+                            {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                             "message": "Preempted in order to admit critical pod"}]}})
+    assert evicted.deleting and evicted.disrupted == "PreemptionByScheduler: Preempted in order to admit critical pod"
 
 
 def test_a_refused_pod_creation_is_kept_in_the_status_while_it_is_retried():

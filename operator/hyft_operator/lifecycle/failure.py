@@ -7,7 +7,9 @@ unless the failure is permanent:
   * any other exit code (signals 128+N: 137 SIGKILL/OOM-kill, 143 SIGTERM; 1: torchrun's failed
     worker, e.g. an NCCL timeout), OOMKilled, and pod failures with no exit code (Evicted, node lost,
     deleted) -> gang restart;
-  * a master that stopped early on SIGTERM with a checkpoint (preempted, drained) -> gang restart.
+  * a master that stopped early on SIGTERM with a checkpoint, or a pod with a DisruptionTarget
+    condition (preempted, evicted, drained) -> gang restart from the checkpoint, a disruption: not
+    counted against backoffLimit (status.disruptions counts them).
 """
 from __future__ import annotations
 
@@ -47,10 +49,14 @@ def classify(pod: PodView, permanent_exit_codes: list[int]) -> FailureInfo:
 
 def first_failure(gang: Gang) -> FailureInfo | None:
     for p in gang.current:
+        if p.disrupted:  # the eviction deletes it: seen while it terminates, or as the reason it went
+            return FailureInfo(pod=p.name, exitCode=p.exit_code, reason=Reason.DISRUPTED, message=p.disrupted,
+                               retryable=True)
+    for p in gang.current:
         if p.phase == "Failed" and not p.deleting:  # pods we deleted (suspend) fail on SIGTERM
             return classify(p, gang.spec.runPolicy.permanentExitCodes)
         if p.phase == "Succeeded" and p.message.startswith(STOPPED_EARLY) and not p.deleting:
-            return FailureInfo(pod=p.name, exitCode=0, reason=Reason.INTERRUPTED, message=p.message, retryable=True)
+            return FailureInfo(pod=p.name, exitCode=0, reason=Reason.DISRUPTED, message=p.message, retryable=True)
     if gang.old.phase == "Running":  # once the whole gang ran, a missing pod was deleted, preempted or lost
         present = {p.rank for p in gang.current}
         lost = [r for r in range(gang.total) if r not in present]
@@ -86,15 +92,21 @@ def restart_or_fail(gang: Gang, failure: FailureInfo, what: str, restart_reason:
     if not failure.retryable:
         gang.finish("Failed", Reason.PERMANENT_ERROR, f"{what}; exit code {failure.exitCode} is permanent "
                     "(runPolicy.permanentExitCodes), not restarting", "Warning")
-    elif st.restarts >= limit:
+    elif st.restarts >= limit and failure.reason != Reason.DISRUPTED:
         gang.finish("Failed", Reason.BACKOFF_LIMIT_EXCEEDED,
                     f"{what}; backoff limit {limit} reached after {st.restarts} gang restarts", "Warning")
     else:
         gang.delete(gang.current)
-        st.restarts += 1
         st.attempt += 1
         st.nodes = NodeCounts(total=gang.total)
-        gang.transition("Restarting", restart_reason,
-                        f"{what}; restarting all {gang.total} pods as attempt {st.attempt} "
-                        f"(restart {st.restarts}/{limit}), resuming from the last checkpoint", "Warning")
+        if failure.reason == Reason.DISRUPTED:
+            st.disruptions += 1
+            gang.transition("Restarting", Reason.DISRUPTED,
+                            f"{what}; a disruption, not counted against the backoff limit: restarting all "
+                            f"{gang.total} pods as attempt {st.attempt}, resuming from the last checkpoint", "Normal")
+        else:
+            st.restarts += 1
+            gang.transition("Restarting", restart_reason,
+                            f"{what}; restarting all {gang.total} pods as attempt {st.attempt} "
+                            f"(restart {st.restarts}/{limit}), resuming from the last checkpoint", "Warning")
         gang.plan.requeue_after = STALE_REQUEUE

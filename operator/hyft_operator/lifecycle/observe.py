@@ -23,6 +23,7 @@ class PodView:
     unschedulable: str = ""
     scheduled: bool = False
     started_at: float | None = None  # when its trainer container started running (unix time)
+    disrupted: str = ""  # its DisruptionTarget condition: "<reason>: <message>" (preempted, evicted, drained)
 
     @property
     def active(self) -> bool:
@@ -41,6 +42,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("message", "") if scheduled.get("reason") == "Unschedulable" else ""
     started = running.get("startedAt")
+    disruption = conditions.get("DisruptionTarget", {})
     return PodView(
         name=meta["name"],
         uid=meta.get("uid", ""),
@@ -55,4 +57,6 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         unschedulable=unschedulable,
         scheduled=bool((pod.get("spec") or {}).get("nodeName")) or scheduled.get("status") == "True",
         started_at=dt.datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() if started else None,
+        disrupted=(f"{disruption.get('reason', '')}: {disruption.get('message', '')}".strip(": ")
+                   if disruption.get("status") == "True" else ""),
     )
