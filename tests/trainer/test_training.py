@@ -581,7 +581,7 @@ def llamafactory_data(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["hunyuan_full", "hunyuan_a13b_full_sft", "llama3_lora_sft", "llama3_lora_sft_ds3",
                                   "llama3_lora_sft_ray", "llama3_full_sft", "qwen2_5vl_full_sft"])
-def test_llamafactory_yamls_train_as_brought(tiny, llamafactory_data, tmp_path, name):
+def test_llamafactory_yamls_train_as_brought(tiny, tiny_a13b, llamafactory_data, tmp_path, name):
     """Tencent's published YAMLs and LLaMA-Factory's SFT examples, paths substituted: each trains, and each
     key without effect here is said once at start-up. Run where LLaMA-Factory runs them: a working folder
     whose data/ is the data folder (Tencent's YAMLs name no dataset_dir)."""
@@ -592,7 +592,8 @@ def test_llamafactory_yamls_train_as_brought(tiny, llamafactory_data, tmp_path, 
     deepspeed = tmp_path / "ds_config.json"
     deepspeed.write_text(json.dumps(ds_json or {}))
     config = tmp_path / f"{name}.yaml"
-    config.write_text(text.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
+    model = tiny_a13b if name.startswith("hunyuan_a13b") else tiny  # A13B's own YAML on the tiny A13B
+    config.write_text(text.format(model=model, dataset_dir=llamafactory_data, deepspeed=deepspeed,
                                   output=tmp_path / "out"))
     (tmp_path / "data").symlink_to(llamafactory_data)
     report = run(config, 1, tmp_path, cwd=tmp_path)
