@@ -212,7 +212,10 @@ def spec_config(job: HunyuanFineTune, with_arguments: bool = True) -> TrainerCon
         job_name=job.metadata["name"],
         **({"ddp_timeout": min(DDP_TIMEOUT, max(1, stall * 4 // 5))} if stall else {}),
     )
-    return TrainerConfig(**{**_marked(spec), **converted, **(training_arguments(spec) if with_arguments else {})})
+    config = TrainerConfig(**{**_marked(spec), **converted, **(training_arguments(spec) if with_arguments else {})})
+    if with_arguments:  # said by the trainer at start-up, as `hyft train` says them
+        config._without_effect = keys.without_effect(translate(spec.training.arguments)[0])
+    return config
 
 
 def check(job: HunyuanFineTune) -> None:

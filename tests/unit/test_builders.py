@@ -95,7 +95,7 @@ def test_config_map_holds_exactly_what_the_trainer_reads():
 def test_training_arguments_reach_the_trainer_as_its_own_keys():
     """spec.training.arguments: passed keys and LLaMA-Factory's spellings reach the ConfigMap as the trainer
     reads them (the round trip keeps them set, so they go on to TrainingArguments); keys without effect
-    stay out."""
+    reach it as written, so that the trainer says at start-up that they have none."""
     from hyft_trainer.config import passed_arguments
 
     body = load_example(ROOT / "examples" / "hunyuan-1.8b-lora.yaml", namespace="research")
@@ -110,7 +110,9 @@ def test_training_arguments_reach_the_trainer_as_its_own_keys():
     config = parse_config(yaml.safe_load(builders.config_map(job)["data"]["train.yaml"]))
     assert passed_arguments(config) == {"optim": "adamw_torch", "adam_beta2": 0.95, "warmup_steps": 10,
                                         "activation_checkpointing_kwargs": {"use_reentrant": False}}
-    assert "temperature" not in builders.config_map(job)["data"]["train.yaml"]
+    assert "temperature: 0.7" in builders.config_map(job)["data"]["train.yaml"]
+    assert [n for n in config.notes if n.startswith("temperature: has no effect here")]
+    assert "temperature" not in config.model_dump()
 
 
 def test_cpu_job_requests_no_gpu_and_runs_one_process():

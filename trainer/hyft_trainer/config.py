@@ -52,6 +52,7 @@ class _Checks(BaseModel):
 
     # keys accepted without effect, said once at start-up (not part of the schema)
     _notes: list[str] = PrivateAttr(default_factory=list)
+    _without_effect: dict[str, Any] = PrivateAttr(default_factory=dict)  # carried on by dump_config
 
     @property
     def notes(self) -> list[str]:
@@ -130,8 +131,8 @@ def parse_config(data: Any, source: str = "config") -> TrainerConfig:
     gives its fate; those without effect end up in config.notes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    data, problems = translate(data)
-    data, judged, notes = keys.judge(data)
+    data_in, problems = translate(data)
+    data, judged, notes = keys.judge(data_in)
     problems += judged
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
@@ -140,6 +141,7 @@ def parse_config(data: Any, source: str = "config") -> TrainerConfig:
     except ValidationError as err:
         raise ConfigError(f"{source}: " + "; ".join(describe(err, whole="config"))) from None
     config._notes.extend(notes)
+    config._without_effect = keys.without_effect(data_in)
     return config
 
 
@@ -157,4 +159,5 @@ def dump_config(config: TrainerConfig) -> str:
     # libyaml's emitter where the wheel has it: the operator writes one per gang it creates
     dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     unset = {key for key in keys.PASSED if key not in config.model_fields_set}
-    return yaml.dump(config.model_dump(mode="json", exclude=unset), Dumper=dumper, sort_keys=False)
+    return yaml.dump({**config.model_dump(mode="json", exclude=unset), **config._without_effect}, Dumper=dumper,
+                     sort_keys=False)

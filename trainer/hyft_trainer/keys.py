@@ -161,6 +161,12 @@ def judge(data: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
     return kept, problems, notes
 
 
+def without_effect(data: dict[str, Any]) -> dict[str, Any]:
+    """The keys that judge() drops with a note, as written: a config carries them on (the trainer says
+    them at start-up however the config reached it)."""
+    return {key: value for key, value in data.items() if (fate(key) or (None,))[0] == Fate.NO_EFFECT}
+
+
 def _hint(key: str) -> str:
     import difflib
 
