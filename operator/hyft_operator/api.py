@@ -13,7 +13,7 @@ blocks (formats.py, markers.py) and the status (status.py) are apart.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -309,7 +309,18 @@ def _output_cel(sources: tuple[str, ...]) -> str:
     return f"self.volumes.exists(v, v.name == self.output.volume && {one_of('v', sources)})"
 
 
+_SUSPENDED = "(has({0}.runPolicy) && has({0}.runPolicy.suspend) && {0}.runPolicy.suspend)"
+RESIZE_WHILE_SUSPENDED = {
+    "rule": f"(self.nodes == oldSelf.nodes && self.gpusPerNode == oldSelf.gpusPerNode) || "
+            f"{_SUSPENDED.format('self')} || {_SUSPENDED.format('oldSelf')}",
+    "message": "nodes and gpusPerNode change only while the job is suspended (runPolicy.suspend: true): "
+               "the next attempt then resumes from the newest checkpoint on the new size",
+    "fieldPath": ".nodes",
+}
+
+
 class HunyuanFineTuneSpec(ApiModel):
+    TRANSITIONS: ClassVar[tuple[dict[str, str], ...]] = (RESIZE_WHILE_SUSPENDED,)
     model: ModelSpec = Field(description="The base model: a Hugging Face model folder inside a volume.",
                              json_schema_extra=cel(IMMUTABLE))
     data: DataSpec = Field(description="Training data (ShareGPT or alpaca, JSON or JSONL).",
@@ -324,11 +335,11 @@ class HunyuanFineTuneSpec(ApiModel):
                                    json_schema_extra=cel(IMMUTABLE))
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.",
                                      json_schema_extra=cel(IMMUTABLE))
-    nodes: int = Field(1, ge=1, le=512, description="Number of pods (one master, nodes-1 workers).",
-                       json_schema_extra=cel(IMMUTABLE))
+    nodes: int = Field(1, ge=1, le=512, description="Number of pods (one master, nodes-1 workers). Changes while "
+                       "the job is suspended: the next attempt resumes from the newest checkpoint on the new size.")
     gpusPerNode: int = Field(8, ge=0, le=16,
-                             description="GPUs per pod; 0 runs on CPU (for tests and demos).",
-                             json_schema_extra=cel(IMMUTABLE))
+                             description="GPUs per pod; 0 runs on CPU (for tests and demos). Changes while the job "
+                                         "is suspended, as nodes.")
     gpuResourceName: str = Field("nvidia.com/gpu", max_length=317, pattern=QUALIFIED_NAME,
                                  description="Extended resource that counts GPUs.")
     gpuMemory: str | None = Field(

@@ -330,12 +330,31 @@ def test_pods_refused_by_admission_are_reported_not_crash_looped(api_client, op_
 
 
 # ------------------------------------------------------------- validation (the invalid table: test_validation.py)
-def test_immutable_fields_cannot_change_but_suspend_can(crds, api_client, namespace):
+def test_immutable_fields_cannot_change_and_the_size_only_while_suspended(crds, api_client, namespace):
     create(api_client, namespace, cpu_job("fixed"))
     with pytest.raises(ApiException) as err:
+        patch_spec(api_client, namespace, "fixed", {"model": {"volume": "shared", "path": "models/other"}})
+    assert err.value.status == 422 and "spec.model" in err.value.body and "immutable" in err.value.body
+    with pytest.raises(ApiException) as err:
         patch_spec(api_client, namespace, "fixed", {"nodes": 3})
-    assert err.value.status == 422 and "spec.nodes" in err.value.body and "immutable" in err.value.body
+    assert err.value.status == 422 and "spec.nodes" in err.value.body and "only while the job is suspended" in \
+        err.value.body
     patch_spec(api_client, namespace, "fixed", {"runPolicy": {"suspend": True}})
+    patch_spec(api_client, namespace, "fixed", {"nodes": 3, "gpusPerNode": 0})
+    patch_spec(api_client, namespace, "fixed", {"nodes": 1, "runPolicy": {"suspend": False}})  # in one go, too
+
+
+def test_a_suspended_job_resized_comes_back_at_its_new_size(api_client, op_namespace):
+    create(api_client, op_namespace, cpu_job("resize", nodes=2))
+    wait_phase(api_client, op_namespace, "resize", "Running")
+    patch_spec(api_client, op_namespace, "resize", {"runPolicy": {"suspend": True}})
+    wait_phase(api_client, op_namespace, "resize", "Suspended")
+    patch_spec(api_client, op_namespace, "resize", {"nodes": 1})
+    patch_spec(api_client, op_namespace, "resize", {"runPolicy": {"suspend": False}})
+    status = wait_for(lambda: (s := get(api_client, op_namespace, "resize")["status"])["phase"] == "Running"
+                      and s["readyNodes"] == "1/1" and s, what="the job running on 1 node")
+    assert [p.metadata.name for p in pods(api_client, op_namespace, "resize")] == ["resize-master-0"]
+    assert status["restarts"] == 0
 
 
 def test_server_side_defaults_are_applied(crds, api_client, namespace):

@@ -294,6 +294,38 @@ def test_two_nodes_match_one_process_with_the_same_global_batch(tiny, memorisabl
         assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: 1 process {a} vs 2 nodes {b}"
 
 
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory):
+    """Twelve chats: whole global batches of 6 on 1, 2 or 3 ranks."""
+    path = tmp_path_factory.mktemp("data") / "twelve.jsonl"
+    path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in make_samples(12, seed=22)))
+    return path
+
+
+@pytest.mark.parametrize("method", [{"finetuning_type": "lora", "learning_rate": 1e-2},
+                                    {"finetuning_type": "full", "learning_rate": 1e-3}], ids=["lora", "full"])
+def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve(tiny, twelve, tmp_path, method):
+    """ZeRO-3 (offload) shards of 2 ranks, resumed on 1 and on 3 through DeepSpeed's universal checkpoint with
+    the global batch of 6 kept (gradient accumulation 3 -> 6, 3 -> 2): the steps after the resume match the
+    uninterrupted 2-rank run within the 2-nodes-vs-1-process tolerance; the data order continues."""
+    base = {"max_steps": 8, "gradient_accumulation_steps": 3, **method}
+    whole = write_config(subdir(tmp_path, "two"), tiny, twelve, save_steps=4, output_dir=str(tmp_path / "two" / "out"),
+                         **base)
+    curve = losses(run(whole, 2, tmp_path / "two"))
+    for world, accumulation in ((1, 6), (3, 2)):
+        folder = subdir(tmp_path, f"on-{world}")
+        shutil.copytree(tmp_path / "two" / "out" / "checkpoint-4", folder / "out" / "checkpoint-4")
+        config = write_config(folder, tiny, twelve, save_steps=1000, output_dir=str(folder / "out"), **base)
+        report = run(config, world, folder)
+        assert report["resumed_from_world_size"] == 2 and report["resumed_from"].endswith("checkpoint-4")
+        assert f"gradient_accumulation_steps 3 -> {accumulation} keeps the global batch of 6" in logs(folder)
+        assert (folder / "out" / "checkpoint-4" / "COMPLETE_UNIVERSAL").exists()
+        resumed = losses(report)
+        assert len(resumed) == 8
+        for step, (a, b) in enumerate(zip(curve[4:], resumed[4:], strict=True), 5):
+            assert abs(a - b) <= 1e-4 * abs(a), f"{world} ranks, step {step}: {b} vs the 2-rank run's {a}"
+
+
 def scrape(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from .checkpoints import mark_complete
+from .resize import write_facts
 
 
 def _distributed() -> bool:
@@ -47,7 +48,10 @@ class CompleteMarker(TrainerCallback):
         if _distributed():
             dist.barrier()
         if state.is_world_process_zero:
-            mark_complete(self.output_dir / f"checkpoint-{state.global_step}", self.resumable)
+            checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
+            # how the global batch was laid out: a resume on another world size keeps it (resize.py)
+            write_facts(checkpoint, args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps)
+            mark_complete(checkpoint, self.resumable)
 
 
 class Timeline(TrainerCallback):

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import attention, fabric, flops, gpus, offload
+from . import attention, fabric, flops, gpus, offload, resize
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete, readable_by_all
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
@@ -83,6 +83,24 @@ def scheduler_floor(kwargs: dict | str, learning_rate: float) -> dict:
     if "min_lr" in kwargs and "min_lr_rate" not in kwargs:
         kwargs["min_lr_rate"] = kwargs.pop("min_lr") / learning_rate
     return kwargs
+
+
+def resumed_universal(checkpoint: Path, ds: dict, state) -> dict:
+    """Global rank 0 converts the ZeRO checkpoint to a universal one (once) while the others wait; the
+    DeepSpeed config then loads it."""
+    from .deepspeed_config import merge
+
+    failure = None
+    if state.is_main_process:
+        try:
+            resize.convert(checkpoint)
+        except resize.ResizeError as err:
+            failure = str(err)
+    state.wait_for_everyone()
+    if not resize.converted(checkpoint):
+        raise RuntimeError(failure or f"global rank 0 could not convert {checkpoint} to DeepSpeed's universal "
+                                      "checkpoint (its log says why)")
+    return merge(ds, resize.UNIVERSAL)
 
 
 def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
@@ -189,6 +207,20 @@ def train(config: TrainerConfig) -> int:
             if state.is_local_main_process:
                 print(f"hyft: another node's GPU is smaller ({smallest / 2**30:.1f} GiB): the gang follows it: "
                       f"{decision.message}", flush=True)
+    resume = starting_point(config)
+    try:
+        resized = resize.plan(resume, state.num_processes, config.per_device_train_batch_size,
+                              config.gradient_accumulation_steps) if resume else None
+    except resize.ResizeError as err:
+        raise ConfigError(str(err)) from None
+    if resized:
+        if state.is_local_main_process:
+            print(f"hyft: {resized.note}", flush=True)
+        config = config.model_copy(update={"gradient_accumulation_steps": resized.accumulation})
+        settled = settle(config, world_size, on_gpu, nvcc_available())
+        config, ds = settled.config, settled.deepspeed
+        if resized.zero:
+            ds = resumed_universal(resume, ds, state)
     metrics.preflight.set(preflight_seconds)
     fabric_facts, fabric_warnings = fabric.read(nnodes, on_gpu)
     if state.local_process_index == 0:
@@ -250,8 +282,8 @@ def train(config: TrainerConfig) -> int:
                       processing_class=tokenizer, callbacks=callbacks,
                       compute_loss_func=functools.partial(token_mean_loss, router=router,
                                                           label_smoothing=config.label_smoothing_factor))
-    resume = starting_point(config)
     measured["host_rss_before_training"] = _peak_rss()
+    measured["resumed_from_world_size"] = resized.saved_world if resized else None
     started = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if on_gpu:  # every rank's peak, allocated (tensors) and reserved (what the caching allocator holds)

@@ -1,0 +1,49 @@
+"""Resuming on another world size: what the plan keeps and what it refuses."""
+from __future__ import annotations
+
+import pytest
+
+from hyft_trainer import resize
+
+
+def checkpoint(tmp_path, ranks=2, facts=(2, 1, 3)):
+    folder = tmp_path / "checkpoint-4"
+    (folder / "global_step4").mkdir(parents=True)
+    (folder / "latest").write_text("global_step4")
+    for r in range(ranks):
+        (folder / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").write_bytes(b"")
+        (folder / "global_step4" / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    if facts:
+        resize.write_facts(folder, *facts)
+    return folder
+
+
+@pytest.mark.parametrize("world, micro, accumulation, kept, note", [
+    (1, 1, 3, 6, "written by 2 ranks, on 1: converted to DeepSpeed's universal checkpoint; "
+                 "gradient_accumulation_steps 3 -> 6 keeps the global batch of 6"),
+    (3, 1, 3, 2, "3 -> 2 keeps the global batch of 6"),
+    (3, 2, 3, 1, "3 -> 1 keeps the global batch of 6"),
+    (4, 1, 1, 1, "gradient_accumulation_steps 1 as set (global batch 4)"),  # changed on purpose: it wins
+])
+def test_the_global_batch_is_kept_unless_the_accumulation_was_changed(tmp_path, world, micro, accumulation, kept,
+                                                                       note):
+    plan = resize.plan(checkpoint(tmp_path), world, micro, accumulation)
+    assert (plan.saved_world, plan.accumulation, plan.zero) == (2, kept, True) and note in plan.note
+
+
+def test_the_same_world_needs_nothing_and_a_batch_that_cannot_be_kept_is_refused(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    assert resize.plan(ckpt, 2, 1, 3) is None
+    with pytest.raises(resize.ResizeError, match=r"a global batch of 6, which 4 ranks of per_device_train_batch_size"
+                                                 r" 1 cannot keep"):
+        resize.plan(ckpt, 4, 1, 3)
+
+
+def test_an_older_checkpoint_counts_its_shards_and_a_ddp_one_loads_as_it_is(tmp_path):
+    older = resize.plan(checkpoint(tmp_path / "a", ranks=2, facts=None), 1, 1, 2)
+    assert (older.saved_world, older.accumulation) == (2, 4)  # its accumulation taken as the config's
+    ddp = tmp_path / "b" / "checkpoint-4"
+    ddp.mkdir(parents=True)
+    resize.write_facts(ddp, 2, 1, 1)
+    plan = resize.plan(ddp, 1, 1, 1)
+    assert not plan.zero and "loaded as it is" in plan.note and plan.accumulation == 2

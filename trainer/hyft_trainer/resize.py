@@ -1,0 +1,98 @@
+"""Resuming on another world size. A ZeRO checkpoint holds one shard per rank and DeepSpeed refuses it
+on another number of ranks; its universal checkpoint (deepspeed.checkpoint.ds_to_universal) holds each
+parameter and optimizer state whole, and loads on any number. hyft converts a checkpoint once, beside
+it (marked complete like the checkpoint), loads it with DeepSpeed's `checkpoint.load_universal`, and
+keeps the global batch: gradient accumulation follows the new world size unless the config changed it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+FACTS = "hyft_checkpoint.json"  # the batch layout a checkpoint was written with (CompleteMarker)
+CONVERTED = "COMPLETE_UNIVERSAL"
+_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt$")
+
+
+class ResizeError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Resize:
+    saved_world: int
+    accumulation: int  # the gradient accumulation that keeps the checkpoint's global batch
+    zero: bool  # ZeRO shards to convert (plain DDP checkpoints load on any world size as they are)
+    note: str
+
+
+def write_facts(checkpoint: Path, world: int, micro: int, accumulation: int) -> None:
+    (checkpoint / FACTS).write_text(json.dumps({"world_size": world, "per_device_train_batch_size": micro,
+                                                "gradient_accumulation_steps": accumulation}))
+
+
+def _tag(checkpoint: Path) -> str | None:
+    latest = checkpoint / "latest"
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def zero_ranks(checkpoint: Path) -> int | None:
+    """How many data-parallel ranks wrote the checkpoint's ZeRO shards; None for a checkpoint without."""
+    tag = _tag(checkpoint)
+    ranks = {int(m.group(1)) for p in (checkpoint / tag).glob("*.pt") if (m := _ZERO_RANK.search(p.name))} \
+        if tag else set()
+    return len(ranks) or None
+
+
+def plan(checkpoint: Path, world: int, micro: int, accumulation: int) -> Resize | None:
+    """What resuming `checkpoint` on `world` ranks takes; None when it was written by as many. A
+    gradient_accumulation_steps other than the checkpoint's was changed on purpose, and wins."""
+    facts = json.loads((checkpoint / FACTS).read_text()) if (checkpoint / FACTS).is_file() else {}
+    ranks = zero_ranks(checkpoint)
+    saved = facts.get("world_size") or ranks
+    if not saved or saved == world:
+        return None
+    saved_micro = facts.get("per_device_train_batch_size", micro)
+    saved_accumulation = facts.get("gradient_accumulation_steps", accumulation)
+    batch = saved * saved_micro * saved_accumulation
+    if accumulation != saved_accumulation:
+        kept = accumulation
+        why = f"gradient_accumulation_steps {accumulation} as set (global batch {world * micro * accumulation})"
+    elif batch % (world * micro):
+        raise ResizeError(f"{checkpoint.name} was written by {saved} ranks with a global batch of {batch}, which "
+                          f"{world} ranks of per_device_train_batch_size {micro} cannot keep ({batch} is no multiple "
+                          f"of {world * micro}): set gradient_accumulation_steps (or the batch size) to the "
+                          "global batch you want")
+    else:
+        kept = batch // (world * micro)
+        why = f"gradient_accumulation_steps {saved_accumulation} -> {kept} keeps the global batch of {batch}"
+    how = "converted to DeepSpeed's universal checkpoint" if ranks else "loaded as it is"
+    return Resize(saved, kept, bool(ranks), f"resuming {checkpoint.name}, written by {saved} ranks, on {world}: "
+                                            f"{how}; {why}")
+
+
+def convert(checkpoint: Path) -> None:
+    """The universal checkpoint beside the ZeRO one (once: a complete conversion is kept and reused)."""
+    if (checkpoint / CONVERTED).is_file():
+        return
+    tag = _tag(checkpoint)
+    target = checkpoint / f"{tag}_universal"
+    shutil.rmtree(target, ignore_errors=True)  # a conversion cut short
+    done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                           str(checkpoint / tag), "--output_folder", str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ResizeError(f"converting {checkpoint} to DeepSpeed's universal checkpoint failed: "
+                          f"{(done.stderr or done.stdout).strip()[-1500:]}")
+    (checkpoint / CONVERTED).write_text(f"{tag}_universal\n")
+
+
+def converted(checkpoint: Path) -> bool:
+    return (checkpoint / CONVERTED).is_file()
+
+
+UNIVERSAL = {"checkpoint": {"load_universal": True}}  # merged into the DeepSpeed config of a resized resume
