@@ -319,6 +319,33 @@ def test_deleting_a_worker_mid_training_checkpoints_and_restarts_the_gang(node, 
             assert "hyft: node" in (out / log_file(attempt, pod)).read_text(), (attempt, pod)
 
 
+def test_a_suspended_job_patched_to_one_node_resumes_its_checkpoint_there(node, volumes, tmp_path):
+    """The 2-node example, suspended past a checkpoint, patched to nodes: 1 and resumed: one pod picks the
+    2-rank ZeRO checkpoint up (converted to a universal one), keeps the global batch and finishes."""
+    from hyft_trainer.checkpoints import newest_complete, step_of
+
+    name, steps = "local-tiny-resize", 200
+    kubectl(node, "apply", "-n", NAMESPACE, "-f", str(variant(tmp_path, name, maxSteps=steps)))
+    out = volumes / "work" / name
+    wait(node, lambda: (c := newest_complete(out)) is not None and step_of(c) >= 10, 900, "checkpoint-10")
+
+    def patch(spec):
+        kubectl(node, "patch", "hft", name, "-n", NAMESPACE, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+    patch({"runPolicy": {"suspend": True}})
+    wait(node, lambda: status(node, name).get("phase") == "Suspended" and not trainer_pods(node, name), 600,
+         "suspended, its pods gone")
+    patch({"nodes": 1})
+    patch({"runPolicy": {"suspend": False}})
+    final, _, _ = follow(node, name, timeout=1200)
+    assert final["phase"] == "Succeeded", f"{final}\n{diagnostics(node)}"
+    assert [p["metadata"]["name"] for p in trainer_pods(node, name)] == [f"{name}-master-0"]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["world_size"], report["resumed_from_world_size"], report["steps"]) == (1, 2, steps), report
+    log = (out / log_file(final["attempt"], f"{name}-master-0")).read_text()
+    assert "gradient_accumulation_steps 1 -> 2 keeps the global batch of 4" in log
+
+
 def test_a_missing_data_file_fails_at_once_without_a_restart(node, volumes, tmp_path):
     name = "local-tiny-nodata"
     kubectl(node, "apply", "-n", NAMESPACE, "-f", str(variant(tmp_path, name, data_path="no-such-file.jsonl")))
