@@ -230,6 +230,7 @@ def train(config: TrainerConfig) -> int:
         for warning in fabric_warnings:
             print(f"hyft: WARNING: {warning}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
+    trainer_cls = trainer_class(config)  # imports the Trainer (and datasets): not counted as the data's memory
     rss_before_data = _peak_rss()
     train_ds, eval_ds, report, cache = build_datasets(config, tokenizer, state)
     cache["peak_rss_growth_by_rank"] = _gathered(state, _peak_rss() - rss_before_data)
@@ -276,12 +277,12 @@ def train(config: TrainerConfig) -> int:
         raise ConfigError("loraplus_lr_ratio: the DeepSpeed JSON's optimizer block makes DeepSpeed build its own "
                           "optimizer, without LoRA+'s learning rates; remove the block (the Trainer then builds "
                           "the optimizer that optim names) or loraplus_lr_ratio")
-    trainer = trainer_class(config)(model=model, args=args, train_dataset=train_ds,
-                      eval_dataset=eval_ds if evaluates(config) else None,
-                      data_collator=collator,
-                      processing_class=tokenizer, callbacks=callbacks,
-                      compute_loss_func=functools.partial(token_mean_loss, router=router,
-                                                          label_smoothing=config.label_smoothing_factor))
+    trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
+                          eval_dataset=eval_ds if evaluates(config) else None,
+                          data_collator=collator,
+                          processing_class=tokenizer, callbacks=callbacks,
+                          compute_loss_func=functools.partial(token_mean_loss, router=router,
+                                                              label_smoothing=config.label_smoothing_factor))
     measured["host_rss_before_training"] = _peak_rss()
     measured["resumed_from_world_size"] = resized.saved_world if resized else None
     started = time.time()
