@@ -17,7 +17,7 @@ CHANGED = {
     "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
     "warmup_ratio": 0.5, "freeze_trainable_layers": -2, "additional_target": "embed_tokens",
     "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm", "default_system": "Be brief.",
-    "interleave_probs": "0.8,0.2",
+    "interleave_probs": "0.8,0.2", "quantization_bit": 4,
 }
 COMPANIONS = {"freeze_trainable_layers": {"finetuning_type": "freeze"}, "zero_stage": {"offload_param": False},
               "freeze_trainable_modules": {"finetuning_type": "freeze"},

@@ -122,6 +122,9 @@ class _MethodSpec(ApiModel):
         Rule("!(has(self.lora) && has(self.lora.merge) && self.lora.merge && has(self.type) && self.type != 'lora')",
              "lora.merge is for type lora: a full or freeze run exports the whole model already",
              lambda s: not (s.lora.merge and s.type != "lora"), field="lora.merge"),
+        Rule("!(has(self.lora) && has(self.lora.quantizationBit) && has(self.type) && self.type != 'lora')",
+             "lora.quantizationBit (QLoRA) trains LoRA on the quantized base: it is for type lora",
+             lambda s: not (s.lora.quantizationBit and s.type != "lora"), field="lora.quantizationBit"),
     )
 
 
@@ -420,6 +423,13 @@ class HunyuanFineTuneSpec(ApiModel):
         Rule("!has(self.network) || !has(self.network.resources) || !(self.gpuResourceName in self.network.resources)",
              "the GPU resource is set by gpusPerNode, not network.resources",
              lambda s: s.gpuResourceName not in s.network.resources, field="network.resources"),
+        Rule("!(has(self.method) && has(self.method.lora) && has(self.method.lora.quantizationBit) && "
+             "self.method.lora.quantizationBit == 8 && (!has(self.deepspeed) || !has(self.deepspeed.stage) || "
+             "self.deepspeed.stage == 3))",
+             "quantizationBit 8: ZeRO-3 shards 4-bit bitsandbytes weights only: use quantizationBit 4, or "
+             "deepspeed.stage 2 or 0",
+             lambda s: not (s.method.lora.quantizationBit == 8 and s.deepspeed.stage == 3),
+             field="method.lora.quantizationBit"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
              "a variable is set both in env and in secretEnv: keep one",
              lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),

@@ -183,6 +183,40 @@ def assert_merged_export(out, tiny):
             assert mode & want_bits == want_bits, f"{path}: {oct(mode)}"
 
 
+def qlora_run(tiny, data, tmp_path, name, **engine):
+    """Two nodes train LoRA on the tiny model's base quantized by bitsandbytes: bitsandbytes' layers replace
+    q, k, v, o, gate, up and down in every decoder layer, and the loss falls."""
+    config = write_config(subdir(tmp_path, name), tiny, data, max_steps=30, learning_rate=1e-2,
+                          output_dir=str(tmp_path / name / "out"), **engine)
+    report = run(config, 2, tmp_path / name)
+    layers = json.loads((tiny / "config.json").read_text())["num_hidden_layers"]
+    assert report["quantization"] == {"method": "bnb", "bits": engine["quantization_bit"], "layers": 7 * layers}
+    assert falls(losses(report)), losses(report)
+    return losses(report)
+
+
+def test_two_nodes_qlora_4bit_under_zero3_offload_follows_zero2_and_merges_onto_the_16bit_base(
+        tiny, memorisable, tmp_path):
+    """ZeRO-3 partitions the 4-bit weights (stored in the training dtype) and gathers them intact: the
+    curve is ZeRO-2's. The adapter reloads on the 16-bit base, and merge_lora merges it there."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    zero2 = qlora_run(tiny, memorisable, tmp_path, "zero2", quantization_bit=4, zero_stage=2, offload_param=False)
+    zero3 = qlora_run(tiny, memorisable, tmp_path, "zero3", quantization_bit=4, merge_lora=True)
+    for step, (a, b) in enumerate(zip(zero2, zero3, strict=True), 1):
+        assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: ZeRO-2 {a} vs ZeRO-3 {b}"
+    out = tmp_path / "zero3" / "out"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), out / "export")
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    assert_merged_export(out, tiny)
+
+
+def test_two_nodes_qlora_8bit_trains_under_plain_ddp(tiny, memorisable, tmp_path):
+    qlora_run(tiny, memorisable, tmp_path, "ddp", quantization_bit=8, zero_stage=0, offload_optimizer=False,
+              offload_param=False)
+
+
 def test_two_nodes_full_finetuning_exports_16bit_weights_that_reload(tiny, memorisable, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -399,7 +433,9 @@ def test_a_half_written_checkpoint_is_never_resumed(tiny, memorisable, tmp_path)
 
 @pytest.mark.parametrize("change, message", [
     ({"lora_rnak": 8}, "lora_rnak: unknown key (did you mean 'lora_rank'?)"),
-    ({"quantization_bit": 4}, "quantization_bit: QLoRA is not supported"),
+    ({"quantization_bit": 8}, "quantization_bit 8: ZeRO-3 shards 4-bit bitsandbytes weights only"),
+    ({"quantization_bit": 8, "zero_stage": 2, "offload_param": False, "deepspeed": {"zero_optimization": {"stage": 3}}},
+     "quantization_bit 8: ZeRO-3 shards 4-bit bitsandbytes weights only"),  # a brought DeepSpeed JSON's stage
     ({"deepspeed": {"bf16": {"enabled": True}}, "bf16": False}, "deepspeed bf16.enabled is true but bf16 is false"),
     ({"data_files": [{"path": "/nope/data.jsonl"}]}, "data: /nope/data.jsonl: no such file or folder"),
     ({"deepspeed": {"train_batch_size": 64, "zero_optimization": {"stage": 2}}},
@@ -722,6 +758,7 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["fail_fast"]["passed"] and "this node expects 1 GPU(s)" in result["fail_fast"]["message"]
     assert result["train"]["exit_code"] == 0 and result["train"]["steps"] == 3
     assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None
+    assert result["qlora"]["exit_code"] == 0 and result["qlora"]["quantization"]["bits"] == 4
 
 
 def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llamafactory_data, tmp_path):

@@ -131,3 +131,17 @@ def test_plain_ddp_holds_the_whole_model_on_every_gpu():
     assert ddp.gpu_bytes_per_device > zero3.gpu_bytes_per_device
     lora = next(e for e in estimate(shape, 1, 8, method="lora") if e.stage == 0)
     assert lora.gpu_bytes_per_device < ddp.gpu_bytes_per_device
+
+
+@pytest.mark.parametrize("bits, per_weight", [(4, 0.5 + 4 / 64), (8, 1.0)])
+def test_qlora_holds_the_decoder_layers_at_their_bits_and_the_embeddings_at_16(bits, per_weight):
+    shape = load_shape("7B")
+    for stage in (0, 2):
+        plain, quantized = (next(e for e in estimate(shape, 1, 8, method="lora", weight_bits=b)
+                                 if (e.stage, e.offload) == (stage, "none")) for b in (16, bits))
+        kept = shape.embedding_params * (1 if shape.tied else 2)
+        frozen = shape.params - shape.lora_params(8)
+        saved = plain.gpu_bytes_per_device - quantized.gpu_bytes_per_device
+        assert saved == pytest.approx((frozen - kept) * (2 - per_weight))
+    qlora = next(e for e in estimate(shape, 1, 1, method="lora", seq=1024, weight_bits=4) if e.stage == 0)
+    assert qlora.gpu_bytes_per_device < 12 * GIB  # QLoRA's point: a 7B on one consumer GPU

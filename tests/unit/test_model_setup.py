@@ -107,3 +107,42 @@ def test_upcast_layernorm_keeps_the_norms_in_float32_without_deepspeed(tiny_mode
     zero3 = parse_config({**BASE, "upcast_layernorm": True})
     assert upcast_norms(model, zero3) == 0
     assert any(n.startswith("upcast_layernorm: has no effect here: DeepSpeed") for n in zero3.notes)
+
+
+@pytest.mark.parametrize("settings, deepspeed, device, want", [
+    ({}, None, "cpu", {}),
+    ({"quantization_bit": 4, "zero_stage": 2, "bf16": True}, {"zero_optimization": {"stage": 2}}, "cuda:3",
+     {"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                              "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_storage": "bfloat16"},
+      "device_map": {"": "cuda:3"}}),  # the whole model on the rank's own GPU: bitsandbytes quantizes it there
+    ({"quantization_bit": 4, "zero_stage": 0, "quantization_type": "fp4", "double_quantization": False}, None, "cpu",
+     {"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
+                              "bnb_4bit_compute_dtype": "float32", "bnb_4bit_quant_storage": "float32"},
+      "device_map": {"": "cpu"}}),
+    ({"quantization_bit": 8, "zero_stage": 0, "fp16": True}, None, "cuda:0",
+     {"quantization_config": {"load_in_8bit": True}, "device_map": {"": "cuda:0"}}),
+    ({"quantization_bit": 4, "bf16": True}, {"zero_optimization": {"stage": 3}}, "cuda:1",  # no device map
+     {"quantization_config": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+                              "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_storage": "bfloat16"}}),
+])
+def test_qlora_loads_the_base_through_bitsandbytes_on_the_ranks_device(settings, deepspeed, device, want):
+    from hyft_trainer.model_setup import quantized_loading
+
+    assert quantized_loading(parse_config({**BASE, **settings}), deepspeed, device) == want
+
+
+def test_qlora_is_refused_in_8_bits_under_zero3_without_lora_or_on_an_already_quantized_base():
+    from types import SimpleNamespace
+
+    from hyft_trainer.model_setup import check_model, quantized_loading
+
+    with pytest.raises(ConfigError, match="ZeRO-3 shards 4-bit bitsandbytes weights only"):
+        parse_config({**BASE, "quantization_bit": 8, "zero_stage": 3})
+    with pytest.raises(ConfigError, match="finetuning_type lora, not full"):
+        parse_config({**BASE, "quantization_bit": 4, "finetuning_type": "full"})
+    brought = parse_config({**BASE, "quantization_bit": 8, "zero_stage": 2})
+    with pytest.raises(ConfigError, match="ZeRO-3 shards 4-bit"):  # a brought DeepSpeed JSON's own stage
+        quantized_loading(brought, {"zero_optimization": {"stage": 3}}, "cpu")
+    gptq = SimpleNamespace(quantization_config={"quant_method": "gptq", "bits": 4})
+    with pytest.raises(ConfigError, match="GPTQ-quantized already"):
+        check_model(brought, gptq)

@@ -37,7 +37,8 @@ FULL = {
              "packing": False, "trainOnPrompt": False, "maskHistory": False, "skipInvalidSamples": False,
              "valSize": 0.1},
     "output": {"volume": "shared", "path": "runs/full"},
-    "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["q_proj"]},
+    "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["q_proj"],
+                                        "quantizationBit": None},  # changed to 4: 8 bits need stage 2
                "freeze": {"trainableLayers": 2}},
     "training": {"learningRate": 1e-4, "lrSchedulerType": "cosine", "warmupRatio": 0.1, "weightDecay": 0.1,
                  "epochs": 2.0, "maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulationSteps": 2,

@@ -62,7 +62,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     except (OSError, KeyError, ValueError) as err:
         sys.exit(f"--model {model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
     results = estimate(shape, args.nodes, args.gpus_per_node, args.method, args.lora_rank, args.batch, args.seq,
-                       not args.no_checkpointing, merge=args.merge)
+                       not args.no_checkpointing, merge=args.merge, weight_bits=args.quantization_bit or 16)
     print(render(shape, results, args.gpu_memory))
 
 
@@ -147,6 +147,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, argparse.Argument
                    help=f"sequence length, i.e. cutoff_len (default {default('cutoff_len')})")
     p.add_argument("--no-checkpointing", action="store_true", help="without gradient checkpointing")
     p.add_argument("--merge", action="store_true", help="LoRA with merge_lora: count the merged export")
+    p.add_argument("--quantization-bit", type=int, choices=[4, 8], help="QLoRA (--method lora): the base model's "
+                   "decoder layers held at this many bits")
     p.add_argument("--gpu-memory", type=float, help="GPU memory in GiB: mark which options fit")
     p.set_defaults(func=cmd_estimate)
 

@@ -24,6 +24,10 @@ from .llamafactory_keys import translate
 from .problems import describe
 from .upstream_keys import TRAINING_ARGUMENTS
 
+# ZeRO-3 partitions bitsandbytes' 4-bit weights (stored in the training dtype), not its 8-bit ones
+QUANTIZED_UNDER_ZERO3 = ("quantization_bit 8: ZeRO-3 shards 4-bit bitsandbytes weights only: use quantization_bit 4, "
+                         "or zero_stage 2 (DeepSpeed, the optimizer offloadable) or 0 (plain DDP)")
+
 
 def map_paths(model: BaseModel, rewrite: Callable[[str], str]) -> BaseModel:
     """A copy of model with every path field (marked PATH, in nested models too) rewritten."""
@@ -96,6 +100,11 @@ class _Checks(BaseModel):
         if self.upcast_layernorm and (self.zero_stage or self.deepspeed is not None):
             self._notes.append("upcast_layernorm: has no effect here: DeepSpeed keeps every parameter in the "
                                "training precision (it applies with zero_stage 0)")
+        if self.quantization_bit and self.finetuning_type != "lora":
+            raise ValueError(f"quantization_bit (QLoRA) trains LoRA on the quantized base: finetuning_type lora, "
+                             f"not {self.finetuning_type}")
+        if self.quantization_bit == 8 and self.zero_stage == 3 and self.deepspeed is None:
+            raise ValueError(QUANTIZED_UNDER_ZERO3)
         if self.merge_lora and self.finetuning_type != "lora":
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")

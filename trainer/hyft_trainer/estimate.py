@@ -179,13 +179,23 @@ def layer_activations(shape: Shape, tokens: int, element: int = 2) -> float:
     return tokens * element * (norms + attention + mlp)
 
 
-def ddp_states(trainable: int, frozen: int, method: str, half_precision: bool) -> float:
+def frozen_bytes(shape: Shape, frozen: int, element: int, weight_bits: int = 16) -> float:
+    """The frozen weights: element bytes each, or under QLoRA the decoder layers' at weight_bits with
+    bitsandbytes' constants (4-bit: a float32 scale per 64 weights, fewer with double quantization),
+    the embeddings and output layer left unquantized."""
+    if weight_bits >= 8 * element:
+        return frozen * element
+    kept = min(frozen, shape.embedding_params * (1 if shape.tied else 2))
+    return (frozen - kept) * (weight_bits / 8 + (4 / 64 if weight_bits == 4 else 0)) + kept * element
+
+
+def ddp_states(trainable: int, frozen_weights: float, method: str, half_precision: bool) -> float:
     """Without DeepSpeed torch's AdamW keeps its two moments in the parameters' dtype: 16-bit weights,
     gradients and moments for full fine-tuning in bf16/fp16; LoRA adapters are float32 (peft upcasts
-    them) over 16-bit frozen weights."""
+    them) over the frozen weights (frozen_bytes)."""
     element = 2 if half_precision else 4
     per_trainable = 16 if method == "lora" or not half_precision else 4 * element
-    return trainable * per_trainable + frozen * element
+    return trainable * per_trainable + frozen_weights
 
 
 def activations(shape: Shape, batch: int, seq: int, checkpointing: bool, element: int = 2) -> float:
@@ -199,9 +209,9 @@ def activations(shape: Shape, batch: int, seq: int, checkpointing: bool, element
 
 def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full", lora_rank: int = 8,
              batch: int = 1, seq: int = 2048, checkpointing: bool = True, half_precision: bool = True,
-             on_gpu: bool = True, merge: bool = False) -> list[Estimate]:
+             on_gpu: bool = True, merge: bool = False, weight_bits: int = 16) -> list[Estimate]:
     """Every ZeRO option; half_precision False for float32 training; on_gpu False for a CPU run
-    (gpus_per_node then counts processes); merge: LoRA's merge_lora."""
+    (gpus_per_node then counts processes); merge: LoRA's merge_lora; weight_bits: QLoRA's quantization_bit."""
     trainable = shape.params if method == "full" else shape.lora_params(lora_rank)
     frozen = shape.params - trainable
     act = activations(shape, batch, seq, checkpointing, 2 if half_precision else 4)
@@ -217,20 +227,25 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
                (0, False, False)]
     for stage, opt, par in options:
         if stage == 0:  # plain DDP: every GPU holds the whole model, its gradients and its optimizer states
+            frozen_weights = frozen_bytes(shape, frozen, 2 if half_precision else 4, weight_bits)
             out.append(Estimate(0, "none", 0, base, export, gpus_per_node,
-                                ddp_states(trainable, frozen, method, half_precision) + act + runtime, act))
+                                ddp_states(trainable, frozen_weights, method, half_precision) + act + runtime, act))
             continue
         host, gpu = model_states(trainable, shape.largest_layer if method == "full" else trainable,
                                  gpus_per_node, nodes, stage, opt, par)
         # Frozen bf16 weights (LoRA/freeze): sharded by ZeRO-3 (in host memory when params are offloaded).
+        # A QLoRA base is quantized whole on every GPU before ZeRO-3 partitions it: that is its floor.
         if frozen:
+            frozen_weights = frozen_bytes(shape, frozen, 2, weight_bits)
             if stage == 3 and par:
-                host += 2 * frozen / nodes
+                host += frozen_weights / nodes
                 gpu += 4 * shape.largest_layer
             elif stage == 3:
-                gpu += 2 * frozen / (nodes * gpus_per_node)
+                gpu += frozen_weights / (nodes * gpus_per_node)
             else:
-                gpu += 2 * frozen
+                gpu += frozen_weights
+            if stage == 3 and weight_bits < 16:
+                gpu = max(gpu, frozen_weights)
         offload = "params+optimizer" if par else "optimizer" if opt else "none"
         out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act + runtime, act))
     return out

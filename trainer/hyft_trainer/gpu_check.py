@@ -7,13 +7,14 @@
 3. the default GPU path through `hyft train` (bf16, ZeRO-3 with offload, LoRA, gradient checkpointing,
    packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
    loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
+   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels);
 4. which attention kernels ran on a packed batch (a profiled forward and backward);
 5. `pytest -m unit` on the GPU host (the suite forces CPU; this proves it passes where CUDA is visible).
 
 --dry-run runs the same steps on the CPU with a tiny model (CI: the script's own logic, no GPU), and
 skips what needs one (MFU, kernels, the unit tier CI runs anyway).
-A GPU machine may reach no package registry: `make gpu-wheels` puts what this needs beyond the machine's
-own torch into .whl/ (see the README's GPU check).
+A GPU machine may reach no package registry: carry hyft's trainer dependencies beyond the machine's own
+torch as wheels (see the README's GPU check).
 """
 from __future__ import annotations
 
@@ -138,6 +139,18 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     result["memory"] = {"estimate_gpu_bytes": planned.gpu_bytes_per_device, "measured_reserved_bytes": measured,
                         "measured_vs_estimate": measured / planned.gpu_bytes_per_device if measured else None,
                         "peak_host_rss_bytes": report.get("peak_host_rss_bytes")}
+    # 3c. QLoRA: the same path on a 4-bit base (bitsandbytes' kernels for this GPU, under ZeRO-3)
+    qlora_out = workdir / "out-qlora"
+    code, text, seconds = run_train({**config, "quantization_bit": 4, "max_steps": min(steps, 10),
+                                     "output_dir": str(qlora_out)}, workdir, 0 if dry_run else 1, "qlora")
+    result["qlora"] = {"exit_code": code, "seconds": round(seconds, 1)}
+    if code == 0 and (qlora_out / "report.json").exists():
+        qlora = json.loads((qlora_out / "report.json").read_text())
+        result["qlora"].update(quantization=qlora.get("quantization"), tokens_per_second=qlora.get(
+            "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"),
+            losses=[h["loss"] for h in qlora["log_history"] if "loss" in h])
+    else:
+        result["qlora"]["log_tail"] = text[-3000:]
     # 4. attention kernels on a packed batch
     if on_gpu:
         try:

@@ -118,6 +118,16 @@ KNOBS: tuple[Knob, ...] = (
          "output_dir/merged: 16-bit safetensors shards with the tokenizer, chat template, generation config and "
          "the model's own code, ready for a serving pod (merged on global rank 0's node, in host memory: hyft "
          "estimate counts it).", HYFT, spec="method.lora.merge"),
+    Knob("quantization_bit", Literal[4, 8] | None, None, "QLoRA: load the base model's linear layers quantized "
+         "to this many bits by bitsandbytes and train LoRA on top (the embeddings and output layer stay 16-bit; "
+         "with zero_stage 0 or 2). merge_lora then merges onto the 16-bit base.", HYFT, LLAMAFACTORY,
+         spec="method.lora.quantizationBit"),
+    Knob("quantization_method", Literal["bnb"], "bnb", "How quantization_bit quantizes the base model: bnb "
+         "(bitsandbytes, at load; a GPTQ/AWQ model folder brings its own quantization_config).", HYFT, LLAMAFACTORY),
+    Knob("quantization_type", Literal["nf4", "fp4"], "nf4", "QLoRA 4-bit: the data type of the quantized weights.",
+         HYFT, LLAMAFACTORY, spec="method.lora.quantizationType"),
+    Knob("double_quantization", bool, True, "QLoRA 4-bit: quantize the quantization constants too (about 0.4 "
+         "bits per parameter less).", HYFT, LLAMAFACTORY, spec="method.lora.doubleQuantization"),
     Knob("additional_target", str | None, None, "Comma-separated modules besides the LoRA layers that train in "
          "full and are saved with the adapter (peft's modules_to_save), e.g. embed_tokens,lm_head.", METHOD,
          LLAMAFACTORY),

@@ -38,8 +38,6 @@ NO_EFFECT = {
 
 # Refused when set to anything but off (False, None, 0, ""); the text says what to do.
 REFUSED = {
-    "quantization_bit": "QLoRA is not supported: train LoRA on the 16-bit model (finetuning_type: lora)",
-    "quantization_method": "QLoRA is not supported: train LoRA on the 16-bit model (finetuning_type: lora)",
     "use_unsloth": "unsloth is not supported: remove the key",
     "use_dora": "DoRA is not supported: remove the key for plain LoRA",
     "pissa_init": "PiSSA is not supported: remove the key for plain LoRA initialisation",

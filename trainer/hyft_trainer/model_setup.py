@@ -3,7 +3,7 @@ quantized base model allows."""
 from __future__ import annotations
 
 from . import attention
-from .config import ConfigError, TrainerConfig
+from .config import QUANTIZED_UNDER_ZERO3, ConfigError, TrainerConfig
 from .moe import moe_blocks
 
 
@@ -127,12 +127,34 @@ def attention_kernel(config: TrainerConfig, on_gpu: bool) -> tuple[str, str]:
 def check_model(config: TrainerConfig, model_config) -> None:
     quant = getattr(model_config, "quantization_config", None)
     method = (quant or {}).get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if method and config.quantization_bit:
+        raise ConfigError(f"quantization_bit: the base model is {method.upper()}-quantized already (its config's "
+                          "quantization_config): remove quantization_bit, or point model_name_or_path at the "
+                          "16-bit model")
     if method in ("gptq", "awq"):
         if config.zero_stage == 3 or config.deepspeed is not None:
             raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by ZeRO-3; use "
                               "zero_stage 0 or 2 with finetuning_type lora")
         if config.finetuning_type != "lora":
             raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
+
+
+def quantized_loading(config: TrainerConfig, deepspeed: dict | None, device: str) -> dict:
+    """from_pretrained's keywords for QLoRA: bitsandbytes' settings as LLaMA-Factory builds them (4-bit weights
+    stored in the training dtype, which ZeRO-3 can partition); {} without QLoRA. Without ZeRO-3 the model is
+    placed whole on this process's device, where bitsandbytes quantizes it; under ZeRO-3 transformers refuses
+    a device map and its quantizer takes the current device (accelerate set it to the local rank's GPU)."""
+    if not config.quantization_bit:
+        return {}
+    zero3 = (deepspeed or {}).get("zero_optimization", {}).get("stage") == 3
+    if zero3 and config.quantization_bit == 8:
+        raise ConfigError(QUANTIZED_UNDER_ZERO3)
+    dtype = "bfloat16" if config.bf16 else "float16" if config.fp16 else "float32"
+    quant = {"load_in_8bit": True} if config.quantization_bit == 8 else {
+        "load_in_4bit": True, "bnb_4bit_quant_type": config.quantization_type,
+        "bnb_4bit_use_double_quant": config.double_quantization, "bnb_4bit_compute_dtype": dtype,
+        "bnb_4bit_quant_storage": dtype}
+    return {"quantization_config": quant} if zero3 else {"quantization_config": quant, "device_map": {"": device}}
 
 
 def trainer_class(config: TrainerConfig):

@@ -23,7 +23,7 @@ from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model, trainer_class, upcast_norms
+from .model_setup import apply_method, attention_kernel, check_model, quantized_loading, trainer_class, upcast_norms
 from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
 from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
@@ -231,6 +231,7 @@ def train(config: TrainerConfig) -> int:
             print(f"hyft: WARNING: {warning}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
     trainer_cls = trainer_class(config)  # imports the Trainer (and datasets): not counted as the data's memory
+    quantized = quantized_loading(config, ds, str(state.device))  # a brought DeepSpeed JSON's stage: refused now
     rss_before_data = _peak_rss()
     train_ds, eval_ds, report, cache = build_datasets(config, tokenizer, state)
     cache["peak_rss_growth_by_rank"] = _gathered(state, _peak_rss() - rss_before_data)
@@ -242,8 +243,12 @@ def train(config: TrainerConfig) -> int:
     if state.local_process_index == 0:
         print(f"hyft: attention: {kernel} ({kernel_why})", flush=True)
         print(f"hyft: {MODEL_LOADING} {config.model_name_or_path}", flush=True)
-    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype,
-                                                 attn_implementation=kernel, trust_remote_code=remote)
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        quantized["quantization_config"] = BitsAndBytesConfig(**quantized["quantization_config"])
+    model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype, attn_implementation=kernel,
+                                                 trust_remote_code=remote, **quantized)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
     measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
@@ -251,6 +256,9 @@ def train(config: TrainerConfig) -> int:
                                documents=kernel == attention.VARLEN)
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
     measured["data_cache"] = cache
+    # QLoRA: what bitsandbytes made of the base (its quantized layers, counted)
+    measured["quantization"] = {"method": config.quantization_method, "bits": config.quantization_bit, "layers": sum(
+        type(m).__module__.startswith("bitsandbytes") for m in model.modules())} if quantized else None
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
                     attention={"implementation": kernel, "why": kernel_why},
                     offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
