@@ -26,7 +26,7 @@ def test_series_appear_with_their_first_value():
     state = SimpleNamespace(max_steps=100, global_step=0, num_input_tokens_seen=0, epoch=0.0)
     callback.on_train_begin(None, state, None)
     assert {k: v for k, v in exported(metrics).items() if k not in start} == {
-        "hyft_train_total_steps": 100, "hyft_train_global_step": 0}
+        "hyft_train_total_steps": 100, "hyft_train_global_step": 0, "hyft_train_overflow_skipped_steps": 0}
 
     state.global_step, state.num_input_tokens_seen, state.epoch = 1, 4096, 0.01
     callback.on_step_end(None, state, None)
@@ -117,3 +117,34 @@ def test_mfu_is_tokens_per_second_times_a_tokens_share_of_the_peak():
     without = TrainingMetrics("job-a", 0)
     MetricsCallback(without, global_batch=8).on_train_begin(None, state, None)
     assert "hyft_train_mfu" not in exported(without)
+
+
+def test_steps_fp16_loss_scaling_skips_on_an_overflow_are_counted():
+    """The Trainer hands its callbacks accelerate's optimizer wrapper; with a loss scaler (torch's GradScaler
+    here, on the CPU; DeepSpeed's fp16 engine alike) it says whether the step was skipped."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.state import AcceleratorState
+
+    Accelerator(cpu=True)
+    try:
+        weight = torch.nn.Parameter(torch.ones(4))
+        optimizer = AcceleratedOptimizer(torch.optim.SGD([weight], lr=0.1), device_placement=False,
+                                         scaler=torch.amp.GradScaler("cpu", init_scale=2.0**16))
+        metrics = TrainingMetrics("job-a", 0)
+        callback = MetricsCallback(metrics, global_batch=8)
+        state = SimpleNamespace(max_steps=10, global_step=0, num_input_tokens_seen=0, epoch=0.0)
+        callback.on_train_begin(None, state, None)
+        for step, overflow in enumerate((False, True, False, True), 1):
+            loss = (weight * (float("inf") if overflow else 1.0)).sum()
+            optimizer.scaler.scale(loss).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            state.global_step = step
+            callback.on_step_end(None, state, None, optimizer=optimizer)
+        assert callback.overflow_skipped_steps == 2
+        assert exported(metrics)["hyft_train_overflow_skipped_steps"] == 2
+        assert optimizer.scaler.get_scale() == 2.0**14  # halved at each overflow
+    finally:
+        AcceleratorState._reset_state(True)

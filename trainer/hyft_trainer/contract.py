@@ -104,8 +104,10 @@ MFU = "hyft_train_mfu"  # model FLOPs per second over the GPUs' dense bf16/fp16 
 STEP_DURATION = "hyft_train_step_duration_seconds"  # a histogram
 GPU_LABEL = "local_rank"
 GPU_METRICS = (PEAK_GPU_MEMORY, PEAK_GPU_RESERVED, MFU)  # none on a CPU
+OVERFLOW_SKIPPED_STEPS = "hyft_train_overflow_skipped_steps"  # fp16 loss scaling: steps an overflow skipped
 ROUTER_AUX_LOSS = "hyft_train_router_aux_loss"  # a mixture of experts' load-balancing loss
 MOE_METRICS = (ROUTER_AUX_LOSS,)  # none for a dense model
 TRAINER_METRICS = (STEP, TOTAL_STEPS, LOSS, EVAL_LOSS, LEARNING_RATE, GRAD_NORM, EPOCH, TOKENS_PER_SECOND,
                    SAMPLES_PER_SECOND, ETA, LAST_STEP_TIME, PROCESS_START, HEARTBEAT, CHECKPOINT_STEP,
-                   PREFLIGHT_SECONDS, PEAK_HOST_RSS, STEP_DURATION, *GPU_METRICS, *MOE_METRICS)
+                   PREFLIGHT_SECONDS, PEAK_HOST_RSS, STEP_DURATION, OVERFLOW_SKIPPED_STEPS, *GPU_METRICS,
+                   *MOE_METRICS)

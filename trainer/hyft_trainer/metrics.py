@@ -102,6 +102,8 @@ class TrainingMetrics:
         self.eval_loss = gauge(c.EVAL_LOSS, "Loss on the held-out set")
         self.router_aux_loss = gauge(c.ROUTER_AUX_LOSS, "A mixture of experts' router load-balancing loss, "
                                                         "mean over the last logging interval and every rank")
+        self.overflow_skipped_steps = gauge(c.OVERFLOW_SKIPPED_STEPS, "Optimizer steps this attempt skipped because "
+                                            "fp16 loss scaling found an overflow (then it lowers the scale)")
         self.checkpoint_step = gauge(c.CHECKPOINT_STEP, "Step of the newest complete checkpoint")
         self.peak_rss = gauge(c.PEAK_HOST_RSS, "Peak resident memory of this process")
         self.gpu_memory = GpuMemory(self.labels, launch_dir, local_rank)
@@ -134,6 +136,7 @@ class MetricsCallback(TrainerCallback):
         self._started = None
         self._first_step = 0
         self._tokens = 0
+        self.overflow_skipped_steps = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.metrics.total_steps.set(state.max_steps)
@@ -141,10 +144,16 @@ class MetricsCallback(TrainerCallback):
         self._started = self._last = time.monotonic()
         self._first_step = state.global_step
         self._tokens = state.num_input_tokens_seen
+        self.metrics.overflow_skipped_steps.set(self.overflow_skipped_steps)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         now = time.monotonic()
         m = self.metrics
+        # accelerate's optimizer wrapper says whether the loss scaler (torch's, or DeepSpeed's) skipped this step;
+        # without loss scaling it is always False
+        if getattr(optimizer, "step_was_skipped", False):
+            self.overflow_skipped_steps += 1
+            m.overflow_skipped_steps.set(self.overflow_skipped_steps)
         if self._last is not None:
             m.step_seconds.observe(now - self._last)
         self._last = now

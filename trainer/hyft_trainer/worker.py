@@ -275,10 +275,11 @@ def train(config: TrainerConfig) -> int:
 
     stop, timeline = StopOnSignal(launch_file(STOP_FILE)), Timeline()
     peak_per_token = mfu_basis(config, on_gpu, world_size, state.is_local_main_process)
+    exporter = MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
+                               * state.num_processes, peak_per_token)
     callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
                  *([router] if router else []),  # before the metrics: they export what it logs
-                 MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
-                                 * state.num_processes, peak_per_token)]
+                 exporter]
     if args.load_best_model_at_end and config.early_stopping_steps:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_steps))
     if config.loraplus_lr_ratio and isinstance(ds, dict) and "optimizer" in ds:
@@ -304,7 +305,7 @@ def train(config: TrainerConfig) -> int:
     else:
         export(trainer, config, tokenizer, state, report, result, started, resume,
                {**measured, "peak_host_rss_bytes": _peak_rss(), "preflight_seconds": round(preflight_seconds, 3),
-                "timeline": timeline.points})
+                "timeline": timeline.points, "overflow_skipped_steps": exporter.overflow_skipped_steps})
     # Leave together: a rank that exits while another still talks to it makes gloo abort.
     state.wait_for_everyone()
     state.destroy_process_group()
