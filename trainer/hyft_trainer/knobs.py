@@ -120,7 +120,7 @@ KNOBS: tuple[Knob, ...] = (
          "estimate counts it).", HYFT, spec="method.lora.merge"),
     Knob("quantization_bit", Literal[4, 8] | None, None, "QLoRA: load the base model's linear layers quantized "
          "to this many bits by bitsandbytes and train LoRA on top (the embeddings and output layer stay 16-bit; "
-         "with zero_stage 0 or 2). merge_lora then merges onto the 16-bit base.", HYFT, LLAMAFACTORY,
+         "8 bits need zero_stage 0 or 2). merge_lora then merges onto the 16-bit base.", HYFT, LLAMAFACTORY,
          spec="method.lora.quantizationBit"),
     Knob("quantization_method", Literal["bnb"], "bnb", "How quantization_bit quantizes the base model: bnb "
          "(bitsandbytes, at load; a GPTQ/AWQ model folder brings its own quantization_config).", HYFT, LLAMAFACTORY),
