@@ -351,8 +351,20 @@ def test_a_suspended_job_resized_comes_back_at_its_new_size(api_client, op_names
     wait_phase(api_client, op_namespace, "resize", "Suspended")
     patch_spec(api_client, op_namespace, "resize", {"nodes": 1})
     patch_spec(api_client, op_namespace, "resize", {"runPolicy": {"suspend": False}})
-    status = wait_for(lambda: (s := get(api_client, op_namespace, "resize")["status"])["phase"] == "Running"
-                      and s["readyNodes"] == "1/1" and s, what="the job running on 1 node")
+    seen = {}
+
+    def running_on_one_node():
+        seen.update(status=get(api_client, op_namespace, "resize")["status"],
+                    pods={p.metadata.name: (p.status.phase, p.metadata.labels.get("hyft.io/attempt"),
+                                            p.metadata.deletion_timestamp is not None)
+                          for p in pods(api_client, op_namespace, "resize")})
+        status = seen["status"]
+        return status if status["phase"] == "Running" and status["readyNodes"] == "1/1" else None
+
+    try:
+        status = wait_for(running_on_one_node, what="the job running on 1 node")
+    except AssertionError as err:
+        raise AssertionError(f"{err}; last seen: {seen}") from None
     assert [p.metadata.name for p in pods(api_client, op_namespace, "resize")] == ["resize-master-0"]
     assert status["restarts"] == 0
 

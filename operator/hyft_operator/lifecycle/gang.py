@@ -42,8 +42,11 @@ class Gang:
         self.st.observedGeneration = job.metadata.get("generation")
         self.plan = Plan(status=self.st)
         self.total = self.spec.nodes
-        self.current = sorted((p for p in pods if p.attempt == self.st.attempt), key=lambda p: p.rank)
-        self.stale = [p for p in pods if p.attempt != self.st.attempt]
+        # A rank beyond spec.nodes (the job was resized while suspended) is stale like another attempt's pods:
+        # deleted, and waited for before the gang is recreated.
+        ours = [p for p in pods if p.attempt == self.st.attempt and p.rank < self.total]
+        self.current = sorted(ours, key=lambda p: p.rank)
+        self.stale = [p for p in pods if p not in ours]
         # The reason of the last transition: the phase's own condition, or Reconciling's while Pending.
         reason_from = self.st.phase if self.st.phase in PHASE_CONDITIONS else ConditionType.RECONCILING
         self.reason = next((c.reason for c in self.st.conditions if c.type == reason_from and c.status == "True"),
