@@ -145,3 +145,4 @@ def test_qlora_holds_the_decoder_layers_at_their_bits_and_the_embeddings_at_16(b
         assert saved == pytest.approx((frozen - kept) * (2 - per_weight))
     qlora = next(e for e in estimate(shape, 1, 1, method="lora", seq=1024, weight_bits=4) if e.stage == 0)
     assert qlora.gpu_bytes_per_device < 12 * GIB  # QLoRA's point: a 7B on one consumer GPU
+    assert {e.stage for e in estimate(shape, 1, 8, method="lora", weight_bits=8)} == {0, 2}  # 8 bits: no ZeRO-3

@@ -225,6 +225,8 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
     out = []
     options = [(3, True, True), (3, True, False), (3, False, False), (2, True, False), (2, False, False),
                (0, False, False)]
+    if weight_bits == 8:  # ZeRO-3 cannot shard bitsandbytes' 8-bit weights (config.QUANTIZED_UNDER_ZERO3)
+        options = [o for o in options if o[0] != 3]
     for stage, opt, par in options:
         if stage == 0:  # plain DDP: every GPU holds the whole model, its gradients and its optimizer states
             frozen_weights = frozen_bytes(shape, frozen, 2 if half_precision else 4, weight_bits)
