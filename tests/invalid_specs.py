@@ -89,6 +89,8 @@ CASES = [
             "spec.runPolicy.ttlSecondsAfterFinished"),
     Invalid("stall timeout without metrics", _spec(metrics={"enabled": False}, runPolicy={"stallTimeoutSeconds": 600}),
             "spec.runPolicy"),
+    Invalid("resize below more nodes than the job has", _sub("runPolicy", resize={"minNodes": 3}),
+            "spec.runPolicy.resize.minNodes"),
     Invalid("stall timeout of 5 s", _sub("runPolicy", stallTimeoutSeconds=5), "spec.runPolicy.stallTimeoutSeconds"),
     Invalid("maxSteps of 10^12", _training(maxSteps=10**12), "spec.training.maxSteps"),
     # --- paths

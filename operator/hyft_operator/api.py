@@ -254,6 +254,14 @@ class NetworkSpec(ApiModel):
                     "(NCCL_SOCKET_IFNAME, NCCL_IB_HCA, ...) go in env.")
 
 
+class ResizePolicy(ApiModel):
+    minNodes: int = Field(ge=1, le=512, description="Fewest nodes the gang may shrink to.")
+    unschedulableSeconds: int = Field(
+        300, ge=10, le=MAX_SECONDS,
+        description="How long a pod of the gang may stay unschedulable (capacity lost) before the gang restarts "
+                    "on the nodes the scheduler did place.")
+
+
 class _RunPolicy(ApiModel):
     backoffLimit: int = Field(3, ge=0, le=100,
                               description="Gang restarts allowed after retryable failures before the job fails.")
@@ -283,6 +291,11 @@ class _RunPolicy(ApiModel):
         300, ge=0, le=86400,
         description="Pod terminationGracePeriodSeconds: time the trainer gets after SIGTERM (suspend, "
                     "preemption) to save a checkpoint.")
+    resize: ResizePolicy | None = Field(
+        None, description="Restart a gang that cannot be scheduled on fewer nodes, down to minNodes: the largest "
+                          "size the scheduler placed that keeps the global batch (gradient accumulation grows), "
+                          "resuming from the last checkpoint; the next restart (a failure, a disruption, "
+                          "suspend/resume) tries spec.nodes again. Off when unset.")
     permanentExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
         [EXIT_INVALID, EXIT_SHM_TOO_SMALL, EXIT_OUTPUT_UNUSABLE, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "
@@ -430,6 +443,10 @@ class HunyuanFineTuneSpec(ApiModel):
              "deepspeed.stage 2 or 0",
              lambda s: not (s.method.lora.quantizationBit == 8 and s.deepspeed.stage == 3),
              field="method.lora.quantizationBit"),
+        Rule("!has(self.runPolicy) || !has(self.runPolicy.resize) || self.runPolicy.resize.minNodes <= self.nodes",
+             "runPolicy.resize.minNodes must not exceed nodes (the gang shrinks from nodes to it)",
+             lambda s: s.runPolicy.resize is None or s.runPolicy.resize.minNodes <= s.nodes,
+             field="runPolicy.resize.minNodes"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
              "a variable is set both in env and in secretEnv: keep one",
              lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),

@@ -23,6 +23,7 @@ from hyft_trainer.contract import (
     CONFIG_ENV,
     GPUS_PER_NODE_ENV,
     HIDE_GPUS_ENV,
+    PLANNED_NODES_ENV,
     POD_NAME_ENV,
     RENDEZVOUS_ENV,
 )
@@ -321,9 +322,11 @@ def _affinity(job: HunyuanFineTune) -> dict[str, Any] | None:
     return affinity or None
 
 
-def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults()
-        ) -> dict[str, Any]:
+def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults(),
+        nodes: int | None = None) -> dict[str, Any]:
+    """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes)."""
     spec = job.spec
+    nodes = nodes or spec.nodes
     name = job.metadata["name"]
     namespace = job.metadata["namespace"]
     pod_labels = {**spec.podMetadata.labels, **labels(name, rank, attempt)}  # hyft's own labels win
@@ -332,12 +335,12 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
         # Kueue's plain-pod integration: the gang is admitted as one pod group.
         pod_labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queueName
         pod_labels["kueue.x-k8s.io/pod-group-name"] = f"{name}-{attempt}"
-        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(spec.nodes)
+        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(nodes)
 
-    env = rendezvous_env(spec.nodes, rank, master_address(name, namespace), spec.masterPort,
-                         spec.gpusPerNode or 1)
+    env = rendezvous_env(nodes, rank, master_address(name, namespace), spec.masterPort, spec.gpusPerNode or 1)
     env += [
         {"name": CONFIG_ENV, "value": f"{CONFIG_DIR}/{CONFIG_KEY}"},
+        {"name": PLANNED_NODES_ENV, "value": str(spec.nodes)},  # the trainer keeps the global batch it plans
         {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": GPUS_PER_NODE_ENV, "value": str(spec.gpusPerNode)},

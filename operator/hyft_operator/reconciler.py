@@ -217,7 +217,7 @@ class Reconciler:
             self._delete_pod(namespace, pod_name, uids[pod_name])
         for rank in plan.create:
             try:
-                self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults))
+                self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults, plan.status.gangNodes))
             except ApiException as err:
                 pod_name = builders.pod_name(name, rank)
                 self._expected.pop((namespace, name), None)

@@ -78,6 +78,8 @@ class Reason(_Documented):
     DISRUPTED = "Disrupted", ("a pod was preempted, evicted or drained (its DisruptionTarget condition), or the "
                               "trainer stopped early on SIGTERM with a checkpoint: the gang restarts from it as the "
                               "next attempt, not counted against runPolicy.backoffLimit")
+    RESIZED = "Resized", ("runPolicy.resize: a pod stayed unschedulable for unschedulableSeconds: the gang restarts on "
+                          "the nodes the scheduler placed (status.gangNodes), not counted against backoffLimit")
     POD_DELETED = "PodDeleted", "lastFailure: a running pod disappeared (deleted, preempted, node lost)"
 
 
@@ -130,6 +132,8 @@ class HunyuanFineTuneStatus(ApiModel):
     restarts: int = Field(0, description="Gang restarts after failures (counted against runPolicy.backoffLimit).")
     disruptions: int = Field(0, description="Gang restarts after disruptions: preemption, eviction, a node drain "
                                             "(not counted against runPolicy.backoffLimit).")
+    gangNodes: int | None = Field(None, description="Nodes the current attempt runs on, when runPolicy.resize shrank "
+                                                  "it below spec.nodes (unset: spec.nodes).")
     nodes: NodeCounts = Field(default_factory=NodeCounts, description="Pod counts of the current attempt.")
     readyNodes: str = Field("0/0", description="ready/total, for kubectl get.")
     startTime: str | None = Field(None, description="When the first gang was created.")

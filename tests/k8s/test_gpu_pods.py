@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from kubernetes import client
 
 from hyft_envtest.kwok import gpu_node
+from hyft_operator.status import Reason
+from hyft_trainer.contract import PLANNED_NODES_ENV
 from tests.helpers import wait_for
-from tests.jobs import cpu_job, create, pods
+from tests.jobs import cpu_job, create, get, pods
 
 POOL = {"hyft.io/test-pool": "fabric"}
 FABRIC_NODES = ["fabric-node-0", "fabric-node-1"]
@@ -77,6 +80,25 @@ def test_a_third_pod_waits_rather_than_share_a_node(api_client, op_namespace, fa
     found, condition = wait_for(unschedulable, what="the third pod unschedulable")
     assert "anti-affinity" in condition.message, condition.message
     assert len({p.spec.node_name for p in found if p.spec.node_name}) == 2
+
+
+def test_a_gang_the_cluster_cannot_place_restarts_on_the_nodes_it_placed(api_client, op_namespace, fabric_nodes):
+    """runPolicy.resize: the third pod stays unschedulable (two nodes, one pod per node) for 10 s; the gang
+    restarts on 2 nodes, the global batch kept (3 nodes x 2 micro-batches = 2 x 3), not counted as a restart."""
+    body = gpu_job("shrink", 3, 1, runPolicy={"resize": {"minNodes": 1, "unschedulableSeconds": 10}})
+    body["spec"]["training"]["gradientAccumulationSteps"] = 2
+    create(api_client, op_namespace, body)
+    status = wait_for(lambda: (s := get(api_client, op_namespace, "shrink")["status"]).get("phase") == "Running"
+                      and s, timeout=120, what="the shrunk gang running")
+    assert (status["gangNodes"], status["readyNodes"], status["attempt"], status["restarts"]) == (2, "2/2", 1, 0)
+    found = pods(api_client, op_namespace, "shrink")
+    assert sorted(p.metadata.name for p in found) == ["shrink-master-0", "shrink-worker-0"]
+    for pod in found:
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        assert (env["NNODES"], env[PLANNED_NODES_ENV], pod.metadata.labels["hyft.io/attempt"]) == ("2", "3", "1")
+    events = client.CoreV1Api(api_client).list_namespaced_event(
+        op_namespace, field_selector="involvedObject.name=shrink").items
+    assert any(e.reason == Reason.RESIZED and "restarting on 2 of 3 nodes" in e.message for e in events)
 
 
 def test_cpu_pods_hide_every_gpu(api_client, op_namespace):

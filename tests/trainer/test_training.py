@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hyft_trainer.contract import PLANNED_NODES_ENV
 from hyft_trainer.launcher import free_port
 from hyft_trainer.preflight import MARKER_DIR
 from hyft_trainer.sample_data import make_samples
@@ -342,7 +343,8 @@ def twelve(tmp_path_factory):
 def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve(tiny, twelve, tmp_path, method):
     """ZeRO-3 (offload) shards of 2 ranks, resumed on 1 and on 3 through DeepSpeed's universal checkpoint with
     the global batch of 6 kept (gradient accumulation 3 -> 6, 3 -> 2): the steps after the resume match the
-    uninterrupted 2-rank run within the 2-nodes-vs-1-process tolerance; the data order continues."""
+    uninterrupted 2-rank run within the 2-nodes-vs-1-process tolerance; the data order continues. A 2-node job
+    started on 1 node (runPolicy.resize) follows the same curve from its first step."""
     base = {"max_steps": 8, "gradient_accumulation_steps": 3, **method}
     whole = write_config(subdir(tmp_path, "two"), tiny, twelve, save_steps=4, output_dir=str(tmp_path / "two" / "out"),
                          **base)
@@ -359,6 +361,13 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve
         assert len(resumed) == 8
         for step, (a, b) in enumerate(zip(curve[4:], resumed[4:], strict=True), 5):
             assert abs(a - b) <= 1e-4 * abs(a), f"{world} ranks, step {step}: {b} vs the 2-rank run's {a}"
+    # The operator's runPolicy.resize started the 2-node job on 1 node: it keeps the planned global batch.
+    folder = subdir(tmp_path, "shrunk")
+    config = write_config(folder, tiny, twelve, save_steps=1000, output_dir=str(folder / "out"), **base)
+    shrunk = losses(run(config, 1, folder, extra_env={PLANNED_NODES_ENV: "2"}))
+    assert "running on 1 of the 2 ranks the job plans: gradient_accumulation_steps 3 -> 6" in logs(folder)
+    for step, (a, b) in enumerate(zip(curve, shrunk, strict=True), 1):
+        assert abs(a - b) <= 1e-4 * abs(a), f"shrunk to 1 rank, step {step}: {b} vs the 2-rank run's {a}"
 
 
 def scrape(port):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hyft_operator import api
-from hyft_operator.lifecycle import create, deadline, failure, invalid, memory, stall, suspend, ttl
+from hyft_operator.lifecycle import create, deadline, failure, invalid, memory, resize, stall, suspend, ttl
 from hyft_operator.lifecycle.gang import Gang
 from hyft_operator.progress import Scrape, TrainerClock
 from hyft_operator.status import PHASE_CONDITIONS, ConditionType, HunyuanFineTuneStatus, Reason
@@ -180,3 +180,57 @@ def test_an_edit_that_makes_a_running_spec_invalid(attempt_after, create_ranks, 
     said = [c for c in g.st.conditions if c.type == ConditionType.SPEC_VALID]
     assert bool(said) is (verdict is None) and [e.reason for e in g.plan.events] == (
         [Reason.INVALID_SPEC] if verdict is None else [])
+
+
+@pytest.mark.parametrize("placed, total, planned, accumulation, minimum, size", [
+    (2, 3, 3, 2, 1, 2),  # 3 nodes x 2 micro-batches = 6: 2 nodes keep it with 3
+    (2, 3, 3, 1, 1, 1),  # 3 micro-batches cannot split over 2 nodes: 1 node with 3
+    (2, 3, 3, 1, 2, None),  # ... and 1 is below minNodes
+    (5, 8, 8, 1, 1, 4),  # at most the pods placed, the largest that divides
+    (8, 8, 8, 1, 1, 4),  # everything placed yet one stuck: still below the gang's size
+    (0, 3, 3, 2, 1, None),  # nothing placed: nothing to shrink to
+    (1, 2, 4, 1, 1, 1),  # an already shrunk gang (2 of 4) shrinks further
+])
+def test_resize_fitting_size(placed, total, planned, accumulation, minimum, size):
+    assert resize.fitting_size(placed, total, planned, accumulation, minimum) == size
+
+
+UNPLACED = NOW.timestamp() - 120  # the third pod has been unschedulable for 2 minutes
+
+
+def spread(status, seconds=60, minimum=1, accumulation=2, third=UNPLACED):
+    attempt = status.get("attempt", 0)
+    pods = [pod(0, "Pending", attempt, scheduled=True), pod(1, "Pending", attempt, scheduled=True),
+            pod(2, "Pending", attempt, unschedulable="0/2 nodes: anti-affinity", unschedulable_since=third)]
+    policy = {"resize": {"minNodes": minimum, "unschedulableSeconds": seconds}} if seconds else {}
+    return Gang(job(status, nodes=3, runPolicy=policy, training={"gradientAccumulationSteps": accumulation}),
+                pods, NOW, None, False)
+
+
+@pytest.mark.parametrize("g, applied, size, requeue", [
+    (spread({"phase": "Pending"}), True, 2, 2.0),
+    (spread({"phase": "Restarting", "attempt": 1}), True, 2, 2.0),
+    (spread({"phase": "Pending"}, seconds=300), False, None, 180.0),  # due in 3 minutes
+    (spread({"phase": "Pending"}, seconds=None), False, None, None),  # no policy: it waits
+    (spread({"phase": "Pending"}, minimum=2, accumulation=1), False, None, None),  # 2 nodes cannot keep 3
+    (spread({"phase": "Running"}), False, None, None),
+], ids=["pending", "restarting", "not-yet", "off", "no-fitting-size", "running"])
+def test_resize_shrinks_a_gang_the_cluster_cannot_place(g, applied, size, requeue):
+    attempt = g.st.attempt
+    assert resize.apply(g) is applied
+    assert (g.st.gangNodes, g.plan.requeue_after) == (size, requeue)
+    if applied:
+        assert (g.st.phase, g.reason, g.st.attempt, g.st.restarts) == ("Restarting", Reason.RESIZED, attempt + 1, 0)
+        assert sorted(g.plan.delete) == ["minimal-master-0", "minimal-worker-0", "minimal-worker-1"]
+        assert "restarting on 2 of 3 nodes" in g.st.message
+
+
+def test_a_shrunk_gang_runs_at_its_size_and_a_failure_restart_tries_the_full_size():
+    shrunk = {"phase": "Restarting", "attempt": 1, "gangNodes": 2}
+    running = Gang(job(shrunk, nodes=3), [pod(0, attempt=1), pod(1, attempt=1)], NOW, None, False)
+    create.apply(running)
+    assert (running.st.phase, running.plan.create, running.total) == ("Running", [], 2)
+    failed = Gang(job({**shrunk, "phase": "Running"}, nodes=3), [pod(0, attempt=1), pod(1, "Failed", attempt=1,
+                                                                                      exit_code=1)], NOW, None, False)
+    assert failure.apply(failed)
+    assert (failed.st.attempt, failed.st.gangNodes, failed.total) == (2, None, 3)

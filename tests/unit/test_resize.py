@@ -47,3 +47,20 @@ def test_an_older_checkpoint_counts_its_shards_and_a_ddp_one_loads_as_it_is(tmp_
     resize.write_facts(ddp, 2, 1, 1)
     plan = resize.plan(ddp, 1, 1, 1)
     assert not plan.zero and "loaded as it is" in plan.note and plan.accumulation == 2
+
+
+@pytest.mark.parametrize("planned, world, micro, accumulation, kept", [
+    (4, 4, 1, 2, None),  # at its planned size: nothing to keep
+    (3, 2, 1, 2, 3),  # runPolicy.resize ran 3 nodes' job on 2: 6 micro-batches per step stay 6
+    (16, 8, 2, 1, 2),
+])
+def test_a_gang_below_its_planned_size_keeps_the_global_batch(planned, world, micro, accumulation, kept):
+    got = resize.below_plan(planned, world, micro, accumulation)
+    assert (got and got[0]) == kept
+    if kept:
+        assert got[1].endswith(f"keeps the global batch of {planned * micro * accumulation}")
+
+
+def test_a_gang_below_its_planned_size_that_cannot_keep_the_batch_is_refused():
+    with pytest.raises(resize.ResizeError, match="the job plans 3 ranks and a global batch of 3, which 2 ranks"):
+        resize.below_plan(3, 2, 1, 1)

@@ -22,6 +22,8 @@ OPERATOR_ONLY = {
     "runPolicy.startupTimeoutSeconds": "when the lifecycle restarts a gang that never steps",
     "runPolicy.memoryCheck": "whether the lifecycle warns about (or refuses) a pod memory below the need",
     "model.parameters": "the model size the memory check uses",
+    "runPolicy.resize.minNodes": "the fewest nodes the lifecycle shrinks an unplaceable gang to",
+    "runPolicy.resize.unschedulableSeconds": "how long the lifecycle waits before shrinking an unplaceable gang",
 }
 # What the operator's code reads (attribute loads, so a docstring or comment does not count).
 OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.rglob("*.py")
@@ -61,7 +63,8 @@ FULL = {
     "podMetadata": {"labels": {"team": "a"}, "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-a"}},
     "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60,
                   "suspend": False, "checkpointGracePeriodSeconds": 300, "permanentExitCodes": [2],
-                  "stallTimeoutSeconds": 600, "startupTimeoutSeconds": 1800, "memoryCheck": "Warn"},
+                  "stallTimeoutSeconds": 600, "startupTimeoutSeconds": 1800, "memoryCheck": "Warn",
+                  "resize": {"minNodes": 1, "unschedulableSeconds": 300}},
     "metrics": {"enabled": True, "port": 9090},
     "masterPort": 29500,
 }

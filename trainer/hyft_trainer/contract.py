@@ -63,6 +63,7 @@ GPUS_PER_NODE_ENV = "HYFT_GPUS_PER_NODE"  # the GPUs this node must have (spec.g
 HIDE_GPUS_ENV = {"CUDA_VISIBLE_DEVICES": "", "NVIDIA_VISIBLE_DEVICES": "void"}
 ATTEMPT_ENV = "HYFT_ATTEMPT"  # the gang's attempt (0, 1, ... one per restart), recorded in report.json
 POD_NAME_ENV = "HYFT_POD_NAME"  # recorded in report.json next to the attempt
+PLANNED_NODES_ENV = "HYFT_PLANNED_NODES"  # spec.nodes: a gang shrunk below it (runPolicy.resize) keeps its global batch
 TERMINATION_LOG_ENV = "HYFT_TERMINATION_LOG"  # where the termination message goes (default /dev/termination-log)
 # what a user's env may not set: the contract above, and what torchrun derives per process
 RESERVED_ENV = (*RENDEZVOUS_ENV, *(f"PET_{name}" for name in RENDEZVOUS_ENV), CONFIG_ENV, ATTEMPT_ENV, POD_NAME_ENV,

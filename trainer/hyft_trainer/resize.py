@@ -76,6 +76,20 @@ def plan(checkpoint: Path, world: int, micro: int, accumulation: int) -> Resize 
                                             f"{how}; {why}")
 
 
+def below_plan(planned_world: int, world: int, micro: int, accumulation: int) -> tuple[int, str] | None:
+    """The gradient accumulation that keeps the planned global batch on a gang shrunk below its planned size
+    (the operator's runPolicy.resize), and what to say; None at the planned size."""
+    if planned_world == world:
+        return None
+    batch = planned_world * micro * accumulation
+    if batch % (world * micro):
+        raise ResizeError(f"the job plans {planned_world} ranks and a global batch of {batch}, which {world} ranks of "
+                          f"per_device_train_batch_size {micro} cannot keep")
+    kept = batch // (world * micro)
+    return kept, (f"running on {world} of the {planned_world} ranks the job plans: gradient_accumulation_steps "
+                  f"{accumulation} -> {kept} keeps the global batch of {batch}")
+
+
 def convert(checkpoint: Path) -> None:
     """The universal checkpoint beside the ZeRO one (once: a complete conversion is kept and reused)."""
     if (checkpoint / CONVERTED).is_file():

@@ -19,7 +19,7 @@ from . import attention, fabric, flops, gpus, offload, resize
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete, readable_by_all
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
-from .contract import ATTEMPT_ENV, EXIT_INVALID, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
+from .contract import ATTEMPT_ENV, EXIT_INVALID, PLANNED_NODES_ENV, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .estimate import load_shape
 from .knobs import ARGS, KNOBS
 from .loading import DataError
@@ -208,18 +208,25 @@ def train(config: TrainerConfig) -> int:
                 print(f"hyft: another node's GPU is smaller ({smallest / 2**30:.1f} GiB): the gang follows it: "
                       f"{decision.message}", flush=True)
     resume = starting_point(config)
+    planned_world = int(os.environ.get(PLANNED_NODES_ENV, nnodes)) * per_node
     try:
         resized = resize.plan(resume, state.num_processes, config.per_device_train_batch_size,
                               config.gradient_accumulation_steps) if resume else None
+        # a gang the operator shrank (runPolicy.resize) keeps the global batch the job plans, whatever resumes
+        shrunk = resize.below_plan(planned_world, state.num_processes, config.per_device_train_batch_size,
+                                   config.gradient_accumulation_steps)
     except resize.ResizeError as err:
         raise ConfigError(str(err)) from None
-    if resized:
+    if resized or shrunk:
         if state.is_local_main_process:
-            print(f"hyft: {resized.note}", flush=True)
-        config = config.model_copy(update={"gradient_accumulation_steps": resized.accumulation})
+            for note in (resized and resized.note, shrunk and shrunk[1]):
+                if note:
+                    print(f"hyft: {note}", flush=True)
+        accumulation = shrunk[0] if shrunk else resized.accumulation
+        config = config.model_copy(update={"gradient_accumulation_steps": accumulation})
         settled = settle(config, world_size, on_gpu, nvcc_available())
         config, ds = settled.config, settled.deepspeed
-        if resized.zero:
+        if resized and resized.zero:
             ds = resumed_universal(resume, ds, state)
     metrics.preflight.set(preflight_seconds)
     fabric_facts, fabric_warnings = fabric.read(nnodes, on_gpu)

@@ -8,7 +8,8 @@ that crashes between two API calls converges on restart.
 
 A pass: a finished job only ages (ttl); else the first policy that decides ends it, in this order:
 suspend, deadline, memory (Enforce), a previous attempt still terminating, failure (backoff),
-stall (and start-up); else the gang is created and runs (create). Then every pass writes the counts
+stall (and start-up), resize (a gang the cluster cannot place shrinks); else the gang is created and
+runs (create). Then every pass writes the counts
 and conditions (summary), PreflightPassed (preflight), MemoryRisk (memory) and the offload decision.
 The invalid-spec policy (invalid.py) is applied by the reconciler around this plan.
 """
@@ -20,7 +21,7 @@ from .. import builders, sizing
 from ..api import HunyuanFineTune
 from ..progress import Scrape
 from ..status import TERMINAL_PHASES
-from . import create, deadline, failure, memory, preflight, stall, summary, suspend, ttl
+from . import create, deadline, failure, memory, preflight, resize, stall, summary, suspend, ttl
 from .gang import STALE_REQUEUE, Gang, Plan
 from .observe import PodView
 
@@ -36,7 +37,7 @@ def plan(job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Sc
         pass
     elif gang.stale:
         gang.plan.requeue_after = STALE_REQUEUE  # the previous gang is still terminating
-    elif not failure.apply(gang) and not stall.apply(gang):
+    elif not failure.apply(gang) and not stall.apply(gang) and not resize.apply(gang):
         create.apply(gang)
     summary.count(gang)
     summary.conditions(gang)

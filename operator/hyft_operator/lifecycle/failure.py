@@ -98,6 +98,7 @@ def restart_or_fail(gang: Gang, failure: FailureInfo, what: str, restart_reason:
     else:
         gang.delete(gang.current)
         st.attempt += 1
+        gang.resize(None)  # a shrunk gang (runPolicy.resize) tries its full size again
         st.nodes = NodeCounts(total=gang.total)
         if failure.reason == Reason.DISRUPTED:
             st.disruptions += 1

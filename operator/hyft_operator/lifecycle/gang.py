@@ -41,9 +41,9 @@ class Gang:
         self.st = job.status.model_copy(deep=True)
         self.st.observedGeneration = job.metadata.get("generation")
         self.plan = Plan(status=self.st)
-        self.total = self.spec.nodes
-        # A rank beyond spec.nodes (the job was resized while suspended) is stale like another attempt's pods:
-        # deleted, and waited for before the gang is recreated.
+        self.total = self.st.gangNodes or self.spec.nodes
+        # A rank beyond the gang's size (the job was resized) is stale like another attempt's pods: deleted,
+        # and waited for before the gang is recreated.
         ours = [p for p in pods if p.attempt == self.st.attempt and p.rank < self.total]
         self.current = sorted(ours, key=lambda p: p.rank)
         self.stale = [p for p in pods if p not in ours]
@@ -77,6 +77,11 @@ class Gang:
             if p.deleting or (only_active and not p.active) or p.name in self.plan.delete:
                 continue
             self.plan.delete.append(p.name)
+
+    def resize(self, nodes: int | None) -> None:
+        """The next attempt's size: nodes, or spec.nodes (None)."""
+        self.st.gangNodes = nodes if nodes != self.spec.nodes else None
+        self.total = nodes or self.spec.nodes
 
     def requeue(self, seconds: float) -> None:
         current = self.plan.requeue_after

@@ -21,6 +21,7 @@ class PodView:
     reason: str = ""
     message: str = ""
     unschedulable: str = ""
+    unschedulable_since: float | None = None  # when the scheduler first said so (unix time)
     scheduled: bool = False
     started_at: float | None = None  # when its trainer container started running (unix time)
     disrupted: str = ""  # its DisruptionTarget condition: "<reason>: <message>" (preempted, evicted, drained)
@@ -28,6 +29,10 @@ class PodView:
     @property
     def active(self) -> bool:
         return self.phase in ("Pending", "Running", "Unknown") and not self.deleting
+
+
+def _unix(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def pod_view(pod: dict[str, Any]) -> PodView:
@@ -41,6 +46,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled", {})
     unschedulable = scheduled.get("message", "") if scheduled.get("reason") == "Unschedulable" else ""
+    since = scheduled.get("lastTransitionTime") if unschedulable else None
     started = running.get("startedAt")
     disruption = conditions.get("DisruptionTarget", {})
     return PodView(
@@ -55,8 +61,9 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         reason=terminated.get("reason") or status.get("reason") or "",
         message=(terminated.get("message") or status.get("message") or "").strip()[-500:],
         unschedulable=unschedulable,
+        unschedulable_since=_unix(since) if since else None,
         scheduled=bool((pod.get("spec") or {}).get("nodeName")) or scheduled.get("status") == "True",
-        started_at=dt.datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp() if started else None,
+        started_at=_unix(started) if started else None,
         disrupted=(f"{disruption.get('reason', '')}: {disruption.get('message', '')}".strip(": ")
                    if disruption.get("status") == "True" else ""),
     )

@@ -10,6 +10,7 @@ def apply(gang: Gang) -> bool:
     if not gang.spec.runPolicy.suspend:
         return False
     gang.delete(gang.current)
+    gang.resize(None)  # resumed at spec.nodes
     gang.st.nodes = NodeCounts(total=gang.total)
     gang.transition("Suspended", Reason.SUSPENDED,
                     "suspended: pods deleted (checkpoint saved on SIGTERM); set spec.runPolicy.suspend to false "
