@@ -54,6 +54,11 @@ OWNED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "parallelism_config": ("hyft trains data parallel with DeepSpeed ZeRO (zero_stage)", ()),
     "fsdp": ("FSDP is not built yet: shard with DeepSpeed ZeRO-3 (zero_stage: 3)", ()),
     "fsdp_config": ("FSDP is not built yet: shard with DeepSpeed ZeRO-3 (zero_stage: 3)", ()),
+    # transformers fails without the package (a crash loop on the cluster), and the fused cross-entropy
+    # would replace hyft's loss (trained positions only, label smoothing, the router loss)
+    **dict.fromkeys(("use_liger_kernel", "liger_kernel_config"), (
+        "Liger's kernels are not in hyft's trainer image, and their fused cross-entropy would replace hyft's "
+        "loss (trained positions, label smoothing, the router loss): remove it", ())),
     "push_to_hub": (_HUB, ()),
     **dict.fromkeys(("hub_token", "hub_private_repo", "hub_model_id", "hub_strategy", "hub_always_push",
                      "hub_revision"), (_HUB, ())),
