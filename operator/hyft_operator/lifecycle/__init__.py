@@ -9,8 +9,8 @@ that crashes between two API calls converges on restart.
 A pass: a finished job only ages (ttl); else the first policy that decides ends it, in this order:
 suspend, deadline, memory (Enforce), a previous attempt still terminating, failure (backoff),
 stall (and start-up), resize (a gang the cluster cannot place shrinks); else the gang is created and
-runs (create). Then every pass writes the counts
-and conditions (summary), PreflightPassed (preflight), MemoryRisk (memory) and the offload decision.
+runs (create). Then every pass writes the counts and conditions (summary), PreflightPassed
+(preflight), MemoryRisk (memory) and the offload decision.
 The invalid-spec policy (invalid.py) is applied by the reconciler around this plan.
 """
 from __future__ import annotations
