@@ -21,6 +21,7 @@ from hyft_trainer.contract import (
 
 from .status import Progress
 
+SCRAPE_INTERVAL_SECONDS = 5.0  # how often the master trainer's metrics are read while the gang runs
 READ = (STEP, TOTAL_STEPS, LOSS, TOKENS_PER_SECOND, ETA, CHECKPOINT_STEP, LAST_STEP_TIME, PROCESS_START, HEARTBEAT,
         PREFLIGHT_SECONDS)
 

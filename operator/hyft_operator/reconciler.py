@@ -34,13 +34,12 @@ from .lifecycle import invalid
 from .lifecycle.conditions import set_condition
 from .lifecycle.gang import Event
 from .lifecycle.observe import pod_view
-from .progress import Scrape, parse_scrape
+from .progress import SCRAPE_INTERVAL_SECONDS, Scrape, parse_scrape
 from .settings import OperatorSettings
 from .status import TERMINAL_PHASES, ConditionType, Reason
 
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
-SCRAPE_INTERVAL_SECONDS = 5.0
 CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
 
 

@@ -279,3 +279,14 @@ def test_preflight_passed_follows_the_master_trainer_and_the_preflight_exit_code
     assert (shm.phase, condition(shm, "PreflightPassed").reason) == ("Failed", "ShmTooSmall")  # permanent
     quiet = lifecycle.plan(job(running), gang, NOW).status  # not scraping: no guess either way
     assert not [c for c in quiet.conditions if c.type == "PreflightPassed"]
+
+
+@pytest.mark.parametrize("watching, phase, requeue", [
+    (True, "Running", 5.0),  # the next pass reads the master's metrics again: status.progress stays fresh
+    (False, "Running", None),  # metrics off: nothing to read
+    (True, "Pending", None),
+])
+def test_a_running_gang_is_revisited_at_the_scrape_interval(watching, phase, requeue):
+    pods = [pod(0), pod(1)] if phase == "Running" else [pod(0), pod(1, "Pending")]
+    result = lifecycle.plan(job({"phase": "Pending", "startTime": EARLIER}), pods, NOW, watching=watching)
+    assert (result.status.phase, result.requeue_after) == (phase, requeue)

@@ -19,7 +19,7 @@ import datetime as dt
 
 from .. import builders, sizing
 from ..api import HunyuanFineTune
-from ..progress import Scrape
+from ..progress import SCRAPE_INTERVAL_SECONDS, Scrape
 from ..status import TERMINAL_PHASES
 from . import create, deadline, failure, memory, preflight, resize, stall, summary, suspend, ttl
 from .gang import STALE_REQUEUE, Gang, Plan
@@ -39,6 +39,8 @@ def plan(job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Sc
         gang.plan.requeue_after = STALE_REQUEUE  # the previous gang is still terminating
     elif not failure.apply(gang) and not stall.apply(gang) and not resize.apply(gang):
         create.apply(gang)
+    if watching and gang.st.phase == "Running":  # each pass reads the master's metrics: status.progress stays fresh
+        gang.requeue(SCRAPE_INTERVAL_SECONDS)
     summary.count(gang)
     summary.conditions(gang)
     preflight.condition(gang)
