@@ -3,7 +3,7 @@
     python -m hyft_envtest.build [--force] [--only NAME ...]
 
 etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kwok,
-helm, controller-gen, the real node's kubelet, containerd (+ its runc shim and
+helm, controller-gen, Kueue, the real node's kubelet, containerd (+ its runc shim and
 ctr), runc (cgo, with seccomp) and CoreDNS, and our own flux-health,
 argocd-health (Flux's and Argo CD's health evaluation) and pause (the pod
 sandbox), envtest/<name>, are compiled with the local Go toolchain from the Go
@@ -39,6 +39,7 @@ from .paths import (
     ETCD_VERSION,
     HELM_VERSION,
     KUBERNETES_VERSION,
+    KUEUE_VERSION,
     KWOK_VERSION,
     PROMETHEUS_OPERATOR_VERSION,
     RUNC_VERSION,
@@ -217,6 +218,19 @@ def build_helm() -> None:
     go_build(mod, ["helm.sh/helm/v3/cmd/helm"], ldflags, bin_dir() / "helm")
 
 
+def build_kueue() -> None:
+    mod = helper_module("kueue-" + KUEUE_VERSION, {"sigs.k8s.io/kueue": KUEUE_VERSION})
+    go_build(mod, ["sigs.k8s.io/kueue/cmd/kueue"], [f"-X sigs.k8s.io/kueue/pkg/version.GitVersion={KUEUE_VERSION}"],
+             bin_dir() / "kueue")
+
+
+def go_build_info(path: Path) -> str:
+    """The modules a Go binary was built from (for one that has no --version)."""
+    if not path.exists():
+        return ""
+    return subprocess.run(["go", "version", "-m", str(path)], capture_output=True, text=True).stdout
+
+
 MONITORING_API = "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring"
 
 
@@ -268,9 +282,13 @@ class Target:
     version_args: list[str]
     expected: str
     build: Callable[[], None]
+    probe: Callable[[Path], str] | None = None  # what the binary says of its version; default: version_args
 
     def is_current(self) -> bool:
-        return all(self.expected in reported_version(bin_dir() / b, self.version_args) for b in self.binaries)
+        def reported(path: Path) -> str:
+            return self.probe(path) if self.probe else reported_version(path, self.version_args)
+
+        return all(self.expected in reported(bin_dir() / b) for b in self.binaries)
 
 
 TARGETS = (
@@ -282,6 +300,7 @@ TARGETS = (
            build_containerd),
     Target("runc", ("runc",), ["--version"], f"runc version {RUNC_VERSION.lstrip('v')}", build_runc),
     Target("coredns", ("coredns",), ["-version"], f"CoreDNS-{COREDNS_VERSION.lstrip('v')}", build_coredns),
+    Target("kueue", ("kueue",), [], f"sigs.k8s.io/kueue\t{KUEUE_VERSION}\t", build_kueue, probe=go_build_info),
     Target("helm", ("helm",), ["version", "--short"], HELM_VERSION, build_helm),
     Target("controller-gen", ("controller-gen",), ["--version"], f"Version: {CONTROLLER_TOOLS_VERSION}",
            build_controller_gen),

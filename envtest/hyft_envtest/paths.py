@@ -17,6 +17,8 @@ CONTROLLER_TOOLS_VERSION = "v0.23.0"
 CONTAINERD_VERSION = "v2.4.2"
 RUNC_VERSION = "v1.5.3"
 COREDNS_VERSION = "v1.15.0"
+# Kueue (the k8s tier runs its controller: quotas, admission, preemption of hyft's Workloads)
+KUEUE_VERSION = "v0.17.0"
 
 
 def cache_dir() -> Path:

@@ -216,11 +216,12 @@ class SchedulingSpec(ApiModel):
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity (core/v1 Affinity).",
                                             json_schema_extra=PASSTHROUGH)
     priorityClassName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
-                                          description="Pod priority class.")
+                                          description="Pod priority class (also the Kueue Workload's priority).")
     schedulerName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
                                       description="Scheduler for the pods (e.g. volcano for gang scheduling).")
     queueName: str | None = Field(None, min_length=1, max_length=63, pattern=LABEL_VALUE,
-                                  description="Kueue LocalQueue: pods join one Kueue pod group.")
+                                  description="Kueue LocalQueue: the gang is one Kueue Workload, its pods "
+                                  "created once Kueue admits it (phase Queued until then).")
     runtimeClassName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
                                          description="Pod RuntimeClass (e.g. nvidia, where the NVIDIA container "
                                                      "runtime is not the node's default).")

@@ -323,19 +323,16 @@ def _affinity(job: HunyuanFineTune) -> dict[str, Any] | None:
 
 
 def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults(),
-        nodes: int | None = None) -> dict[str, Any]:
-    """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes)."""
+        nodes: int | None = None,
+        placement: tuple[dict[str, str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes). placement: the
+    node selector and tolerations of the ResourceFlavors Kueue admitted the job on (kueue.placement)."""
     spec = job.spec
     nodes = nodes or spec.nodes
     name = job.metadata["name"]
     namespace = job.metadata["namespace"]
     pod_labels = {**spec.podMetadata.labels, **labels(name, rank, attempt)}  # hyft's own labels win
     annotations = dict(spec.podMetadata.annotations)
-    if spec.scheduling.queueName:
-        # Kueue's plain-pod integration: the gang is admitted as one pod group.
-        pod_labels["kueue.x-k8s.io/queue-name"] = spec.scheduling.queueName
-        pod_labels["kueue.x-k8s.io/pod-group-name"] = f"{name}-{attempt}"
-        annotations["kueue.x-k8s.io/pod-group-total-count"] = str(nodes)
 
     env = rendezvous_env(nodes, rank, master_address(name, namespace), spec.masterPort, spec.gpusPerNode or 1)
     env += [
@@ -389,9 +386,11 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
         "volumes": volumes,
     }
     scheduling = spec.scheduling
-    if scheduling.nodeSelector:
-        pod_spec["nodeSelector"] = dict(scheduling.nodeSelector)
-    if tolerations := _tolerations(job):
+    admitted_selector, admitted_tolerations = placement or ({}, [])
+    if node_selector := {**scheduling.nodeSelector, **admitted_selector}:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = _tolerations(job)
+    if tolerations := tolerations + [t for t in admitted_tolerations if t not in tolerations]:
         pod_spec["tolerations"] = tolerations
     if affinity := _affinity(job):
         pod_spec["affinity"] = affinity

@@ -27,7 +27,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from . import api, builders
+from . import api, builders, kueue
 from .reconciler import JobGone, Reconciler
 from .settings import OperatorSettings
 
@@ -115,9 +115,22 @@ async def pod_changed(labels: dict, namespace: str, **_) -> None:
     _wake(namespace, labels[builders.LABEL_JOB])
 
 
+# Kueue's Workloads of hyft's jobs (spec.scheduling.queueName): admission and eviction wake the job. Where
+# Kueue is not installed, Kopf says once at start-up that it cannot serve them, and watches from the
+# moment its CRDs appear.
+@kopf.index(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={builders.LABEL_JOB: kopf.PRESENT})
+def job_workloads(namespace: str, labels: dict, body: kopf.Body, **_) -> dict:
+    return {(namespace, labels[builders.LABEL_JOB]): dict(body)}
+
+
+@kopf.on.event(kueue.GROUP, kueue.VERSION, kueue.PLURAL, labels={builders.LABEL_JOB: kopf.PRESENT})
+async def workload_changed(labels: dict, namespace: str, **_) -> None:
+    _wake(namespace, labels[builders.LABEL_JOB])
+
+
 @kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, cancellation_timeout=10)
 async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str, uid: str, body: kopf.Body,
-                          job_pods: kopf.Index, **_) -> None:
+                          job_pods: kopf.Index, job_workloads: kopf.Index, **_) -> None:
     key = (namespace, name)
     wakeup = _wakeups[key] = asyncio.Event()  # a deleted namesake's daemon may still be ending: this one wins
     loop = asyncio.get_running_loop()
@@ -126,7 +139,8 @@ async def keep_reconciled(stopped: kopf.DaemonStopped, name: str, namespace: str
             wakeup.clear()  # an event during the reconcile below sets it again: one more pass
             # body is Kopf's live view of the job: the latest watched version (snapshot as above)
             reconcile = functools.partial(_state["reconciler"].reconcile, namespace, name, obj=dict(body),
-                                          pods=list(job_pods.get(key, [])))
+                                          pods=list(job_pods.get(key, [])),
+                                          workloads=list(job_workloads.get(key, [])))
             try:
                 requeue = await loop.run_in_executor(_state["workers"], reconcile)
             except JobGone:  # deleted while the watch was away: no DELETED event came

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .status import PHASES, TERMINAL_PHASES
+
 RECONCILES = Counter("hyft_operator_reconciles_total", "Reconciles of HunyuanFineTune resources", ["result"])
 RECONCILE_SECONDS = Histogram("hyft_operator_reconcile_duration_seconds", "Time one reconcile took")
 JOBS = Gauge("hyft_operator_jobs", "HunyuanFineTune resources by phase", ["phase"])
@@ -14,20 +16,18 @@ JOBS_FINISHED = Counter("hyft_operator_jobs_finished_total",
 GANG_CREATION = Histogram("hyft_operator_gang_creation_seconds",
                           "Time from a resource's creation to all of its first gang's pods created",
                           buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
-PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-FINAL_PHASES = ("Succeeded", "Failed")
 
 
 def watch_namespace(namespace: str) -> None:
     """Create a namespace's counters at 0: Prometheus' increase() cannot see the
     first event of a series that appears already at 1."""
     GANG_RESTARTS.labels(namespace)
-    for phase in FINAL_PHASES:
+    for phase in TERMINAL_PHASES:
         JOBS_FINISHED.labels(namespace, phase)
 
 
 def count_transition(namespace: str, old_phase: str, new_phase: str) -> None:
-    if new_phase != old_phase and new_phase in FINAL_PHASES:
+    if new_phase != old_phase and new_phase in TERMINAL_PHASES:
         JOBS_FINISHED.labels(namespace, new_phase).inc()
 
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from hyft_trainer.problems import describe
 
-from . import api, builders, lifecycle, metrics
+from . import api, builders, kueue, lifecycle, metrics
 from .lifecycle import invalid
 from .lifecycle.conditions import set_condition
 from .lifecycle.gang import Event
@@ -117,9 +117,10 @@ class Reconciler:
 
     # ------------------------------------------------------------------ entry
     def reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None = None,
-                  pods: list[dict[str, Any]] | None = None) -> float | None:
-        """One pass for one job; returns seconds until it wants to run again (or None). `obj` and
-        `pods` come from the watch caches; without them the pass reads both from the API."""
+                  pods: list[dict[str, Any]] | None = None,
+                  workloads: list[dict[str, Any]] | None = None) -> float | None:
+        """One pass for one job; returns seconds until it wants to run again (or None). `obj`, `pods`
+        and `workloads` (Kueue's) come from the watch caches; without them the pass reads them from the API."""
         with self._locks[(namespace, name)], metrics.RECONCILE_SECONDS.time():
             key = (namespace, name)
             if obj is not None and obj["metadata"].get("resourceVersion") == self._replaced_version.get(key):
@@ -128,7 +129,7 @@ class Reconciler:
                 return CACHE_WAIT_SECONDS  # our own pod creates/deletes are not in the cache yet
             self._expected.pop(key, None)
             try:
-                requeue = self._reconcile(namespace, name, obj, pods)
+                requeue = self._reconcile(namespace, name, obj, pods, workloads)
                 metrics.RECONCILES.labels("ok").inc()
                 return requeue
             except ApiException as err:
@@ -157,7 +158,8 @@ class Reconciler:
         return gone
 
     def _reconcile(self, namespace: str, name: str, obj: dict[str, Any] | None,
-                   cached_pods: list[dict[str, Any]] | None) -> float | None:
+                   cached_pods: list[dict[str, Any]] | None,
+                   cached_workloads: list[dict[str, Any]] | None = None) -> float | None:
         metrics.watch_namespace(namespace)
         if obj is None:
             try:
@@ -194,7 +196,8 @@ class Reconciler:
         scrape = self._latest_scrape(job) if watching and job.status.phase == "Running" else None
         if scrape and scrape.progress:
             job.status.progress = scrape.progress
-        plan = lifecycle.plan(job, views, now, scrape, watching)
+        workload = self._workload(job, obj, cached_workloads) if job.spec.scheduling.queueName else None
+        plan = lifecycle.plan(job, views, now, scrape, watching, kueue.workload_view(workload) if workload else None)
         if problem and live and (failure := invalid.edited(job, plan, problem, now)):
             self._write_invalid(obj, failure)
             return 0.0
@@ -214,9 +217,13 @@ class Reconciler:
             deleted={uids[pod_name] for pod_name in plan.delete})
         for pod_name in plan.delete:
             self._delete_pod(namespace, pod_name, uids[pod_name])
+        if plan.workload and not self._act_on_workload(job, obj, workload, plan.workload, plan.status, now):
+            return CREATE_RETRY_SECONDS
+        placement = self._placement(workload) if plan.create and workload else None
         for rank in plan.create:
             try:
-                self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults, plan.status.gangNodes))
+                self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults, plan.status.gangNodes,
+                                          placement))
             except ApiException as err:
                 pod_name = builders.pod_name(name, rank)
                 self._expected.pop((namespace, name), None)
@@ -281,6 +288,25 @@ class Reconciler:
                                                _preload_content=False)
         return json.loads(result.data)["items"]
 
+    def _workload(self, job: api.HunyuanFineTune, obj: dict[str, Any],
+                  cached: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        """The job's Kueue Workload, if it exists. One the cache does not show is read from the API: the
+        watch may have started after it was created (Kueue installed after the operator), or not at all."""
+        if not cached:
+            try:
+                cached = [self.custom.get_namespaced_custom_object(
+                    kueue.GROUP, kueue.VERSION, job.metadata["namespace"], kueue.PLURAL, job.metadata["name"])]
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                cached = []
+        return next((w for w in cached if self._owned(w, obj) and not w["metadata"].get("deletionTimestamp")), None)
+
+    def _placement(self, workload: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        flavors = kueue.workload_view(workload).flavors
+        return kueue.placement([self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, f)
+                                for f in flavors])
+
     @staticmethod
     def _owned(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
         uid = owner["metadata"]["uid"]
@@ -332,6 +358,52 @@ class Reconciler:
         self.custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, meta["namespace"], api.PLURAL,
                                                           meta["name"], body)
         self._replaced_version[(meta["namespace"], meta["name"])] = meta["resourceVersion"]
+
+    def _act_on_workload(self, job: api.HunyuanFineTune, obj: dict[str, Any], workload: dict[str, Any] | None,
+                         action: kueue.Action, status: api.HunyuanFineTuneStatus, now: dt.datetime) -> bool:
+        """Carry out the plan's Workload change; False if it must be retried (said in an event)."""
+        namespace, name = job.metadata["namespace"], job.metadata["name"]
+        args = (kueue.GROUP, kueue.VERSION, namespace, kueue.PLURAL)
+        if action == kueue.Action.CREATE:
+            nodes = status.gangNodes or job.spec.nodes
+            master = builders.pod(job, 0, status.attempt, self.defaults, nodes)
+            worker = builders.pod(job, 1, status.attempt, self.defaults, nodes) if nodes > 1 else None
+            priority_class = job.spec.scheduling.priorityClassName
+            try:
+                priority = (client.SchedulingV1Api(self.core.api_client).read_priority_class(priority_class).value
+                            if priority_class else None)
+                self.custom.create_namespaced_custom_object(*args, kueue.workload(
+                    job, master, worker, nodes, builders.owner_reference(job), builders.labels(name), priority))
+            except ApiException as err:
+                # Kueue not installed, no such PriorityClass, or the operator may not create Workloads
+                if err.status in (404, 403):
+                    message = (f"spec.scheduling.queueName: cannot create the Kueue Workload "
+                               f"({kueue.GROUP}/{kueue.VERSION}): {_api_message(err)}")
+                    log.error("[%s/%s] %s", namespace, name, message)
+                    self._event(obj, Event("Warning", Reason.QUEUED, message))
+                    return False
+                if err.status != 409:
+                    raise
+            return True
+        assert workload is not None
+        meta = workload["metadata"]
+        if action == kueue.Action.DELETE:
+            try:
+                self.custom.delete_namespaced_custom_object(*args, meta["name"], body=client.V1DeleteOptions(
+                    preconditions=client.V1Preconditions(uid=meta["uid"])))
+            except ApiException as err:
+                if err.status not in (404, 409):  # already gone (a stale cache), or another one by that name
+                    raise
+        elif action in (kueue.Action.ACTIVATE, kueue.Action.DEACTIVATE):
+            self.custom.patch_namespaced_custom_object(
+                *args, meta["name"], {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                                      "spec": {"active": action == kueue.Action.ACTIVATE}})
+        else:
+            patch = (kueue.released(workload, now) if action == kueue.Action.RELEASE else
+                     kueue.finished(workload, now, status.phase == "Succeeded", status.message))
+            self.custom.patch_namespaced_custom_object_status(*args, meta["name"], patch)
+        log.info("[%s/%s] Kueue workload: %s", namespace, name, action)
+        return True
 
     def _get(self, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)

@@ -9,7 +9,9 @@ from pydantic import Field
 
 from .markers import ApiModel
 
-Phase = Literal["Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+PHASES: tuple[str, ...] = Phase.__args__
+IN_PROGRESS_PHASES = ("Pending", "Queued", "Running", "Restarting")
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
@@ -25,10 +27,11 @@ class _Documented(StrEnum):
 
 class ConditionType(_Documented):
     READY = "Ready", "True once the job succeeded (kstatus); its reason is the phase otherwise"
-    RECONCILING = "Reconciling", "True while the job is Pending, Running or Restarting (kstatus)"
+    RECONCILING = "Reconciling", "True while the job is Pending, Queued, Running or Restarting (kstatus)"
     STALLED = "Stalled", "True once the job failed (kstatus)"
     CREATED = "Created", "every pod of the current attempt exists"
     PODS_SCHEDULED = "PodsScheduled", "every pod of the current attempt is bound to a node"
+    QUEUED = "Queued", "the phase is Queued: Kueue has not admitted the job (spec.scheduling.queueName)"
     RUNNING = "Running", "the phase is Running (likewise for each phase)"
     RESTARTING = "Restarting", "the phase is Restarting"
     SUCCEEDED = "Succeeded", "the phase is Succeeded"
@@ -39,7 +42,7 @@ class ConditionType(_Documented):
     SPEC_VALID = "SpecValid", "False only while a running attempt outlives an edit that made the spec invalid"
 
 
-PHASE_CONDITIONS = (ConditionType.RUNNING, ConditionType.RESTARTING, ConditionType.SUCCEEDED,
+PHASE_CONDITIONS = (ConditionType.QUEUED, ConditionType.RUNNING, ConditionType.RESTARTING, ConditionType.SUCCEEDED,
                     ConditionType.FAILED, ConditionType.SUSPENDED)
 
 
@@ -80,6 +83,10 @@ class Reason(_Documented):
                               "next attempt, not counted against runPolicy.backoffLimit")
     RESIZED = "Resized", ("runPolicy.resize: a pod stayed unschedulable for unschedulableSeconds: the gang restarts on "
                           "the nodes the scheduler placed (status.gangNodes), not counted against backoffLimit")
+    QUEUED = "Queued", "spec.scheduling.queueName: waiting for Kueue to admit the job's Workload (its reason said)"
+    EVICTED = "Evicted", ("Kueue evicted the job's Workload (preempted, deactivated, a stopped queue): the pods stop "
+                          "with a checkpoint and the job waits Queued to resume from it, not counted against "
+                          "backoffLimit")
     POD_DELETED = "PodDeleted", "lastFailure: a running pod disappeared (deleted, preempted, node lost)"
 
 
@@ -126,12 +133,14 @@ class Progress(ApiModel):
 class HunyuanFineTuneStatus(ApiModel):
     observedGeneration: int | None = Field(None,
                                            description="The .metadata.generation last reconciled.")
-    phase: Phase = Field("Pending", description="Pending, Running, Restarting, Succeeded, Failed or Suspended.")
+    phase: Phase = Field("Pending", description="Pending, Queued, Running, Restarting, Succeeded, Failed or "
+                                                "Suspended.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions, one per type.")
     attempt: int = Field(0, description="Current gang attempt (pods carry it as hyft.io/attempt).")
     restarts: int = Field(0, description="Gang restarts after failures (counted against runPolicy.backoffLimit).")
-    disruptions: int = Field(0, description="Gang restarts after disruptions: preemption, eviction, a node drain "
-                                            "(not counted against runPolicy.backoffLimit).")
+    disruptions: int = Field(0, description="Gang restarts after disruptions: preemption (by the scheduler or "
+                                            "Kueue), eviction, a node drain (not counted against "
+                                            "runPolicy.backoffLimit).")
     gangNodes: int | None = Field(None, description="Nodes the current attempt runs on, when runPolicy.resize shrank "
                                                   "it below spec.nodes (unset: spec.nodes).")
     nodes: NodeCounts = Field(default_factory=NodeCounts, description="Pod counts of the current attempt.")

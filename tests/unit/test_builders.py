@@ -124,16 +124,6 @@ def test_cpu_job_requests_no_gpu_and_runs_one_process():
     assert "tolerations" not in pod["spec"]
 
 
-def test_kueue_queue_puts_the_gang_in_one_pod_group():
-    doc = load_example(ROOT / "examples" / "hunyuan-2node-full-zero3.yaml")
-    doc["spec"]["scheduling"]["queueName"] = "gpu-queue"
-    pods = builders.gang(api.HunyuanFineTune.model_validate(doc), attempt=1)
-    for p in pods:
-        assert p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-        assert p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "hunyuan-7b-full-1"
-        assert p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "2"
-
-
 def test_secret_env_uses_secret_refs_and_user_env_follows_the_contract():
     job = job_from(ROOT / "examples" / "hunyuan-1.8b-lora.yaml")
     env = builders.pod(job, 0, 0)["spec"]["containers"][0]["env"]

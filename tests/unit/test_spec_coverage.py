@@ -24,6 +24,7 @@ OPERATOR_ONLY = {
     "model.parameters": "the model size the memory check uses",
     "runPolicy.resize.minNodes": "the fewest nodes the lifecycle shrinks an unplaceable gang to",
     "runPolicy.resize.unschedulableSeconds": "how long the lifecycle waits before shrinking an unplaceable gang",
+    "scheduling.queueName": "the Kueue LocalQueue of the job's Workload (kueue.py); the pods carry none of it",
 }
 # What the operator's code reads (attribute loads, so a docstring or comment does not count).
 OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.rglob("*.py")

@@ -21,7 +21,7 @@ elseif phase == "Failed" then
   hs.status = "Degraded"
 elseif phase == "Suspended" then
   hs.status = "Suspended"
-else -- Pending, Running, Restarting
+else -- Pending, Queued, Running, Restarting
   hs.status = "Progressing"
 end
 hs.message = message

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ..status import PHASE_CONDITIONS, Condition, ConditionType, HunyuanFineTuneStatus, Reason
+from ..status import IN_PROGRESS_PHASES, PHASE_CONDITIONS, Condition, ConditionType, HunyuanFineTuneStatus, Reason
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -39,7 +39,7 @@ def follow_phase(status: HunyuanFineTuneStatus, reason: str, now: dt.datetime) -
         active = phase == type_
         set_condition(conds, type_, "True" if active else "False", reason if active else f"Not{type_}",
                       message if active else "", now, gen)
-    in_progress = phase in ("Pending", "Running", "Restarting")
+    in_progress = phase in IN_PROGRESS_PHASES
     set_condition(conds, ConditionType.RECONCILING, "True" if in_progress else "False",
                   reason if in_progress else Reason.IDLE, message if in_progress else "", now, gen)
     failed = phase == "Failed"

@@ -8,6 +8,7 @@ from functools import cached_property
 
 from ..admission import MemoryCheck, check_memory
 from ..api import HunyuanFineTune
+from ..kueue import Action, WorkloadView
 from ..progress import Scrape
 from ..status import PHASE_CONDITIONS, ConditionType, HunyuanFineTuneStatus, Reason
 from .conditions import fail, timestamp
@@ -30,13 +31,14 @@ class Plan:
     create: list[int] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    workload: Action | None = None  # the change the job's Kueue Workload needs (lifecycle/queue.py)
 
 
 class Gang:
     def __init__(self, job: HunyuanFineTune, pods: list[PodView], now: dt.datetime, scrape: Scrape | None,
-                 watching: bool):
+                 watching: bool, workload: WorkloadView | None = None):
         self.job, self.spec, self.now = job, job.spec, now
-        self.scrape, self.watching = scrape, watching
+        self.scrape, self.watching, self.workload = scrape, watching, workload
         self.old = job.status
         self.st = job.status.model_copy(deep=True)
         self.st.observedGeneration = job.metadata.get("generation")

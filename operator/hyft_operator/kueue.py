@@ -1,0 +1,147 @@
+"""Kueue, through its Workload API, the way frameworks outside Kueue's own integrations use it: a job
+with spec.scheduling.queueName is one Workload (kueue.x-k8s.io/v1beta2) that the job owns, its master and
+its workers as two pod sets, so Kueue admits or queues the whole gang at once. hyft creates no pod
+before Kueue admits the Workload, and puts the admitted flavors' node labels and tolerations on the pods.
+When Kueue evicts it (preemption, a stopped queue, deactivation) hyft stops the pods (the trainer
+checkpoints on SIGTERM) and, once they are gone, gives the quota back (QuotaReserved False, Requeued as
+Kueue's own job integrations set it); a finished job marks its Workload Finished, which frees the quota.
+Pure: the lifecycle decides (lifecycle/queue.py), the reconciler does the I/O."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from .api import HunyuanFineTune
+
+GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
+FLAVORS = "resourceflavors"
+MASTER_SET, WORKER_SET = "master", "worker"
+# Evictions Kueue requeues by itself; after the others (deactivated, a stopped queue) the Workload waits
+# until it is reactivated or its queue runs again (Kueue's job reconciler sets Requeued the same way).
+REQUEUED_AFTER = ("Preempted", "NodeFailures")
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    DELETE = "delete"  # its pod sets no longer match the gang: recreated on the next pass
+    ACTIVATE = "activate"  # spec.active follows runPolicy.suspend
+    DEACTIVATE = "deactivate"
+    RELEASE = "release"  # the quota goes back to the ClusterQueue
+    FINISH = "finish"
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What the lifecycle reads of a job's Workload."""
+
+    nodes: int  # pods over all pod sets
+    active: bool
+    reserved: bool  # QuotaReserved
+    admitted: bool  # Admitted: quota reserved and every admission check ready
+    evicted: tuple[str, str] | None  # (reason, message) while Evicted is True
+    finished: bool
+    pending: str  # why Kueue has not reserved quota (its QuotaReserved message)
+    cluster_queue: str | None
+    flavors: tuple[str, ...]  # the admitted ResourceFlavors
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == type_), None)
+
+
+def _true(obj: dict[str, Any], type_: str) -> bool:
+    return (_condition(obj, type_) or {}).get("status") == "True"
+
+
+def workload_view(obj: dict[str, Any]) -> WorkloadView:
+    admission = (obj.get("status") or {}).get("admission") or {}
+    evicted = _condition(obj, "Evicted") if _true(obj, "Evicted") else None
+    flavors = sorted({f for a in admission.get("podSetAssignments") or [] for f in (a.get("flavors") or {}).values()})
+    return WorkloadView(
+        nodes=sum(int(s.get("count", 1)) for s in obj["spec"]["podSets"]),
+        active=obj["spec"].get("active", True),
+        reserved=_true(obj, "QuotaReserved"),
+        admitted=_true(obj, "Admitted"),
+        evicted=(evicted.get("reason", ""), evicted.get("message", "")) if evicted else None,
+        finished=_true(obj, "Finished"),
+        pending=(_condition(obj, "QuotaReserved") or {}).get("message", ""),
+        cluster_queue=admission.get("clusterQueue"),
+        flavors=tuple(flavors),
+    )
+
+
+def workload(job: HunyuanFineTune, master: dict[str, Any], worker: dict[str, Any] | None, nodes: int,
+             owner: dict[str, Any], labels: dict[str, str], priority: int | None) -> dict[str, Any]:
+    """The job's Workload: master (rank 0) and worker pod sets with the pods' own templates, so Kueue counts
+    exactly what the pods request. priority: the value of spec.scheduling.priorityClassName."""
+    def pod_set(name: str, pod: dict[str, Any], count: int) -> dict[str, Any]:
+        meta = pod["metadata"]
+        template = {"metadata": {"labels": meta.get("labels", {}), "annotations": meta.get("annotations") or {}},
+                    "spec": pod["spec"]}
+        return {"name": name, "count": count, "template": template}
+
+    spec: dict[str, Any] = {"queueName": job.spec.scheduling.queueName,
+                            "podSets": [pod_set(MASTER_SET, master, 1)],
+                            "active": not job.spec.runPolicy.suspend}
+    if worker is not None and nodes > 1:
+        spec["podSets"].append(pod_set(WORKER_SET, worker, nodes - 1))
+    if job.spec.scheduling.priorityClassName:
+        spec["priorityClassRef"] = {"group": "scheduling.k8s.io", "kind": "PriorityClass",
+                                    "name": job.spec.scheduling.priorityClassName}
+        spec["priority"] = priority
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workload",
+            "metadata": {"name": job.metadata["name"], "namespace": job.metadata["namespace"], "labels": labels,
+                         "ownerReferences": [owner]},
+            "spec": spec}
+
+
+def _set(conditions: list[dict[str, Any]], type_: str, status: str, reason: str, message: str,
+         now: dt.datetime, generation: int | None) -> list[dict[str, Any]]:
+    stamp = now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = next((c for c in conditions if c["type"] == type_), None)
+    new = {"type": type_, "status": status, "reason": reason, "message": message[:32768],
+           "observedGeneration": generation,
+           "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == status else stamp}
+    return [new if c is old else c for c in conditions] if old else [*conditions, new]
+
+
+def _patch(obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    # the whole conditions list is written: the resourceVersion guards it
+    return {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": status}
+
+
+def released(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The status merge patch that gives the Workload's quota back once its pods are gone."""
+    conditions = list(obj["status"].get("conditions") or [])
+    generation = obj["metadata"].get("generation")
+    evicted = _condition(obj, "Evicted") if _true(obj, "Evicted") else None
+    why = (evicted or {}).get("message") or "the gang was stopped"
+    if evicted:
+        reason = evicted.get("reason", "")
+        conditions = _set(conditions, "Requeued", "True" if reason in REQUEUED_AFTER else "False", reason, why, now,
+                          generation)
+    conditions = _set(conditions, "QuotaReserved", "False", "Pending", why, now, generation)
+    if _true(obj, "Admitted"):
+        conditions = _set(conditions, "Admitted", "False", "NoReservation", "The workload has no reservation", now,
+                          generation)
+    return _patch(obj, {"admission": None, "conditions": conditions})
+
+
+def finished(obj: dict[str, Any], now: dt.datetime, succeeded: bool, message: str) -> dict[str, Any]:
+    """The status merge patch that marks the Workload Finished (Kueue frees its quota)."""
+    conditions = _set(list((obj.get("status") or {}).get("conditions") or []), "Finished", "True",
+                      "Succeeded" if succeeded else "Failed", message, now, obj["metadata"].get("generation"))
+    return _patch(obj, {"conditions": conditions})
+
+
+def placement(flavors: list[dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The node selector and tolerations the admitted ResourceFlavors add to the pods."""
+    selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    for flavor in flavors:
+        spec = flavor.get("spec") or {}
+        selector.update(spec.get("nodeLabels") or {})
+        tolerations += [t for t in spec.get("tolerations") or [] if t not in tolerations]
+    return selector, tolerations

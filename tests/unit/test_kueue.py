@@ -1,0 +1,191 @@
+"""Kueue through its Workload API: the Workload hyft renders, what it reads of Kueue's answer, the status
+patches it writes back, and the lifecycle around admission and eviction (pure; the real Kueue is
+tests/k8s/test_kueue.py)."""
+from __future__ import annotations
+
+import pytest
+
+from hyft_operator import api, builders, kueue, lifecycle
+from hyft_operator.kueue import Action
+from hyft_operator.status import Reason
+from tests.unit.test_lifecycle import EARLIER, NOW, pod
+
+QUEUE = {"queueName": "gpus"}
+
+
+def job(status=None, nodes=2, suspend=False, **scheduling):
+    from tests.helpers import ROOT, load_example
+
+    doc = load_example(ROOT / "examples" / "minimal.yaml")
+    doc["metadata"].update(generation=3, uid="job-uid", namespace="ml")
+    doc["spec"]["nodes"] = nodes
+    doc["spec"]["scheduling"] = {**QUEUE, **scheduling}
+    doc["spec"].setdefault("runPolicy", {})["suspend"] = suspend
+    doc["status"] = status or {}
+    return api.HunyuanFineTune.model_validate(doc)
+
+
+def condition(type_, status, reason="", message="", at=EARLIER):
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": at}
+
+
+def workload_obj(*conditions, nodes=2, active=True, admission=None):
+    sets = [{"name": "master", "count": 1}] + ([{"name": "worker", "count": nodes - 1}] if nodes > 1 else [])
+    return {"metadata": {"name": "minimal", "resourceVersion": "42", "generation": 1, "uid": "wl-uid"},
+            "spec": {"podSets": sets, "active": active, "queueName": "gpus"},
+            "status": {"conditions": list(conditions), **({"admission": admission} if admission else {})}}
+
+
+ADMISSION = {"clusterQueue": "cluster-gpus", "podSetAssignments": [
+    {"name": "master", "flavors": {"nvidia.com/gpu": "h100", "cpu": "default"}},
+    {"name": "worker", "flavors": {"nvidia.com/gpu": "h100"}}]}
+PENDING = workload_obj(condition("QuotaReserved", "False", "Pending",
+                                 "couldn't assign flavors to pod set master: insufficient unused quota"))
+ADMITTED = workload_obj(condition("QuotaReserved", "True", "QuotaReserved"), condition("Admitted", "True", "Admitted"),
+                        admission=ADMISSION)
+PREEMPTED = workload_obj(condition("QuotaReserved", "True", "QuotaReserved"), condition("Admitted", "True"),
+                         condition("Evicted", "True", "Preempted", "Preempted to accommodate a higher priority "
+                                   "Workload"), admission=ADMISSION)
+
+
+def test_the_view_reads_kueues_conditions_and_admission():
+    view = kueue.workload_view(PREEMPTED)
+    assert (view.nodes, view.reserved, view.admitted, view.finished) == (2, True, True, False)
+    assert view.evicted == ("Preempted", "Preempted to accommodate a higher priority Workload")
+    assert (view.cluster_queue, view.flavors) == ("cluster-gpus", ("default", "h100"))
+    pending = kueue.workload_view(PENDING)
+    assert not pending.reserved and not pending.admitted and pending.evicted is None
+    assert pending.pending.startswith("couldn't assign flavors")
+
+
+def test_the_workload_is_the_gang_as_two_pod_sets_with_the_pods_own_templates():
+    j = job(nodes=3, priorityClassName="team-high")
+    master, worker = builders.pod(j, 0, 0), builders.pod(j, 1, 0)
+    body = kueue.workload(j, master, worker, 3, builders.owner_reference(j), builders.labels("minimal"), 1000)
+    assert body["apiVersion"] == "kueue.x-k8s.io/v1beta2" and body["kind"] == "Workload"
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "job-uid"
+    assert body["metadata"]["labels"][builders.LABEL_JOB] == "minimal"
+    spec = body["spec"]
+    assert (spec["queueName"], spec["active"], spec["priority"]) == ("gpus", True, 1000)
+    assert spec["priorityClassRef"] == {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": "team-high"}
+    assert [(s["name"], s["count"]) for s in spec["podSets"]] == [("master", 1), ("worker", 2)]
+    assert spec["podSets"][0]["template"]["spec"] == master["spec"]  # Kueue counts what the pods request
+    assert spec["podSets"][1]["template"]["spec"] == worker["spec"]
+    one = kueue.workload(job(nodes=1), master, None, 1, {}, {}, None)["spec"]
+    assert [s["name"] for s in one["podSets"]] == ["master"] and "priorityClassRef" not in one
+
+
+def test_pods_carry_no_kueue_labels_and_get_the_admitted_flavors_placement():
+    j = job(nodeSelector={"pool": "a100"})
+    plain = builders.pod(j, 0, 0)
+    assert not [k for k in plain["metadata"]["labels"] if k.startswith("kueue.x-k8s.io/")]
+    flavors = [{"spec": {"nodeLabels": {"gpu": "h100"},
+                         "tolerations": [{"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}]}},
+               {"spec": {}}]
+    placed = builders.pod(j, 0, 0, placement=kueue.placement(flavors))
+    assert placed["spec"]["nodeSelector"] == {"pool": "a100", "gpu": "h100"}
+    assert {"key": "reserved", "operator": "Exists", "effect": "NoSchedule"} in placed["spec"]["tolerations"]
+
+
+@pytest.mark.parametrize("reason, requeued", [("Preempted", "True"), ("NodeFailures", "True"),
+                                              ("Deactivated", "False"), ("ClusterQueueStopped", "False")])
+def test_releasing_gives_the_quota_back_and_requeues_as_kueue_does(reason, requeued):
+    evicted = workload_obj(condition("QuotaReserved", "True"), condition("Admitted", "True"),
+                           condition("Evicted", "True", reason, "why"), admission=ADMISSION)
+    patch = kueue.released(evicted, NOW)
+    assert patch["metadata"] == {"resourceVersion": "42"} and patch["status"]["admission"] is None
+    conds = {c["type"]: c for c in patch["status"]["conditions"]}
+    assert (conds["QuotaReserved"]["status"], conds["QuotaReserved"]["reason"]) == ("False", "Pending")
+    assert (conds["Admitted"]["status"], conds["Admitted"]["reason"]) == ("False", "NoReservation")
+    assert (conds["Requeued"]["status"], conds["Requeued"]["reason"]) == (requeued, reason)
+    assert conds["Evicted"]["status"] == "True"  # Kueue's own: it clears it when it admits again
+    assert conds["QuotaReserved"]["lastTransitionTime"] == "2026-11-29T12:00:00Z"
+
+
+def test_finishing_marks_the_workload_finished():
+    conds = kueue.finished(ADMITTED, NOW, False, "pod failed")["status"]["conditions"]
+    finished = next(c for c in conds if c["type"] == "Finished")
+    assert (finished["status"], finished["reason"], finished["message"]) == ("True", "Failed", "pod failed")
+    assert len(conds) == 3
+
+
+def plan(j, pods=(), workload=None):
+    return lifecycle.plan(j, list(pods), NOW, workload=kueue.workload_view(workload) if workload else None)
+
+
+def test_a_queued_job_creates_its_workload_and_no_pod():
+    p = plan(job())
+    assert (p.status.phase, p.create, p.workload) == ("Queued", [], Action.CREATE)
+    p = plan(job({"phase": "Queued"}), workload=PENDING)
+    assert (p.status.phase, p.create, p.workload) == ("Queued", [], None)
+    assert "insufficient unused quota" in p.status.message and "LocalQueue gpus" in p.status.message
+    queued = next(c for c in p.status.conditions if c.type == "Queued")
+    assert (queued.status, queued.reason) == ("True", Reason.QUEUED)
+    reconciling = next(c for c in p.status.conditions if c.type == "Reconciling")
+    assert reconciling.status == "True"
+
+
+def test_an_admitted_job_creates_its_gang():
+    p = plan(job({"phase": "Queued"}), workload=ADMITTED)
+    assert (p.status.phase, p.create, p.workload) == ("Pending", [0, 1], None)
+    # no queue: no Workload at all
+    p = lifecycle.plan(job(queueName=None), [], NOW)
+    assert (p.create, p.workload) == ([0, 1], None)
+
+
+def test_a_preempted_gang_stops_waits_queued_and_gives_its_quota_back_once_its_pods_are_gone():
+    running = {"phase": "Running", "startTime": EARLIER, "restarts": 1}
+    p = plan(job(running), [pod(0), pod(1)], PREEMPTED)
+    assert p.status.phase == "Queued"
+    assert sorted(p.delete) == ["minimal-master-0", "minimal-worker-0"] and p.create == []
+    assert (p.status.attempt, p.status.restarts, p.status.disruptions) == (1, 1, 1)  # restarts unchanged
+    assert "Preempted" in p.status.message and p.workload is None  # quota kept until the pods are gone
+    assert [e.reason for e in p.events] == [Reason.EVICTED]
+    after = p.status.model_dump(mode="json")
+    terminating = [pod(0, deleting=True), pod(1, deleting=True)]
+    p = plan(job(after), terminating, PREEMPTED)
+    assert (p.status.attempt, p.status.disruptions, p.workload, p.create) == (1, 1, None, [])
+    p = plan(job(after), [], PREEMPTED)
+    assert (p.status.phase, p.workload, p.create, p.events) == ("Queued", Action.RELEASE, [], [])
+    released = kueue.released(PREEMPTED, NOW)
+    requeued = {**PREEMPTED, "status": {**PREEMPTED["status"], **released["status"]}}
+    p = plan(job(after), [], requeued)
+    assert (p.status.phase, p.workload, p.create) == ("Queued", None, [])
+    queued = next(c for c in p.status.conditions if c.type == "Queued")
+    assert queued.reason == Reason.EVICTED and "evicted by Kueue (Preempted)" in p.status.message
+    readmitted = workload_obj(condition("QuotaReserved", "True"), condition("Admitted", "True"),
+                              condition("Evicted", "False", "QuotaReserved"), admission=ADMISSION)
+    p = plan(job(after), [], readmitted)
+    assert (p.status.phase, p.create, p.status.attempt) == ("Pending", [0, 1], 1)
+
+
+def test_suspending_deactivates_the_workload_and_resuming_activates_it():
+    p = plan(job({"phase": "Running", "startTime": EARLIER}, suspend=True), [pod(0), pod(1)], ADMITTED)
+    assert (p.status.phase, p.workload, len(p.delete)) == ("Suspended", Action.DEACTIVATE, 2)
+    deactivated = workload_obj(condition("QuotaReserved", "True"), condition("Admitted", "True"),
+                               condition("Evicted", "True", "Deactivated", "The workload is deactivated"),
+                               active=False, admission=ADMISSION)
+    suspended = {"phase": "Suspended", "startTime": EARLIER}
+    assert plan(job(suspended, suspend=True), [], deactivated).workload == Action.RELEASE
+    inactive = workload_obj(condition("QuotaReserved", "False", "Pending"), active=False)
+    assert plan(job(suspended, suspend=True), [], inactive).workload is None
+    p = plan(job(suspended), [], inactive)
+    assert (p.status.phase, p.workload, p.create) == ("Queued", Action.ACTIVATE, [])
+
+
+def test_a_finished_job_finishes_its_workload_once():
+    done = {"phase": "Succeeded", "startTime": EARLIER, "completionTime": EARLIER}
+    assert plan(job(done), [], ADMITTED).workload == Action.FINISH
+    finished = workload_obj(condition("Finished", "True", "Succeeded"))
+    assert plan(job(done), [], finished).workload is None
+    # the master exiting 0 finishes the job and the Workload in one pass
+    p = plan(job({"phase": "Running", "startTime": EARLIER}), [pod(0, "Succeeded", exit_code=0), pod(1)], ADMITTED)
+    assert (p.status.phase, p.workload) == ("Succeeded", Action.FINISH)
+
+
+def test_a_workload_of_another_size_is_released_then_recreated():
+    three = job({"phase": "Queued", "startTime": EARLIER}, nodes=3)
+    assert plan(three, [], ADMITTED).workload == Action.RELEASE  # admitted for 2: not run on 3
+    assert plan(three, [], PENDING).workload == Action.DELETE
+    assert plan(three, [], PENDING).create == []
+
