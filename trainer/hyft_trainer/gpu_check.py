@@ -117,12 +117,11 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     # 3. the default GPU path
     code, text, seconds = run_train(config, workdir, 0 if dry_run else 1, "train")
     result["train"] = {"exit_code": code, "seconds": round(seconds, 1)}
-    report_path = workdir / "out" / "report.json"
-    if code != 0 or not report_path.exists():
+    trained = _report(workdir / "out") if code == 0 else None
+    if trained is None:
         result["train"]["log_tail"] = text[-3000:]
         return result
-    report = json.loads(report_path.read_text())
-    losses = [h["loss"] for h in report["log_history"] if "loss" in h]
+    report, losses = trained
     shape = Shape(**{**SIZES["7B"], "layers": LAYERS}) if width else load_shape(str(model_dir))
     first, last = sum(losses[:3]) / max(1, len(losses[:3])), sum(losses[-3:]) / max(1, len(losses[-3:]))
     result["train"].update(steps=report["steps"], first_losses=losses[:3], last_losses=losses[-3:],
@@ -144,11 +143,10 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     code, text, seconds = run_train({**config, "quantization_bit": 4, "max_steps": min(steps, 10),
                                      "output_dir": str(qlora_out)}, workdir, 0 if dry_run else 1, "qlora")
     result["qlora"] = {"exit_code": code, "seconds": round(seconds, 1)}
-    if code == 0 and (qlora_out / "report.json").exists():
-        qlora = json.loads((qlora_out / "report.json").read_text())
+    if code == 0 and (trained := _report(qlora_out)):
+        qlora, losses = trained
         result["qlora"].update(quantization=qlora.get("quantization"), tokens_per_second=qlora.get(
-            "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"),
-            losses=[h["loss"] for h in qlora["log_history"] if "loss" in h])
+            "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"), losses=losses)
     else:
         result["qlora"]["log_tail"] = text[-3000:]
     # 4. attention kernels on a packed batch
@@ -161,6 +159,15 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     root = Path(__file__).resolve().parents[2]
     result["unit_tier"] = unit_tier(root) if on_gpu and (root / "tests").is_dir() else "skipped (dry run: CI runs it)"
     return result
+
+
+def _report(out: Path) -> tuple[dict, list[float]] | None:
+    """A run's report.json and its logged losses; None if it wrote none."""
+    path = out / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    return report, [h["loss"] for h in report["log_history"] if "loss" in h]
 
 
 def main(argv: list[str] | None = None) -> int:

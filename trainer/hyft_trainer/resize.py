@@ -49,6 +49,15 @@ def zero_ranks(checkpoint: Path) -> int | None:
     return len(ranks) or None
 
 
+def _keeping(batch: int, world: int, micro: int, what: str) -> int:
+    """The gradient accumulation with which `world` ranks of `micro` samples keep a global batch of `batch`."""
+    if batch % (world * micro):
+        raise ResizeError(f"{what} {world} ranks of per_device_train_batch_size {micro} cannot keep ({batch} is no "
+                          f"multiple of {world * micro}): set gradient_accumulation_steps (or the batch size) to the "
+                          "global batch you want")
+    return batch // (world * micro)
+
+
 def plan(checkpoint: Path, world: int, micro: int, accumulation: int) -> Resize | None:
     """What resuming `checkpoint` on `world` ranks takes; None when it was written by as many. A
     gradient_accumulation_steps other than the checkpoint's was changed on purpose, and wins."""
@@ -63,13 +72,9 @@ def plan(checkpoint: Path, world: int, micro: int, accumulation: int) -> Resize 
     if accumulation != saved_accumulation:
         kept = accumulation
         why = f"gradient_accumulation_steps {accumulation} as set (global batch {world * micro * accumulation})"
-    elif batch % (world * micro):
-        raise ResizeError(f"{checkpoint.name} was written by {saved} ranks with a global batch of {batch}, which "
-                          f"{world} ranks of per_device_train_batch_size {micro} cannot keep ({batch} is no multiple "
-                          f"of {world * micro}): set gradient_accumulation_steps (or the batch size) to the "
-                          "global batch you want")
     else:
-        kept = batch // (world * micro)
+        kept = _keeping(batch, world, micro, f"{checkpoint.name} was written by {saved} ranks with a global batch "
+                                             f"of {batch}, which")
         why = f"gradient_accumulation_steps {saved_accumulation} -> {kept} keeps the global batch of {batch}"
     how = "converted to DeepSpeed's universal checkpoint" if ranks else "loaded as it is"
     return Resize(saved, kept, bool(ranks), f"resuming {checkpoint.name}, written by {saved} ranks, on {world}: "
@@ -82,10 +87,7 @@ def below_plan(planned_world: int, world: int, micro: int, accumulation: int) ->
     if planned_world == world:
         return None
     batch = planned_world * micro * accumulation
-    if batch % (world * micro):
-        raise ResizeError(f"the job plans {planned_world} ranks and a global batch of {batch}, which {world} ranks of "
-                          f"per_device_train_batch_size {micro} cannot keep")
-    kept = batch // (world * micro)
+    kept = _keeping(batch, world, micro, f"the job plans {planned_world} ranks and a global batch of {batch}, which")
     return kept, (f"running on {world} of the {planned_world} ranks the job plans: gradient_accumulation_steps "
                   f"{accumulation} -> {kept} keeps the global batch of {batch}")
 

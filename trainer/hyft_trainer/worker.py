@@ -250,12 +250,13 @@ def train(config: TrainerConfig) -> int:
     if state.local_process_index == 0:
         print(f"hyft: attention: {kernel} ({kernel_why})", flush=True)
         print(f"hyft: {MODEL_LOADING} {config.model_name_or_path}", flush=True)
+    loading = dict(quantized)
     if quantized:
         from transformers import BitsAndBytesConfig
 
-        quantized["quantization_config"] = BitsAndBytesConfig(**quantized["quantization_config"])
+        loading["quantization_config"] = BitsAndBytesConfig(**quantized["quantization_config"])
     model = AutoModelForCausalLM.from_pretrained(config.model_name_or_path, dtype=dtype, attn_implementation=kernel,
-                                                 trust_remote_code=remote, **quantized)
+                                                 trust_remote_code=remote, **loading)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
     measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
