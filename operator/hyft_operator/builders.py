@@ -35,6 +35,7 @@ from hyft_trainer.problems import describe
 from . import sizing
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
 from .formats import k8s_object
+from .kueue import Placement
 from .markers import Trainer
 from .settings import OperatorSettings
 
@@ -323,16 +324,17 @@ def _affinity(job: HunyuanFineTune) -> dict[str, Any] | None:
 
 
 def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults(),
-        nodes: int | None = None,
-        placement: tuple[dict[str, str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes). placement: the
-    node selector and tolerations of the ResourceFlavors Kueue admitted the job on (kueue.placement)."""
+        nodes: int | None = None, placement: Placement | None = None) -> dict[str, Any]:
+    """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes). placement: what
+    Kueue's admission adds to the rank's pod set (kueue.placement)."""
     spec = job.spec
     nodes = nodes or spec.nodes
     name = job.metadata["name"]
     namespace = job.metadata["namespace"]
-    pod_labels = {**spec.podMetadata.labels, **labels(name, rank, attempt)}  # hyft's own labels win
-    annotations = dict(spec.podMetadata.annotations)
+    placement = placement or Placement({}, [], {}, {})
+    # hyft's own labels win
+    pod_labels = {**spec.podMetadata.labels, **placement.labels, **labels(name, rank, attempt)}
+    annotations = {**spec.podMetadata.annotations, **placement.annotations}
 
     env = rendezvous_env(nodes, rank, master_address(name, namespace), spec.masterPort, spec.gpusPerNode or 1)
     env += [
@@ -386,11 +388,10 @@ def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefault
         "volumes": volumes,
     }
     scheduling = spec.scheduling
-    admitted_selector, admitted_tolerations = placement or ({}, [])
-    if node_selector := {**scheduling.nodeSelector, **admitted_selector}:
+    if node_selector := {**scheduling.nodeSelector, **placement.node_selector}:
         pod_spec["nodeSelector"] = node_selector
     tolerations = _tolerations(job)
-    if tolerations := tolerations + [t for t in admitted_tolerations if t not in tolerations]:
+    if tolerations := tolerations + [t for t in placement.tolerations if t not in tolerations]:
         pod_spec["tolerations"] = tolerations
     if affinity := _affinity(job):
         pod_spec["affinity"] = affinity

@@ -136,12 +136,44 @@ def finished(obj: dict[str, Any], now: dt.datetime, succeeded: bool, message: st
     return _patch(obj, {"conditions": conditions})
 
 
-def placement(flavors: list[dict[str, Any]]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """The node selector and tolerations the admitted ResourceFlavors add to the pods."""
+@dataclass(frozen=True)
+class Placement:
+    """What Kueue's admission adds to one pod set's pods, as its own job integrations apply it: the node
+    labels and tolerations of the ResourceFlavors assigned to the pod set, and the updates admission checks
+    ask for (a ProvisioningRequest's annotations, say)."""
+
+    node_selector: dict[str, str]
+    tolerations: list[dict[str, Any]]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+
+def pod_set(rank: int) -> str:
+    return MASTER_SET if rank == 0 else WORKER_SET
+
+
+def placement(obj: dict[str, Any], flavors: dict[str, dict[str, Any]], name: str) -> Placement:
+    """Pod set `name`'s placement on the admitted Workload `obj`; flavors: the ResourceFlavors by name."""
+    status = obj.get("status") or {}
+    assigned = next((a for a in (status.get("admission") or {}).get("podSetAssignments") or []
+                     if a.get("name") == name), {})
     selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
-    for flavor in flavors:
-        spec = flavor.get("spec") or {}
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+    def add_tolerations(more: list[dict[str, Any]]) -> None:
+        tolerations.extend(t for t in more if t not in tolerations)
+
+    for flavor in dict.fromkeys((assigned.get("flavors") or {}).values()):
+        spec = flavors[flavor].get("spec") or {}
         selector.update(spec.get("nodeLabels") or {})
-        tolerations += [t for t in spec.get("tolerations") or [] if t not in tolerations]
-    return selector, tolerations
+        add_tolerations(spec.get("tolerations") or [])
+    for check in status.get("admissionChecks") or []:
+        for update in check.get("podSetUpdates") or []:
+            if update.get("name") == name:
+                selector.update(update.get("nodeSelector") or {})
+                add_tolerations(update.get("tolerations") or [])
+                labels.update(update.get("labels") or {})
+                annotations.update(update.get("annotations") or {})
+    return Placement(selector, tolerations, labels, annotations)

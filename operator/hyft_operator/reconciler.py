@@ -219,8 +219,9 @@ class Reconciler:
             self._delete_pod(namespace, pod_name, uids[pod_name])
         if plan.workload and not self._act_on_workload(job, obj, workload, plan.workload, plan.status, now):
             return CREATE_RETRY_SECONDS
-        placement = self._placement(workload) if plan.create and workload else None
+        flavors = self._flavors(workload) if plan.create and workload else {}
         for rank in plan.create:
+            placement = kueue.placement(workload, flavors, kueue.pod_set(rank)) if workload else None
             try:
                 self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults, plan.status.gangNodes,
                                           placement))
@@ -302,10 +303,10 @@ class Reconciler:
                 cached = []
         return next((w for w in cached if self._owned(w, obj) and not w["metadata"].get("deletionTimestamp")), None)
 
-    def _placement(self, workload: dict[str, Any]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        flavors = kueue.workload_view(workload).flavors
-        return kueue.placement([self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, f)
-                                for f in flavors])
+    def _flavors(self, workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The ResourceFlavors Kueue admitted the Workload on, by name."""
+        return {f: self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, f)
+                for f in kueue.workload_view(workload).flavors}
 
     @staticmethod
     def _owned(pod: dict[str, Any], owner: dict[str, Any]) -> bool:

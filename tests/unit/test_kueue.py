@@ -75,16 +75,27 @@ def test_the_workload_is_the_gang_as_two_pod_sets_with_the_pods_own_templates():
     assert [s["name"] for s in one["podSets"]] == ["master"] and "priorityClassRef" not in one
 
 
-def test_pods_carry_no_kueue_labels_and_get_the_admitted_flavors_placement():
-    j = job(nodeSelector={"pool": "a100"})
+def test_pods_carry_no_kueue_labels_and_get_their_pod_sets_placement():
+    j = job(nodeSelector={"pool": "a100"}, tolerations=[{"key": "team", "operator": "Exists"}])
     plain = builders.pod(j, 0, 0)
     assert not [k for k in plain["metadata"]["labels"] if k.startswith("kueue.x-k8s.io/")]
-    flavors = [{"spec": {"nodeLabels": {"gpu": "h100"},
-                         "tolerations": [{"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}]}},
-               {"spec": {}}]
-    placed = builders.pod(j, 0, 0, placement=kueue.placement(flavors))
-    assert placed["spec"]["nodeSelector"] == {"pool": "a100", "gpu": "h100"}
-    assert {"key": "reserved", "operator": "Exists", "effect": "NoSchedule"} in placed["spec"]["tolerations"]
+    reserved = {"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}
+    flavors = {"h100": {"spec": {"nodeLabels": {"gpu": "h100"}, "tolerations": [reserved]}},
+               "default": {"spec": {}}}
+    admitted = {**ADMITTED, "status": {**ADMITTED["status"], "admissionChecks": [
+        {"name": "dws", "state": "Ready", "podSetUpdates": [
+            {"name": "worker", "annotations": {"autoscaler.x-k8s.io/consume-provisioning-request": "pr-1"},
+             "labels": {"hyft.io/job-name": "not-this", "dws": "yes"}, "nodeSelector": {"zone": "b"}}]}]}}
+    master = builders.pod(j, 0, 0, placement=kueue.placement(admitted, flavors, kueue.pod_set(0)))
+    assert master["spec"]["nodeSelector"] == {"pool": "a100", "gpu": "h100"}
+    assert master["spec"]["tolerations"].count(reserved) == 1 and {"key": "team", "operator": "Exists"} in \
+        master["spec"]["tolerations"]
+    assert "autoscaler.x-k8s.io/consume-provisioning-request" not in (master["metadata"].get("annotations") or {})
+    worker = builders.pod(j, 1, 0, placement=kueue.placement(admitted, flavors, kueue.pod_set(1)))
+    assert worker["spec"]["nodeSelector"] == {"pool": "a100", "gpu": "h100", "zone": "b"}
+    assert worker["metadata"]["annotations"]["autoscaler.x-k8s.io/consume-provisioning-request"] == "pr-1"
+    assert worker["metadata"]["labels"]["dws"] == "yes"
+    assert worker["metadata"]["labels"]["hyft.io/job-name"] == "minimal"  # hyft's own labels win
 
 
 @pytest.mark.parametrize("reason, requeued", [("Preempted", "True"), ("NodeFailures", "True"),
