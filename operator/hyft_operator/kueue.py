@@ -1,7 +1,7 @@
 """Kueue, through its Workload API, the way frameworks outside Kueue's own integrations use it: a job
 with spec.scheduling.queueName is one Workload (kueue.x-k8s.io/v1beta2) that the job owns, its master and
 its workers as two pod sets, so Kueue admits or queues the whole gang at once. hyft creates no pod
-before Kueue admits the Workload, and puts the admitted flavors' node labels and tolerations on the pods.
+before Kueue admits the Workload, and gives each pod what the admission says of its pod set (placement).
 When Kueue evicts it (preemption, a stopped queue, deactivation) hyft stops the pods (the trainer
 checkpoints on SIGTERM) and, once they are gone, gives the quota back (QuotaReserved False, Requeued as
 Kueue's own job integrations set it); a finished job marks its Workload Finished, which frees the quota.
@@ -43,7 +43,6 @@ class WorkloadView:
     evicted: tuple[str, str] | None  # (reason, message) while Evicted is True
     finished: bool
     pending: str  # why Kueue has not reserved quota (its QuotaReserved message)
-    cluster_queue: str | None
     flavors: tuple[str, ...]  # the admitted ResourceFlavors
 
 
@@ -67,7 +66,6 @@ def workload_view(obj: dict[str, Any]) -> WorkloadView:
         evicted=(evicted.get("reason", ""), evicted.get("message", "")) if evicted else None,
         finished=_true(obj, "Finished"),
         pending=(_condition(obj, "QuotaReserved") or {}).get("message", ""),
-        cluster_queue=admission.get("clusterQueue"),
         flavors=tuple(flavors),
     )
 
@@ -76,17 +74,17 @@ def workload(job: HunyuanFineTune, master: dict[str, Any], worker: dict[str, Any
              owner: dict[str, Any], labels: dict[str, str], priority: int | None) -> dict[str, Any]:
     """The job's Workload: master (rank 0) and worker pod sets with the pods' own templates, so Kueue counts
     exactly what the pods request. priority: the value of spec.scheduling.priorityClassName."""
-    def pod_set(name: str, pod: dict[str, Any], count: int) -> dict[str, Any]:
+    def entry(name: str, pod: dict[str, Any], count: int) -> dict[str, Any]:
         meta = pod["metadata"]
         template = {"metadata": {"labels": meta.get("labels", {}), "annotations": meta.get("annotations") or {}},
                     "spec": pod["spec"]}
         return {"name": name, "count": count, "template": template}
 
     spec: dict[str, Any] = {"queueName": job.spec.scheduling.queueName,
-                            "podSets": [pod_set(MASTER_SET, master, 1)],
+                            "podSets": [entry(MASTER_SET, master, 1)],
                             "active": not job.spec.runPolicy.suspend}
     if worker is not None and nodes > 1:
-        spec["podSets"].append(pod_set(WORKER_SET, worker, nodes - 1))
+        spec["podSets"].append(entry(WORKER_SET, worker, nodes - 1))
     if job.spec.scheduling.priorityClassName:
         spec["priorityClassRef"] = {"group": "scheduling.k8s.io", "kind": "PriorityClass",
                                     "name": job.spec.scheduling.priorityClassName}

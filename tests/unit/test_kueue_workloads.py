@@ -52,7 +52,7 @@ def test_the_view_reads_kueues_conditions_and_admission():
     view = kueue.workload_view(PREEMPTED)
     assert (view.nodes, view.reserved, view.admitted, view.finished) == (2, True, True, False)
     assert view.evicted == ("Preempted", "Preempted to accommodate a higher priority Workload")
-    assert (view.cluster_queue, view.flavors) == ("cluster-gpus", ("default", "h100"))
+    assert view.flavors == ("default", "h100")
     pending = kueue.workload_view(PENDING)
     assert not pending.reserved and not pending.admitted and pending.evicted is None
     assert pending.pending.startswith("couldn't assign flavors")
