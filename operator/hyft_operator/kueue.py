@@ -29,6 +29,7 @@ class Action(StrEnum):
     ACTIVATE = "activate"  # spec.active follows runPolicy.suspend
     DEACTIVATE = "deactivate"
     RELEASE = "release"  # the quota goes back to the ClusterQueue
+    PODS_READY = "pods-ready"  # the gang runs (Kueue's waitForPodsReady counts on it)
     FINISH = "finish"
 
 
@@ -42,6 +43,7 @@ class WorkloadView:
     admitted: bool  # Admitted: quota reserved and every admission check ready
     evicted: tuple[str, str] | None  # (reason, message) while Evicted is True
     finished: bool
+    pods_ready: bool  # PodsReady, which the owner sets
     pending: str  # why Kueue has not reserved quota (its QuotaReserved message)
     flavors: tuple[str, ...]  # the admitted ResourceFlavors
 
@@ -65,6 +67,7 @@ def workload_view(obj: dict[str, Any]) -> WorkloadView:
         admitted=_true(obj, "Admitted"),
         evicted=(evicted.get("reason", ""), evicted.get("message", "")) if evicted else None,
         finished=_true(obj, "Finished"),
+        pods_ready=_true(obj, "PodsReady"),
         pending=(_condition(obj, "QuotaReserved") or {}).get("message", ""),
         flavors=tuple(flavors),
     )
@@ -124,7 +127,20 @@ def released(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
     if _true(obj, "Admitted"):
         conditions = _set(conditions, "Admitted", "False", "NoReservation", "The workload has no reservation", now,
                           generation)
+    if _condition(obj, "PodsReady"):  # the next admission waits for its own pods again
+        conditions = _set(conditions, "PodsReady", "False", "WaitForStart", "Not all pods are ready or succeeded",
+                          now, generation)
     return _patch(obj, {"admission": None, "conditions": conditions})
+
+
+def pods_ready(obj: dict[str, Any], now: dt.datetime) -> dict[str, Any]:
+    """The status merge patch that says every pod of the gang runs: Kueue's waitForPodsReady, where a cluster
+    turns it on, evicts a Workload whose pods do not get there in time (and reads this to stop waiting)."""
+    old = _condition(obj, "PodsReady") or {}
+    reason = "Recovered" if old.get("reason") in ("WaitForRecovery", "Recovered") else "Started"
+    conditions = _set(list(obj["status"].get("conditions") or []), "PodsReady", "True", reason,
+                      "All pods reached readiness and the workload is running", now, obj["metadata"].get("generation"))
+    return _patch(obj, {"conditions": conditions})
 
 
 def finished(obj: dict[str, Any], now: dt.datetime, succeeded: bool, message: str) -> dict[str, Any]:

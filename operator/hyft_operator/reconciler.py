@@ -401,6 +401,7 @@ class Reconciler:
                                       "spec": {"active": action == kueue.Action.ACTIVATE}})
         else:
             patch = (kueue.released(workload, now) if action == kueue.Action.RELEASE else
+                     kueue.pods_ready(workload, now) if action == kueue.Action.PODS_READY else
                      kueue.finished(workload, now, status.phase == "Succeeded", status.message))
             self.custom.patch_namespaced_custom_object_status(*args, meta["name"], patch)
         log.info("[%s/%s] Kueue workload: %s", namespace, name, action)

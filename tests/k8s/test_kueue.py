@@ -73,6 +73,9 @@ def running(api_client, namespace, name, attempt=0):
     assert status["attempt"] == attempt and len(found) == 2, status
     assert {p.spec.node_name for p in found} == set(NODES)  # the admitted flavor's node labels
     assert all(p.spec.node_selector == POOL for p in found)
+    wait_for(lambda: any(c["type"] == "PodsReady" and c["status"] == "True"
+                         for c in workload(api_client, namespace, name)["status"]["conditions"]),
+             what=f"{name}'s Workload PodsReady (Kueue's waitForPodsReady)")
     return status
 
 

@@ -102,7 +102,8 @@ def test_pods_carry_no_kueue_labels_and_get_their_pod_sets_placement():
                                               ("Deactivated", "False"), ("ClusterQueueStopped", "False")])
 def test_releasing_gives_the_quota_back_and_requeues_as_kueue_does(reason, requeued):
     evicted = workload_obj(condition("QuotaReserved", "True"), condition("Admitted", "True"),
-                           condition("Evicted", "True", reason, "why"), admission=ADMISSION)
+                           condition("PodsReady", "True", "Started"), condition("Evicted", "True", reason, "why"),
+                           admission=ADMISSION)
     patch = kueue.released(evicted, NOW)
     assert patch["metadata"] == {"resourceVersion": "42"} and patch["status"]["admission"] is None
     conds = {c["type"]: c for c in patch["status"]["conditions"]}
@@ -110,7 +111,25 @@ def test_releasing_gives_the_quota_back_and_requeues_as_kueue_does(reason, reque
     assert (conds["Admitted"]["status"], conds["Admitted"]["reason"]) == ("False", "NoReservation")
     assert (conds["Requeued"]["status"], conds["Requeued"]["reason"]) == (requeued, reason)
     assert conds["Evicted"]["status"] == "True"  # Kueue's own: it clears it when it admits again
+    assert (conds["PodsReady"]["status"], conds["PodsReady"]["reason"]) == ("False", "WaitForStart")
     assert conds["QuotaReserved"]["lastTransitionTime"] == "2026-11-29T12:00:00Z"
+
+
+def test_a_running_gang_says_its_pods_are_ready_once():
+    running = {"phase": "Running", "startTime": EARLIER}
+    p = plan(job(running), [pod(0), pod(1)], ADMITTED)
+    assert (p.status.phase, p.workload) == ("Running", Action.PODS_READY)
+    patch = kueue.pods_ready(ADMITTED, NOW)["status"]["conditions"]
+    ready = next(c for c in patch if c["type"] == "PodsReady")
+    assert (ready["status"], ready["reason"]) == ("True", "Started")
+    after = {**ADMITTED, "status": {**ADMITTED["status"], "conditions": patch}}
+    assert plan(job(running), [pod(0), pod(1)], after).workload is None
+    # not before every pod runs
+    assert plan(job({"phase": "Pending", "startTime": EARLIER}), [pod(0), pod(1, "Pending")], ADMITTED).workload \
+        is None
+    recovering = workload_obj(condition("PodsReady", "False", "WaitForRecovery"), admission=ADMISSION)
+    assert next(c for c in kueue.pods_ready(recovering, NOW)["status"]["conditions"]
+                if c["type"] == "PodsReady")["reason"] == "Recovered"
 
 
 def test_finishing_marks_the_workload_finished():

@@ -5,7 +5,7 @@ Queued: no Workload yet, or Kueue has not admitted it (the status says Kueue's r
 next attempt waits Queued and resumes from that checkpoint once admitted again; a disruption, not
 counted against backoffLimit. Every pass then brings the Workload in line (sync): created, its
 spec.active following runPolicy.suspend, its quota released once an evicted gang's pods are gone,
-recreated when the gang's size changed, Finished with the job."""
+recreated when the gang's size changed, PodsReady once the gang runs, Finished with the job."""
 from __future__ import annotations
 
 from ..kueue import Action
@@ -67,3 +67,5 @@ def sync(gang: Gang) -> None:
         gang.plan.workload = Action.RELEASE
     elif resized and not workload.reserved:
         gang.plan.workload = Action.DELETE
+    elif workload.admitted and gang.st.phase == "Running" and not workload.pods_ready:
+        gang.plan.workload = Action.PODS_READY
