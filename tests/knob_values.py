@@ -15,6 +15,7 @@ CHANGED = {
     "deepspeed_overrides": {"zero_optimization": {"overlap_comm": True}},
     "report_to": ["tensorboard"], "resume_from_checkpoint": "/ckpt", "job_name": "job", "data_cache_dir": "/cache",
     "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
+    "gradient_checkpointing": False,
     "warmup_ratio": 0.5, "freeze_trainable_layers": -2, "additional_target": "embed_tokens",
     "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm", "default_system": "Be brief.",
     "interleave_probs": "0.8,0.2", "quantization_bit": 4,

@@ -9,7 +9,10 @@ import pytest
 from hyft_trainer import keys, upstream_gen, worker
 from hyft_trainer.config import ConfigError, TrainerConfig, dump_config, load_config, parse_config
 from hyft_trainer.upstream_keys import LLAMAFACTORY_ARGUMENTS, TRAINING_ARGUMENTS, TRANSFORMERS_VERSION
-from tests.unit.test_knobs import accelerate_state  # noqa: F401  (a fixture)
+from tests.unit.test_knobs import (
+    accelerate_state,  # noqa: F401  (a fixture)
+    training_arguments,
+)
 
 BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}], "offload_optimizer": True,
         "offload_param": True}
@@ -65,19 +68,19 @@ def test_a_passed_key_reaches_the_training_arguments(key, accelerate_state, tmp_
     (tmp_path / "c.yaml").write_text(dump_config(config))
     reread = load_config(tmp_path / "c.yaml")
     assert key in reread.model_fields_set
-    got = getattr(worker.training_arguments(reread, None, on_gpu=False), key)
+    got = getattr(training_arguments(reread, None, on_gpu=False), key)
     assert got == value or (isinstance(value, dict) and got.items() >= value.items()), (key, got)
 
 
 def test_a_passed_key_left_out_leaves_transformers_default_and_the_configmap_short(accelerate_state):  # noqa: F811
     config = parse_config(BASE)
     assert not any(f"\n{key}:" in "\n" + dump_config(config) for key in keys.PASSED)
-    args = worker.training_arguments(config, None, on_gpu=False)
+    args = training_arguments(config, None, on_gpu=False)
     assert (args.optim, args.adam_beta2) == (TRAINING_ARGUMENTS["optim"][1], 0.999)
 
 
 def test_the_passed_key_wins_over_hyfts_default_for_it(accelerate_state):  # noqa: F811
-    args = worker.training_arguments(parse_config({**BASE, "seed": 3, "data_seed": 11, "warmup_steps": 4}), None,
+    args = training_arguments(parse_config({**BASE, "seed": 3, "data_seed": 11, "warmup_steps": 4}), None,
                                      on_gpu=False)
     assert (args.seed, args.data_seed, args.warmup_steps) == (3, 11, 4)
 
@@ -140,6 +143,6 @@ def test_a_min_lr_floor_reaches_the_scheduler_as_a_rate(accelerate_state):  # no
     """transformers reads min_lr through the optimizer's defaults, which DeepSpeed's ZeRO optimizers lack."""
     config = parse_config({**BASE, "learning_rate": 1e-5, "lr_scheduler_type": "cosine_with_min_lr",
                            "lr_scheduler_kwargs": {"min_lr": 1e-6}})
-    args = worker.training_arguments(config, None, on_gpu=False)
+    args = training_arguments(config, None, on_gpu=False)
     assert args.lr_scheduler_kwargs == {"min_lr_rate": pytest.approx(0.1)}
     assert worker.scheduler_floor('{"min_lr_rate": 0.2}', 1e-5) == {"min_lr_rate": 0.2}

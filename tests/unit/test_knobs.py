@@ -23,6 +23,12 @@ from tests.knob_values import BASE, COMPANIONS, changed
 from tests.llamafactory_corpus import CORPUS, render
 
 
+def training_arguments(config, ds, on_gpu):
+    """The worker's, on a config resolved as a CPU node resolves it (offload and gradient checkpointing)."""
+    return worker.training_arguments(offload.resolve(config, None, None, 1, 1, on_gpu=False)[0], ds, on_gpu)
+
+
+
 def configs(knob: knobs.Knob):
     base = {**BASE, **COMPANIONS.get(knob.key, {})}
     return TrainerConfig(**base), TrainerConfig(**{**base, knob.key: changed(knob)})
@@ -47,7 +53,7 @@ def accelerate_state(monkeypatch):
 
 @pytest.mark.parametrize("knob", of(knobs.ARGS), ids=lambda k: k.key)
 def test_a_training_argument_reaches_the_training_arguments(knob, accelerate_state):
-    before, after = (worker.training_arguments(c, None, on_gpu=False) for c in configs(knob))
+    before, after = (training_arguments(c, None, on_gpu=False) for c in configs(knob))
     name = knob.arg or knob.key
     assert getattr(after, name) != getattr(before, name)
 

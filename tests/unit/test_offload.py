@@ -40,6 +40,29 @@ def test_the_least_offload_that_fits(stage, optimizer, param, gpu_gib, chosen, f
         assert "does not fit even so" in decision.message
 
 
+@pytest.mark.parametrize("gpu_gib, chosen, recompute", [
+    (200, (False, False), False),  # everything fits: no offload, no recomputation
+    (100, (False, False), True),  # 120 without recomputation > 90; 80 with it fits: recompute before offloading
+    (60, (True, False), False),  # offloading the optimizer is needed anyway: then without recomputation (50)
+    (50, (True, False), True),  # 50 > 45: recompute as well (30)
+    (8, (True, True), True),  # nothing fits: the most of both
+])
+def test_auto_gradient_checkpointing_is_dropped_only_where_the_least_offload_fits_without_it(gpu_gib, chosen,
+                                                                                            recompute):
+    with_, without = figures(none=80, optimizer=30, params=10), figures(none=120, optimizer=50, params=40)
+    decision = offload.decide(with_, 3, "auto", "auto", gpu_gib * GIB, recompute="auto", without_recompute=without)
+    assert ((decision.optimizer, decision.param), decision.recompute) == (chosen, recompute) and decision.decided
+    assert f", gradient checkpointing {'on' if recompute else 'off'} (" in decision.message
+    assert "none without recomputation 120.0 GiB" in decision.message
+    # set, it stays as set, and the offload alone is decided
+    kept = offload.decide(with_, 3, "auto", "auto", 200 * GIB, recompute=True)
+    assert kept.recompute and (kept.optimizer, kept.param) == (False, False) and "checkpointing" not in kept.message
+    # on CPU, and where the GPU's memory is unknown, it stays on
+    assert offload.decide([], 3, "auto", "auto", None, on_gpu=False, recompute="auto").recompute
+    assert not offload.decide([], 3, "auto", "auto", None, on_gpu=False, recompute=False).recompute
+    assert offload.decide(with_, 3, "auto", "auto", None, recompute="auto").recompute
+
+
 def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
     assert offload.decide(figures(), 3, True, False, 200 * GIB) == offload.Decision(True, False, decided=False)
     unknown = offload.decide(figures(), 3, "auto", "auto", None)
@@ -51,8 +74,8 @@ def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
 def test_a_brought_deepspeed_json_decides_itself():
     config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": "/d"}], "deepspeed": {"a": 1}})
     resolved, decision = offload.resolve(config, None, 80 * GIB, 1, 8, on_gpu=True)
-    assert resolved is config or resolved == config.model_copy(update={"offload_optimizer": False,
-                                                                       "offload_param": False})
+    # the JSON's own offload; gradient checkpointing auto stays on (LLaMA-Factory's default)
+    assert resolved == config.model_copy(update={"gradient_checkpointing": True})
     assert not decision.decided and decision.message == ""
 
 
@@ -67,6 +90,9 @@ def test_a_node_decides_from_its_smallest_gpu_and_the_model_folder(tmp_path):
     on_mixed = offload.for_node(config, (141 * GIB, 80 * GIB), nodes=1, per_node=2)
     assert (on_141[1].label, on_mixed[1].label) == ("none", "optimizer")
     assert on_mixed[0].offload_optimizer is True and on_mixed[0].offload_param is False
+    # gradient checkpointing auto: the resolved config says what was chosen (transformers gets a bool)
+    assert {on_141[0].gradient_checkpointing, on_mixed[0].gradient_checkpointing} <= {True, False}
+    assert offload.for_node(config, (), 1, 1)[0].gradient_checkpointing is True  # CPU: on
     assert offload.for_node(config, (), 1, 1)[1].label == "params+optimizer"  # CPU
     unreadable = config.model_copy(update={"model_name_or_path": str(tmp_path / "none")})
     assert not offload.for_node(unreadable, (80 * GIB,), 1, 1)[1].decided

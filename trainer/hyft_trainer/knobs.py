@@ -211,8 +211,11 @@ KNOBS: tuple[Knob, ...] = (
          spec="training.maxGradNorm", bounds=dict(ge=0, le=1e6)),
     Knob("bf16", bool, False, "Train in bfloat16.", ARGS, TRANSFORMERS),
     Knob("fp16", bool, False, "Train in float16.", ARGS, TRANSFORMERS),
-    Knob("gradient_checkpointing", bool, True, "Recompute activations to save GPU memory (LLaMA-Factory turns it "
-         "on unless disable_gradient_checkpointing).", ARGS, LLAMAFACTORY, spec="training.gradientCheckpointing",
+    Knob("gradient_checkpointing", bool | Literal["auto"], "auto", "Recompute activations to save GPU memory. "
+         "auto (on the spec: unset): off where the GPU estimate fits without it at the least offload, else on "
+         "(decided with the offload; the job's status and start-up log say so); on CPU, on (LLaMA-Factory turns it "
+         "on unless disable_gradient_checkpointing). The loss is the same either way.", ARGS, LLAMAFACTORY,
+         spec="training.gradientCheckpointing", spec_type=bool | None, spec_default=None,
          arg="activation_checkpointing"),  # transformers 5's name; gradient_checkpointing is its deprecated alias
     Knob("label_smoothing_factor", float, 0.0, "Label smoothing of the cross-entropy over target tokens.", HYFT,
          TRANSFORMERS, bounds=dict(ge=0, lt=1)),  # hyft's loss (batches.token_mean_loss) applies it

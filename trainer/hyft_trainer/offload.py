@@ -1,6 +1,9 @@
-"""offload_optimizer / offload_param "auto": the least CPU offload whose GPU figure (estimate.py)
-fits the GPU's memory with a margin. CPU offload costs a host-device copy of every parameter and
-gradient per step and an optimizer step on the CPU; it is worth it only when the states do not fit.
+"""offload_optimizer / offload_param / gradient_checkpointing "auto": the least costly plan whose GPU
+figure (estimate.py) fits the GPU's memory with a margin. CPU offload costs a host-device copy of every
+parameter and gradient per step and an optimizer step on the CPU; recomputing activations (gradient
+checkpointing) costs about a third more forward compute, less than any offload: so the plans are tried
+least offload first and, at each, without recomputation first. Either is worth it only when the job does
+not fit without it (recomputation changes no gradient: the loss is the same).
 
 Pure. The operator decides from spec.gpuMemory or the nvidia.com/gpu.product it selects, and writes
 the decision into the trainer config; otherwise the launcher and each worker decide alike from the
@@ -41,6 +44,7 @@ class Decision:
     decided: bool  # False: nothing was auto, or the GPU memory is unknown here (a node decides)
     message: str = ""
     fits: bool = True
+    recompute: bool = True  # gradient checkpointing
 
     @property
     def label(self) -> str:
@@ -48,52 +52,74 @@ class Decision:
 
 
 def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: bool | str,
-           gpu_bytes: float | None, on_gpu: bool = True) -> Decision:
-    """The switches for stage: those set stay as set; an "auto" one takes the least offload whose GPU
-    figure is within GPU_MARGIN of gpu_bytes, or the most when none is. gpu_bytes None (unknown): the
-    most offload, undecided. estimates: estimate.estimate's options for this job (unused on CPU)."""
-    if optimizer != AUTO and param != AUTO:
-        return Decision(bool(optimizer), bool(param), decided=False)
+           gpu_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
+           without_recompute: list[Estimate] = ()) -> Decision:
+    """The switches for stage: those set stay as set; the "auto" ones take the least costly plan whose GPU
+    figure is within GPU_MARGIN of gpu_bytes (least offload first, at each without recomputation first), or
+    the most offload (recomputing) when none is. gpu_bytes None (unknown): the most, undecided. estimates:
+    estimate.estimate's options for this job with recomputation as set (auto: on), without_recompute: with
+    it off (read when recompute is auto). Both unused on CPU, where recomputation stays on (LLaMA-Factory's
+    default) and the most offload is taken."""
+    auto_recompute = recompute == AUTO
+    if optimizer != AUTO and param != AUTO and not auto_recompute:
+        return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute))
     options = [o for o in OPTIONS[stage] if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])]
     if not options:  # set switches the stage cannot honour: the config's own checks say so
-        return Decision(optimizer is True, param is True, decided=False)
+        return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False)
+    recomputes = (False, True) if auto_recompute else (bool(recompute),)
     most = options[-1]
     if not on_gpu:
-        return Decision(*most, decided=True, message=f"offload {label(*most)}: no GPU, DeepSpeed's CPU Adam "
-                                                      "steps the optimizer" if stage else "")
+        return Decision(*most, decided=True, recompute=recomputes[-1],
+                        message=f"offload {label(*most)}: no GPU, DeepSpeed's CPU Adam steps the optimizer"
+                        if stage else "")
     if gpu_bytes is None:
-        return Decision(*most, decided=False, message=f"offload {label(*most)} until the GPU's memory is known")
+        return Decision(*most, decided=False, recompute=recomputes[-1],
+                        message=f"offload {label(*most)} until the GPU's memory is known")
     usable = GPU_MARGIN * gpu_bytes
-    need = {o: next(e.gpu_bytes_per_device for e in estimates if (e.stage, e.offload) == (stage, label(*o)))
-            for o in options}
-    chosen = next((o for o in options if need[o] <= usable), most)
-    figures = ", ".join(f"{label(*o)} {need[o] / GIB:.1f} GiB" for o in options)
-    fits = need[chosen] <= usable
+
+    def need(option: tuple[bool, bool], recomputing: bool) -> float:
+        figures = without_recompute if auto_recompute and not recomputing else estimates
+        return next(e.gpu_bytes_per_device for e in figures if (e.stage, e.offload) == (stage, label(*option)))
+
+    plans = [(o, r) for o in options for r in recomputes]
+    chosen, recomputing = next((p for p in plans if need(*p) <= usable), plans[-1])
+    figures = ", ".join(f"{label(*o)}{' without recomputation' if auto_recompute and not r else ''} "
+                        f"{need(o, r) / GIB:.1f} GiB" for o, r in plans)
+    fits = need(chosen, recomputing) <= usable
     verdict = ("the least that fits" if fits else
                "does not fit even so: shorten cutoff_len, lower the batch or add GPUs")
-    return Decision(*chosen, decided=True, fits=fits,
-                    message=f"offload {label(*chosen)} ({verdict}): per GPU {figures}; usable "
+    checkpointing = f", gradient checkpointing {'on' if recomputing else 'off'}" if auto_recompute else ""
+    return Decision(*chosen, decided=True, fits=fits, recompute=recomputing,
+                    message=f"offload {label(*chosen)}{checkpointing} ({verdict}): per GPU {figures}; usable "
                             f"{usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of {gpu_bytes / GIB:.1f} GiB)")
 
 
-def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, method: str | None = None
-                ) -> list[Estimate]:
-    """estimate.estimate's options for a trainer config (the one mapping from settings to an estimate)."""
+def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, method: str | None = None,
+                recompute: bool | None = None) -> list[Estimate]:
+    """estimate.estimate's options for a trainer config (the one mapping from settings to an estimate);
+    recompute: gradient checkpointing, if not the config's (auto counts as on)."""
+    recompute = config.gradient_checkpointing is not False if recompute is None else recompute
     return estimate(shape, nodes, per_node, method or ("lora" if config.finetuning_type == "lora" else "full"),
                     config.lora_rank, config.per_device_train_batch_size, config.cutoff_len,
-                    config.gradient_checkpointing, half_precision=config.bf16 or config.fp16, on_gpu=on_gpu,
+                    recompute, half_precision=config.bf16 or config.fp16, on_gpu=on_gpu,
                     merge=config.merge_lora, weight_bits=config.quantization_bit or 16)
 
 
 def resolve(config, shape: Shape | None, gpu_bytes: float | None, nodes: int, per_node: int, on_gpu: bool):
-    """(config with concrete offload switches, the Decision). A brought DeepSpeed JSON decides itself."""
+    """(config with concrete offload and gradient checkpointing switches, the Decision). A brought DeepSpeed
+    JSON decides the offload itself (and an auto gradient checkpointing stays on)."""
     if config.deepspeed is not None:
-        return config, Decision(False, False, decided=False)
-    estimates = options_for(config, shape, nodes, per_node, on_gpu) if shape and on_gpu and gpu_bytes else []
+        recompute = config.gradient_checkpointing is not False
+        return (config.model_copy(update={"gradient_checkpointing": recompute}),
+                Decision(False, False, decided=False, recompute=recompute))
+    known = bool(shape and on_gpu and gpu_bytes)
+    estimates = options_for(config, shape, nodes, per_node, on_gpu) if known else []
+    without = options_for(config, shape, nodes, per_node, on_gpu, recompute=False) \
+        if known and config.gradient_checkpointing == AUTO else []
     decision = decide(estimates, config.zero_stage, config.offload_optimizer, config.offload_param,
-                      gpu_bytes if estimates else None, on_gpu)
-    return config.model_copy(update={"offload_optimizer": decision.optimizer,
-                                     "offload_param": decision.param}), decision
+                      gpu_bytes if estimates else None, on_gpu, config.gradient_checkpointing, without)
+    return config.model_copy(update={"offload_optimizer": decision.optimizer, "offload_param": decision.param,
+                                     "gradient_checkpointing": decision.recompute}), decision
 
 
 def for_node(config, memory: tuple[int, ...], nodes: int, per_node: int):

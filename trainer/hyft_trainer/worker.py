@@ -108,6 +108,8 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
     from_pretrained load the model partitioned (zero.Init): each process holds its shard only."""
     from transformers import TrainingArguments
 
+    if config.gradient_checkpointing == offload.AUTO:
+        raise ValueError("gradient_checkpointing auto reached the training arguments: offload.resolve decides it")
     evaluating = evaluates(config)
     keywords = {knob.arg or knob.key: getattr(config, knob.key) for knob in KNOBS if knob.to == ARGS}
     keywords.update(  # hyft's defaults for transformers' own keys: a config that sets them is passed on
@@ -270,6 +272,7 @@ def train(config: TrainerConfig) -> int:
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
                     attention={"implementation": kernel, "why": kernel_why},
                     offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
+                             "gradient_checkpointing": config.gradient_checkpointing,
                              "decided_on_node": decision.decided, "reason": decision.message})
     if (leaves := make_moe_leaves(model, config)) and state.is_local_main_process:
         print(f"hyft: ZeRO-3 leaf modules (moe_leaf_module): {', '.join(c.__name__ for c in leaves)}", flush=True)
