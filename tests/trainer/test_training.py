@@ -758,7 +758,8 @@ def test_the_data_is_prepared_once_per_job_and_the_other_node_maps_it(tiny, tmp_
 
 
 def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
-    """make gpu-check's own logic on the CPU: the fail-fast step sees exit 8, the default path trains."""
+    """make gpu-check's own logic on the CPU: the fail-fast step sees exit 8, the default path trains, and so
+    do QLoRA and the default plan against the recipe's."""
     out = tmp_path / "gpu-check.json"
     proc = subprocess.run([sys.executable, "-m", "hyft_trainer.gpu_check", "--dry-run", "--out", str(out)],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -769,6 +770,12 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["train"]["exit_code"] == 0 and result["train"]["steps"] == 3
     assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None
     assert result["qlora"]["exit_code"] == 0 and result["qlora"]["quantization"]["bits"] == 4
+    plans = result["default_vs_recipe"]
+    # on a CPU the default plan is the recipe's (both offloads, recomputation on): the same loss
+    chosen = [{k: plans[p]["offload"][k] for k in ("optimizer", "param", "gradient_checkpointing")}
+              for p in ("recipe", "default")]
+    assert chosen[0] == chosen[1] == {"optimizer": True, "param": True, "gradient_checkpointing": True}
+    assert plans["default_plan_vs_recipe"] > 0 and plans["loss_difference"] < 1e-4
 
 
 def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llamafactory_data, tmp_path):

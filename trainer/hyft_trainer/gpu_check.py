@@ -8,6 +8,9 @@
    packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
    loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
    then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels);
+   then up to 20 steps of it with hyft's default plan (offload and gradient checkpointing auto) and with
+   the plan of Tencent's LLaMA-Factory recipe (both offloads, recomputation on): default_plan_vs_recipe,
+   tokens/s over tokens/s, and the two losses;
 4. which attention kernels ran on a packed batch (a profiled forward and backward);
 5. `pytest -m unit` on the GPU host (the suite forces CPU; this proves it passes where CUDA is visible).
 
@@ -149,6 +152,21 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
             "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"), losses=losses)
     else:
         result["qlora"]["log_tail"] = text[-3000:]
+    # 3d. hyft's default plan (offload and gradient checkpointing auto) against the plan of Tencent's LLaMA-Factory
+    # recipe (ZeRO-3 offloading optimizer and parameters, recomputation on): the same job, tokens/s and the loss
+    plans = {}
+    for plan, settings in (("recipe", {"offload_optimizer": True, "offload_param": True,
+                                       "gradient_checkpointing": True}),
+                           ("default", {"gradient_checkpointing": "auto"})):
+        out = workdir / f"out-{plan}"
+        code, text, seconds = run_train({**config, **settings, "max_steps": min(steps, 20), "output_dir": str(out)},
+                                        workdir, 0 if dry_run else 1, plan)
+        trained = _report(out) if code == 0 else None
+        plans[plan] = _plan_figures(*trained) if trained else {"exit_code": code, "log_tail": text[-2000:]}
+    if all("tokens_per_second" in p for p in plans.values()):
+        plans["default_plan_vs_recipe"] = plans["default"]["tokens_per_second"] / plans["recipe"]["tokens_per_second"]
+        plans["loss_difference"] = abs(plans["default"]["losses"][-1] - plans["recipe"]["losses"][-1])
+    result["default_vs_recipe"] = plans
     # 4. attention kernels on a packed batch
     if on_gpu:
         try:
@@ -168,6 +186,17 @@ def _report(out: Path) -> tuple[dict, list[float]] | None:
         return None
     report = json.loads(path.read_text())
     return report, [h["loss"] for h in report["log_history"] if "loss" in h]
+
+
+def _plan_figures(report: dict, losses: list[float]) -> dict:
+    """What a run chose and how fast it went: tokens/s over its last two thirds (start-up and the first
+    steps left out), from its report's step timeline."""
+    points = report.get("timeline") or []
+    start, end = (points[len(points) // 3], points[-1]) if len(points) >= 3 else (None, None)
+    steady = (end["tokens"] - start["tokens"]) / (end["seconds"] - start["seconds"]) \
+        if start and end["seconds"] > start["seconds"] else report.get("tokens_per_second")
+    return {"offload": report.get("offload"), "tokens_per_second": steady, "losses": losses,
+            "peak_gpu_memory_by_rank": report.get("peak_gpu_memory_by_rank")}
 
 
 def main(argv: list[str] | None = None) -> int:
