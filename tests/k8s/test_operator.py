@@ -669,27 +669,33 @@ def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_
     assert len(events) == 1
 
 
-@pytest.mark.parametrize("size, method, gib, chosen", [
-    ("0.5B", "lora", 80, "none"), ("0.5B", "lora", 141, "none"),
-    ("7B", "lora", 80, "none"), ("7B", "lora", 141, "none"),
-    ("7B", "full", 80, "optimizer"), ("7B", "full", 141, "none"),  # 2 GPUs: ~80 GiB each without offload
+@pytest.mark.parametrize("size, method, gib, cutoff, chosen, recompute", [
+    ("0.5B", "lora", 80, 4096, "none", False), ("0.5B", "lora", 141, 4096, "none", False),
+    ("7B", "lora", 80, 4096, "none", False), ("7B", "lora", 141, 4096, "none", False),
+    ("7B", "full", 80, 4096, "optimizer", False),  # 2 GPUs: ~80 GiB each without offload, recomputing or not
+    ("7B", "full", 141, 4096, "none", False),
+    ("7B", "lora", 80, 16384, "none", True),  # longer rows: the activations fit only recomputed
 ])
 def test_offload_auto_is_decided_from_the_gpu_memory_and_said_in_status(crds, api_client, op_namespace, size, method,
-                                                                        gib, chosen):
-    name = f"offload-{size.replace('.', '-').lower()}-{method}-{gib}"
+                                                                        gib, cutoff, chosen, recompute):
+    name = f"offload-{size.replace('.', '-').lower()}-{method}-{gib}-{cutoff}"
     body = cpu_job(name, nodes=1, gpusPerNode=2, gpuMemory=f"{gib}Gi", method={"type": method},
                    training={"precision": "bf16"}, data={"files": [{"volume": "shared", "path": "data/chat.jsonl"}],
-                                                         "cutoffLen": 4096})
+                                                         "cutoffLen": cutoff})
     body["spec"]["model"]["parameters"] = size
     create(api_client, op_namespace, body)
     status = wait_for(lambda: (get(api_client, op_namespace, name).get("status") or {}).get("offload"),
                       timeout=60, what=f"{name} status.offload")
-    assert status.startswith(f"offload {chosen} (the least that fits): per GPU none ")
+    assert status.startswith(f"offload {chosen}, gradient checkpointing {'on' if recompute else 'off'} (the least "
+                             "that fits): per GPU none without recomputation "), status
     assert f"(90% of {gib:.1f} GiB)" in status and f"[spec.gpuMemory {gib}Gi; model.parameters {size}]" in status
-    config_map = client.CoreV1Api(api_client).read_namespaced_config_map(f"{name}-config", op_namespace)
+    # the status is written before the gang's objects are created: the ConfigMap follows
+    config_map = wait_for(lambda: next(iter(client.CoreV1Api(api_client).list_namespaced_config_map(
+        op_namespace, field_selector=f"metadata.name={name}-config").items), None), what=f"{name}'s ConfigMap")
     config = parse_config(yaml.safe_load(next(iter(config_map.data.values()))))
     assert (config.offload_optimizer, config.offload_param) == {"none": (False, False), "optimizer": (True, False)}[
         chosen]
+    assert config.gradient_checkpointing is recompute
 
 
 # ------------------------------------------------------------------ kubectl
