@@ -14,6 +14,7 @@ no Job, pod or other framework here.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from pathlib import Path
@@ -27,6 +28,7 @@ NAMESPACE = "kueue-system"
 KUEUE_GROUP = "kueue.x-k8s.io"
 
 
+@functools.cache
 def module_dir() -> Path:
     from .build import run
 
@@ -62,6 +64,7 @@ class Kueue:
         self.cp = control_plane
         self.workdir = control_plane.workdir / "kueue"
         self.process: Process | None = None
+        self.webhooks: list[str] = []  # kind/name of the webhook configurations registered
 
     def __enter__(self) -> Kueue:
         self.start()
@@ -111,12 +114,12 @@ class Kueue:
         cp._wait(self.process, f"http://127.0.0.1:{health_port}/readyz", 120)
         for doc in webhook_configurations(webhook_port, cp.pki.ca_cert.read_bytes()):
             cp.kubectl("apply", "-f", "-", input=json.dumps(doc))
+            self.webhooks.append(f"{doc['kind'].lower()}/{doc['metadata']['name']}")
         return self
 
     def stop(self) -> None:
-        for doc in ("mutatingwebhookconfiguration/kueue-mutating-webhook-configuration",
-                    "validatingwebhookconfiguration/kueue-validating-webhook-configuration"):
-            self.cp.kubectl("delete", doc, "--ignore-not-found", check=False)
+        while self.webhooks:
+            self.cp.kubectl("delete", self.webhooks.pop(), "--ignore-not-found", check=False)
         if self.process:
             self.process.stop()
             self.cp.processes.remove(self.process)

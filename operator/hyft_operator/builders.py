@@ -35,7 +35,7 @@ from hyft_trainer.problems import describe
 from . import sizing
 from .api import GROUP, KIND, VERSION, HunyuanFineTune, VolumePath
 from .formats import k8s_object
-from .kueue import Placement
+from .kueue import NO_PLACEMENT, Placement
 from .markers import Trainer
 from .settings import OperatorSettings
 
@@ -324,14 +324,13 @@ def _affinity(job: HunyuanFineTune) -> dict[str, Any] | None:
 
 
 def pod(job: HunyuanFineTune, rank: int, attempt: int, defaults: OperatorDefaults = OperatorDefaults(),
-        nodes: int | None = None, placement: Placement | None = None) -> dict[str, Any]:
+        nodes: int | None = None, placement: Placement = NO_PLACEMENT) -> dict[str, Any]:
     """nodes: the attempt's gang size, where runPolicy.resize shrank it (default spec.nodes). placement: what
     Kueue's admission adds to the rank's pod set (kueue.placement)."""
     spec = job.spec
     nodes = nodes or spec.nodes
     name = job.metadata["name"]
     namespace = job.metadata["namespace"]
-    placement = placement or Placement({}, [], {}, {})
     # hyft's own labels win
     pod_labels = {**spec.podMetadata.labels, **placement.labels, **labels(name, rank, attempt)}
     annotations = {**spec.podMetadata.annotations, **placement.annotations}

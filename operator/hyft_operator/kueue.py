@@ -162,6 +162,9 @@ class Placement:
     annotations: dict[str, str]
 
 
+NO_PLACEMENT = Placement({}, [], {}, {})  # a job outside Kueue
+
+
 def pod_set(rank: int) -> str:
     return MASTER_SET if rank == 0 else WORKER_SET
 

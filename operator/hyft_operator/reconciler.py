@@ -197,7 +197,8 @@ class Reconciler:
         if scrape and scrape.progress:
             job.status.progress = scrape.progress
         workload = self._workload(job, obj, cached_workloads) if job.spec.scheduling.queueName else None
-        plan = lifecycle.plan(job, views, now, scrape, watching, kueue.workload_view(workload) if workload else None)
+        workload_view = kueue.workload_view(workload) if workload else None
+        plan = lifecycle.plan(job, views, now, scrape, watching, workload_view)
         if problem and live and (failure := invalid.edited(job, plan, problem, now)):
             self._write_invalid(obj, failure)
             return 0.0
@@ -219,9 +220,9 @@ class Reconciler:
             self._delete_pod(namespace, pod_name, uids[pod_name])
         if plan.workload and not self._act_on_workload(job, obj, workload, plan.workload, plan.status, now):
             return CREATE_RETRY_SECONDS
-        flavors = self._flavors(workload) if plan.create and workload else {}
+        flavors = self._flavors(workload_view.flavors) if plan.create and workload_view else {}
         for rank in plan.create:
-            placement = kueue.placement(workload, flavors, kueue.pod_set(rank)) if workload else None
+            placement = kueue.placement(workload, flavors, kueue.pod_set(rank)) if workload else kueue.NO_PLACEMENT
             try:
                 self._ensure(builders.pod(job, rank, plan.status.attempt, self.defaults, plan.status.gangNodes,
                                           placement))
@@ -303,10 +304,9 @@ class Reconciler:
                 cached = []
         return next((w for w in cached if self._owned(w, obj) and not w["metadata"].get("deletionTimestamp")), None)
 
-    def _flavors(self, workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    def _flavors(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """The ResourceFlavors Kueue admitted the Workload on, by name."""
-        return {f: self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, f)
-                for f in kueue.workload_view(workload).flavors}
+        return {f: self.custom.get_cluster_custom_object(kueue.GROUP, kueue.VERSION, kueue.FLAVORS, f) for f in names}
 
     @staticmethod
     def _owned(pod: dict[str, Any], owner: dict[str, Any]) -> bool:
