@@ -1,18 +1,25 @@
 """hyft under a real Kueue (built from its Go module, its webhooks served to the API server): a
 ClusterQueue of 16 GPUs on two KWOK 8-GPU nodes, 2x8-GPU jobs that wait their turn as Queued, run when
 admitted (on the admitted flavor's nodes), give way to a higher-priority job without losing a restart,
-and come back when the preemptor finishes; an operator's first pass over queued jobs changes nothing."""
+and come back when the preemptor finishes; an operator restarted while a job is queued changes nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
+from hyft_envtest.controlplane import free_port
 from hyft_envtest.kueue import Kueue
 from hyft_envtest.kwok import gpu_node
 from hyft_operator import builders, kueue
-from hyft_operator.reconciler import Reconciler
 from hyft_operator.status import Reason
 from tests.helpers import wait_for
 from tests.jobs import cpu_job, create, exit_pod, get, pods, wait_phase
@@ -47,14 +54,20 @@ def kueue_cluster(control_plane, crds):
             control_plane.kubectl("delete", "node", name, "--wait=false")
 
 
+@contextlib.contextmanager
+def local_queue(control_plane, namespace):
+    apply(control_plane, {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+                          "metadata": {"name": QUEUE, "namespace": namespace},
+                          "spec": {"clusterQueue": "cluster-gpus"}})
+    yield namespace
+    # the quota goes with the jobs (their Workloads are collected with them): the next test starts afresh
+    control_plane.kubectl("delete", "hunyuanfinetunes", "--all", "-n", namespace, "--wait=false")
+
+
 @pytest.fixture
 def queue_namespace(kueue_cluster, op_namespace):
-    apply(kueue_cluster, {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
-                          "metadata": {"name": QUEUE, "namespace": op_namespace},
-                          "spec": {"clusterQueue": "cluster-gpus"}})
-    yield op_namespace
-    # the quota goes with the jobs (their Workloads are collected with them): the next test starts afresh
-    kueue_cluster.kubectl("delete", "hunyuanfinetunes", "--all", "-n", op_namespace, "--wait=false")
+    with local_queue(kueue_cluster, op_namespace):
+        yield op_namespace
 
 
 def gpu_job(name, priority="training-low"):
@@ -99,15 +112,6 @@ def test_jobs_wait_their_turn_and_give_way_to_a_higher_priority_without_a_restar
     assert "LocalQueue gpus" in queued["message"] and queued["readyNodes"] == "0/2"
     assert pods(api_client, ns, "second") == []
 
-    # an operator starting afresh (no caches) finds nothing to change on a queued job
-    before = (get(api_client, ns, "second")["metadata"]["resourceVersion"],
-              workload(api_client, ns, "second")["metadata"]["resourceVersion"])
-    fresh = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
-    fresh.reconcile(ns, "second")
-    after = (get(api_client, ns, "second")["metadata"]["resourceVersion"],
-             workload(api_client, ns, "second")["metadata"]["resourceVersion"])
-    assert after == before and pods(api_client, ns, "second") == []
-
     finish(api_client, ns, "first")
     running(api_client, ns, "second")
     victims = {p.metadata.name: p.metadata.uid for p in pods(api_client, ns, "second")}
@@ -149,3 +153,70 @@ def test_a_suspended_job_gives_its_quota_back(api_client, queue_namespace):
     finish(api_client, ns, "meanwhile")
     running(api_client, ns, "pausing")
     finish(api_client, ns, "pausing")
+
+
+@contextlib.contextmanager
+def operator_process(control_plane, namespace, log_path):
+    """`hyft operator` watching one namespace; stopped with SIGTERM, as a Deployment's rollout stops it."""
+    port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(control_plane.kubeconfig), "HYFT_RESYNC_SECONDS": "1",
+           "HYFT_SCRAPE_PROGRESS": "0", "HYFT_METRICS_PORT": str(port)}
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "hyft_operator.cli", "operator", "--standalone",
+                                 "--namespace", namespace], env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                assert proc.wait(30) == 0
+            finally:
+                proc.kill()
+                proc.wait()
+
+
+def operator_metrics(port):
+    """The operator's jobs by phase, and its successful reconciles; {} while it does not answer yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    figures = {s.labels["phase"]: s.value for s in samples if s.name == "hyft_operator_jobs"}
+    figures["reconciled"] = sum(s.value for s in samples
+                                if s.name == "hyft_operator_reconciles_total" and s.labels["result"] == "ok")
+    return figures
+
+
+def test_an_operator_restarted_while_a_job_is_queued_changes_nothing(api_client, kueue_cluster, tmp_path):
+    """A real restart (a new process: no caches, Kopf's watches and indexes rebuilt): the running gang and
+    the queued job, and both Workloads, are left as they are; the new process then carries on."""
+    ns = f"kq-{tmp_path.name[-8:].lower().replace('_', '')}"
+    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": ns}})
+    log = tmp_path / "operator.log"
+    with local_queue(kueue_cluster, ns):
+        with operator_process(kueue_cluster, ns, log):
+            create(api_client, ns, gpu_job("first"))
+            running(api_client, ns, "first")
+            create(api_client, ns, gpu_job("second"))
+            wait_phase(api_client, ns, "second", "Queued")
+
+        def state():
+            jobs = {name: get(api_client, ns, name)["metadata"]["resourceVersion"] for name in ("first", "second")}
+            workloads = {name: (w["metadata"]["uid"], w["metadata"]["generation"], w["spec"]["active"])
+                         for name in ("first", "second") for w in [workload(api_client, ns, name)]}
+            gang = sorted(p.metadata.uid for p in pods(api_client, ns, "first"))
+            return jobs, workloads, gang, pods(api_client, ns, "second")
+
+        before = state()
+        with operator_process(kueue_cluster, ns, log) as port:
+            # every job reconciled at least twice by the new process: a change made by its first pass is seen
+            wait_for(lambda: (m := operator_metrics(port)).get("Running") == 1 and m.get("Queued") == 1
+                     and m["reconciled"] >= 4, what="the restarted operator's passes over both jobs")
+            assert state() == before
+            finish(api_client, ns, "first")
+            running(api_client, ns, "second")
+            finish(api_client, ns, "second")
+    client.CoreV1Api(api_client).delete_namespace(ns)
+    assert "Traceback" not in log.read_text(), log.read_text()
