@@ -91,6 +91,9 @@ CASES = [
             "spec.runPolicy"),
     Invalid("resize below more nodes than the job has", _sub("runPolicy", resize={"minNodes": 3}),
             "spec.runPolicy.resize.minNodes"),
+    Invalid("growing back under Kueue", _spec(scheduling={"queueName": "gpus"},
+                                             runPolicy={"resize": {"minNodes": 1, "growBackAfterSeconds": 600}}),
+            "spec.runPolicy.resize.growBackAfterSeconds"),
     Invalid("stall timeout of 5 s", _sub("runPolicy", stallTimeoutSeconds=5), "spec.runPolicy.stallTimeoutSeconds"),
     Invalid("maxSteps of 10^12", _training(maxSteps=10**12), "spec.training.maxSteps"),
     # --- paths

@@ -261,6 +261,13 @@ class ResizePolicy(ApiModel):
         300, ge=10, le=MAX_SECONDS,
         description="How long a pod of the gang may stay unschedulable (capacity lost) before the gang restarts "
                     "on the nodes the scheduler did place.")
+    growBackAfterSeconds: int | None = Field(
+        None, ge=10, le=MAX_SECONDS,
+        description="Once a shrunk gang has run this long, restart it on all spec.nodes (its pods stop with a "
+                    "checkpoint on SIGTERM, the next attempt resumes from it): each try costs a checkpoint and a "
+                    "restart, and if the nodes are still missing the gang shrinks again after unschedulableSeconds. "
+                    "Unset: a shrunk gang grows back only at its next restart. Not with scheduling.queueName: "
+                    "Kueue would queue the grown gang with its smaller one stopped.")
 
 
 class _RunPolicy(ApiModel):
@@ -296,7 +303,7 @@ class _RunPolicy(ApiModel):
         None, description="Restart a gang that cannot be scheduled on fewer nodes, down to minNodes: the largest "
                           "size the scheduler placed that keeps the global batch (gradient accumulation grows), "
                           "resuming from the last checkpoint; the next restart (a failure, a disruption, "
-                          "suspend/resume) tries spec.nodes again. Off when unset.")
+                          "suspend/resume) tries spec.nodes again, or growBackAfterSeconds does. Off when unset.")
     permanentExitCodes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
         [EXIT_INVALID, EXIT_SHM_TOO_SMALL, EXIT_OUTPUT_UNUSABLE, 126, 127], max_length=64,
         description="Trainer exit codes that fail the job at once instead of restarting the gang "
@@ -448,6 +455,14 @@ class HunyuanFineTuneSpec(ApiModel):
              "runPolicy.resize.minNodes must not exceed nodes (the gang shrinks from nodes to it)",
              lambda s: s.runPolicy.resize is None or s.runPolicy.resize.minNodes <= s.nodes,
              field="runPolicy.resize.minNodes"),
+        Rule("!has(self.runPolicy) || !has(self.runPolicy.resize) || "
+             "!has(self.runPolicy.resize.growBackAfterSeconds) || !has(self.scheduling) || "
+             "!has(self.scheduling.queueName)",
+             "runPolicy.resize.growBackAfterSeconds does not go with scheduling.queueName: Kueue would queue the "
+             "grown gang with its smaller one already stopped",
+             lambda s: s.runPolicy.resize is None or s.runPolicy.resize.growBackAfterSeconds is None
+             or not s.scheduling.queueName,
+             field="runPolicy.resize.growBackAfterSeconds"),
         Rule("!self.env.exists(e, self.secretEnv.exists(s, s.name == e.name))",
              "a variable is set both in env and in secretEnv: keep one",
              lambda s: not {e.name for e in s.env} & {e.name for e in s.secretEnv}, field="env"),

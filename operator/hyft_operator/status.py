@@ -83,6 +83,8 @@ class Reason(_Documented):
                               "next attempt, not counted against runPolicy.backoffLimit")
     RESIZED = "Resized", ("runPolicy.resize: a pod stayed unschedulable for unschedulableSeconds: the gang restarts on "
                           "the nodes the scheduler placed (status.gangNodes), not counted against backoffLimit")
+    GROWING_BACK = "GrowingBack", ("runPolicy.resize.growBackAfterSeconds: a shrunk gang ran that long: it stops with "
+                                   "a checkpoint and restarts on spec.nodes, not counted against backoffLimit")
     QUEUED = "Queued", "spec.scheduling.queueName: waiting for Kueue to admit the job's Workload (its reason said)"
     EVICTED = "Evicted", ("Kueue evicted the job's Workload (preempted, deactivated, a stopped queue): the pods stop "
                           "with a checkpoint and the job waits Queued to resume from it, not counted against "

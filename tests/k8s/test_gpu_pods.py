@@ -82,10 +82,13 @@ def test_a_third_pod_waits_rather_than_share_a_node(api_client, op_namespace, fa
     assert len({p.spec.node_name for p in found if p.spec.node_name}) == 2
 
 
-def test_a_gang_the_cluster_cannot_place_restarts_on_the_nodes_it_placed(api_client, op_namespace, fabric_nodes):
+def test_a_gang_the_cluster_cannot_place_restarts_on_the_nodes_it_placed(api_client, op_namespace, fabric_nodes,
+                                                                          control_plane):
     """runPolicy.resize: the third pod stays unschedulable (two nodes, one pod per node) for 10 s; the gang
-    restarts on 2 nodes, the global batch kept (3 nodes x 2 micro-batches = 2 x 3), not counted as a restart."""
-    body = gpu_job("shrink", 3, 1, runPolicy={"resize": {"minNodes": 1, "unschedulableSeconds": 10}})
+    restarts on 2 nodes, the global batch kept (3 nodes x 2 micro-batches = 2 x 3), not counted as a restart.
+    A third node comes; 10 s into its run on 2 nodes the gang grows back to 3 (growBackAfterSeconds)."""
+    body = gpu_job("shrink", 3, 1, runPolicy={"resize": {"minNodes": 1, "unschedulableSeconds": 10,
+                                                        "growBackAfterSeconds": 10}})
     body["spec"]["training"]["gradientAccumulationSteps"] = 2
     create(api_client, op_namespace, body)
     status = wait_for(lambda: (s := get(api_client, op_namespace, "shrink")["status"]).get("phase") == "Running"
@@ -99,6 +102,23 @@ def test_a_gang_the_cluster_cannot_place_restarts_on_the_nodes_it_placed(api_cli
     events = client.CoreV1Api(api_client).list_namespaced_event(
         op_namespace, field_selector="involvedObject.name=shrink").items
     assert any(e.reason == Reason.RESIZED and "restarting on 2 of 3 nodes" in e.message for e in events)
+
+    third = "fabric-node-2"
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(gpu_node(third, labels=POOL)))
+    try:
+        grown = wait_for(lambda: (s := get(api_client, op_namespace, "shrink")["status"]).get("phase") == "Running"
+                         and s.get("readyNodes") == "3/3" and s, timeout=120, what="the gang grown back to 3 nodes")
+        assert ("gangNodes" not in grown, grown["attempt"] >= 2, grown["restarts"]) == (True, True, 0)
+        found = pods(api_client, op_namespace, "shrink")
+        assert {p.metadata.labels["hyft.io/attempt"] for p in found} == {str(grown["attempt"])}
+        assert {p.spec.node_name for p in found} == {*fabric_nodes, third}
+        events = client.CoreV1Api(api_client).list_namespaced_event(
+            op_namespace, field_selector="involvedObject.name=shrink").items
+        assert any(e.reason == Reason.GROWING_BACK and "on all 3 nodes" in e.message for e in events)
+    finally:
+        client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+            "hyft.io", "v1alpha1", op_namespace, "hunyuanfinetunes", "shrink")
+        control_plane.kubectl("delete", "node", third, "--wait=false")
 
 
 def test_cpu_pods_hide_every_gpu(api_client, op_namespace):

@@ -234,3 +234,34 @@ def test_a_shrunk_gang_runs_at_its_size_and_a_failure_restart_tries_the_full_siz
                                                                                       exit_code=1)], NOW, None, False)
     assert failure.apply(failed)
     assert (failed.st.attempt, failed.st.gangNodes, failed.total) == (2, None, 3)
+
+
+def shrunk_running(grow_back, gang_nodes=2, started=STARTED, phase="Running"):
+    """Attempt 1 running on gang_nodes of 3 nodes, its pods started at `started` (10 minutes ago)."""
+    policy = {"minNodes": 1, "unschedulableSeconds": 60}
+    if grow_back is not None:
+        policy["growBackAfterSeconds"] = grow_back
+    status = {"phase": phase, "attempt": 1, "gangNodes": gang_nodes, "startTime": EARLIER}
+    pods = [pod(rank, attempt=1, started_at=started) for rank in range(gang_nodes or 3)]
+    return Gang(job(status, nodes=3, runPolicy={"resize": policy}), pods, NOW, None, False)
+
+
+@pytest.mark.parametrize("g, applied, requeue", [
+    (shrunk_running(300), True, 2.0),  # ran 600 s of 300: grows back
+    (shrunk_running(900), False, 300.0),  # due in 5 minutes
+    (shrunk_running(None), False, None),  # unset: only the next restart tries the full size
+    (shrunk_running(300, gang_nodes=None), False, None),  # already at full size
+    (shrunk_running(300, started=None), False, None),  # not every pod runs yet: not counted as running
+    (shrunk_running(300, phase="Pending"), False, None),
+], ids=["due", "not-yet", "off", "full-size", "not-started", "pending"])
+def test_resize_grows_a_shrunk_gang_back_once_it_has_run_long_enough(g, applied, requeue):
+    before = (g.st.attempt, g.st.gangNodes)
+    assert resize.apply(g) is applied
+    assert g.plan.requeue_after == requeue
+    if applied:
+        assert (g.st.phase, g.reason, g.st.attempt, g.st.gangNodes, g.total, g.st.nodes.total, g.st.restarts) == (
+            "Restarting", Reason.GROWING_BACK, before[0] + 1, None, 3, 3, 0)
+        assert sorted(g.plan.delete) == ["minimal-master-0", "minimal-worker-0"]
+        assert "resumes from it on all 3 nodes" in g.st.message and "shrinks again after 60s" in g.st.message
+    else:
+        assert (g.st.attempt, g.st.gangNodes, g.plan.delete) == (*before, [])

@@ -24,6 +24,7 @@ OPERATOR_ONLY = {
     "model.parameters": "the model size the memory check uses",
     "runPolicy.resize.minNodes": "the fewest nodes the lifecycle shrinks an unplaceable gang to",
     "runPolicy.resize.unschedulableSeconds": "how long the lifecycle waits before shrinking an unplaceable gang",
+    "runPolicy.resize.growBackAfterSeconds": "how long a shrunk gang runs before the lifecycle restarts it whole",
     "scheduling.queueName": "the Kueue LocalQueue of the job's Workload (kueue.py); the pods carry none of it",
 }
 # What the operator's code reads (attribute loads, so a docstring or comment does not count).
@@ -96,7 +97,10 @@ CHANGED = {
 COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPolicy.startupTimeoutSeconds": None},
               # one GPU's memory decides only an offload left unset (auto)
               "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None},
-              "method.type": {"method.lora.merge": False}}  # merging is LoRA's
+              "method.type": {"method.lora.merge": False},  # merging is LoRA's
+              "runPolicy.resize.growBackAfterSeconds": {"scheduling.queueName": None}}  # not under Kueue
+# Leaves FULL cannot set beside another it sets (a rule refuses the pair): each one's value when tested.
+EXCLUSIVE = {"runPolicy.resize.growBackAfterSeconds": 3600}
 
 
 def leaves(schema: dict, prefix: str = "") -> list[tuple[str, dict]]:
@@ -175,17 +179,18 @@ FULL = _with_declared_settings(FULL)
 
 
 def test_the_full_spec_sets_every_leaf_without_a_default():
-    unset = [path for path, schema in LEAVES if _missing(FULL, path) and "default" not in schema]
+    unset = [path for path, schema in LEAVES
+             if _missing(FULL, path) and "default" not in schema and path not in EXCLUSIVE]
     assert not unset, f"give these a value in FULL: {unset}"
 
 
 @pytest.mark.parametrize("path, schema", LEAVES, ids=[p for p, _ in LEAVES])
 def test_every_spec_leaf_reaches_the_pods_or_the_trainer(path, schema):
     base = copy.deepcopy(FULL)
-    if _missing(base, path):  # a new field with a default: changed from its default
-        set_leaf(base, path, copy.deepcopy(schema["default"]))
     for companion, value in COMPANIONS.get(path, {}).items():
         set_leaf(base, companion, value)
+    if _missing(base, path):  # a new field with a default: changed from its default
+        set_leaf(base, path, copy.deepcopy(EXCLUSIVE[path] if path in EXCLUSIVE else schema["default"]))
     before = render(base)
     spec = copy.deepcopy(base)
     set_leaf(spec, path, changed_value(path, schema, get_leaf(base, path)))

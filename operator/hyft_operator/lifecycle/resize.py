@@ -3,7 +3,9 @@ node gone) restarts as the next attempt on the nodes the scheduler did place, do
 from the last checkpoint; not a failure (backoffLimit untouched). The size keeps the global batch: the
 trainer raises gradient accumulation by spec.nodes / size, so the size must divide spec.nodes x
 gradientAccumulationSteps. The next restart for any other reason tries spec.nodes again (failure.py,
-suspend.py reset the size)."""
+suspend.py reset the size), and so does growBackAfterSeconds: once the shrunk gang has run that long it
+stops (the trainer checkpoints on SIGTERM) and restarts on spec.nodes, shrinking again if the nodes are
+still missing."""
 from __future__ import annotations
 
 from ..status import NodeCounts, Reason
@@ -18,6 +20,10 @@ def fitting_size(placed: int, total: int, planned: int, accumulation: int, minim
 
 
 def apply(gang: Gang) -> bool:
+    return shrink(gang) or grow_back(gang)
+
+
+def shrink(gang: Gang) -> bool:
     policy = gang.spec.runPolicy.resize
     if policy is None or gang.st.phase not in ("Pending", "Restarting"):
         return False
@@ -43,5 +49,31 @@ def apply(gang: Gang) -> bool:
                     f"a pod stayed unschedulable for {policy.unschedulableSeconds}s: restarting on {size} of "
                     f"{before} nodes (runPolicy.resize) as attempt {gang.st.attempt}, resuming from the last "
                     f"checkpoint with the global batch kept", "Warning")
+    gang.plan.requeue_after = STALE_REQUEUE
+    return True
+
+
+def grow_back(gang: Gang) -> bool:
+    policy = gang.spec.runPolicy.resize
+    if (policy is None or policy.growBackAfterSeconds is None or gang.st.phase != "Running"
+            or gang.total >= gang.spec.nodes):
+        return False
+    started = gang.started()
+    if started is None:
+        return False
+    due = started + policy.growBackAfterSeconds - gang.now.timestamp()
+    if due > 0:
+        gang.requeue(due)
+        return False
+    before = gang.total
+    gang.delete(gang.current)
+    gang.st.attempt += 1
+    gang.resize(None)
+    gang.st.nodes = NodeCounts(total=gang.total)
+    gang.transition("Restarting", Reason.GROWING_BACK,
+                    f"ran {policy.growBackAfterSeconds}s on {before} of {gang.total} nodes: the pods stop with a "
+                    f"checkpoint and attempt {gang.st.attempt} resumes from it on all {gang.total} nodes "
+                    f"(runPolicy.resize.growBackAfterSeconds); if nodes are still missing, the gang shrinks again "
+                    f"after {policy.unschedulableSeconds}s")
     gang.plan.requeue_after = STALE_REQUEUE
     return True
