@@ -68,6 +68,7 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
     # Kopf logs every handler call ("Handler 'pod_changed' succeeded": one per pod event); at scale
     # that is most of the log and a share of the CPU. Our own log says what happened to each job.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    demote_retried_requests()
     settings.watching.server_timeout = 300
     # A killed active replica is replaced by a standby after this long.
     ours = _state["settings"] = OperatorSettings.from_env()
@@ -82,6 +83,27 @@ async def configure(settings: kopf.OperatorSettings, **_) -> None:
     _state["workers"] = ThreadPoolExecutor(ours.reconcile_workers, thread_name_prefix="hyft-reconcile")
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
+
+
+class _RetriedAsWarning(logging.Filter):
+    """Kopf logs each failed try of an API request it retries at ERROR ("Request attempt #1/9 failed; will
+    retry: ... 429 storage is (re)initializing"). An ERROR here means a person must act; a fault that is
+    retried is a WARNING. The last try's failure ("escalating") stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and "failed; will retry" in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        return True
+
+
+_DEMOTE = _RetriedAsWarning()
+
+
+def demote_retried_requests() -> None:
+    """On every Kopf logger (a logger's filters see only the records logged on it, whatever their handler)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "kopf" and isinstance(logger, logging.Logger) and _DEMOTE not in logger.filters:
+            logger.addFilter(_DEMOTE)
 
 
 _wakeups: dict[tuple[str, str], asyncio.Event] = {}  # each running daemon's, by job
