@@ -1,5 +1,7 @@
 """The PKI a test control plane needs: a CA, the API server's serving certificate,
-an admin client certificate in system:masters, and service-account signing keys."""
+an admin client certificate in system:masters, service-account signing keys, and the
+front proxy's CA and client certificate (the aggregation layer: the API server proxies an
+APIService's requests with it, and the extension server trusts the user it names)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -23,6 +25,12 @@ class Pki:
     admin_key: Path
     sa_key: Path
     sa_pub: Path
+    front_proxy_ca_cert: Path
+    front_proxy_cert: Path
+    front_proxy_key: Path
+
+
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the name an extension server accepts its proxied requests from
 
 
 def _write_key(path: Path, key) -> None:
@@ -72,7 +80,8 @@ API_SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: the first IP of SERVICE
 def generate(directory: Path, hosts: tuple[str, ...] = API_HOSTS, extra_ips: tuple[str, ...] = ()) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(*(directory / n for n in ("ca.crt", "ca.key", "apiserver.crt", "apiserver.key",
-                                         "admin.crt", "admin.key", "sa.key", "sa.pub")))
+                                         "admin.crt", "admin.key", "sa.key", "sa.pub",
+                                         "front-proxy-ca.crt", "front-proxy.crt", "front-proxy.key")))
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("hyft-envtest-ca")
     ca = _cert(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
@@ -93,10 +102,19 @@ def generate(directory: Path, hosts: tuple[str, ...] = API_HOSTS, extra_ips: tup
     # RSA: the token signer every Kubernetes version accepts.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
-    for path, cert in ((pki.ca_cert, ca), (pki.serving_cert, serving), (pki.admin_cert, admin)):
+    # a CA of its own, as kubeadm does: a client certificate of the main CA cannot pose as the proxy
+    proxy_ca_key = ec.generate_private_key(ec.SECP256R1())
+    proxy_ca_name = _name("hyft-envtest-front-proxy-ca")
+    proxy_ca = _cert(proxy_ca_name, proxy_ca_name, proxy_ca_key.public_key(), proxy_ca_key, ca=True)
+    proxy_key = ec.generate_private_key(ec.SECP256R1())
+    proxy = _cert(_name(FRONT_PROXY_CLIENT), proxy_ca_name, proxy_key.public_key(), proxy_ca_key, ca=False,
+                  usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+
+    for path, cert in ((pki.ca_cert, ca), (pki.serving_cert, serving), (pki.admin_cert, admin),
+                       (pki.front_proxy_ca_cert, proxy_ca), (pki.front_proxy_cert, proxy)):
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     for path, key in ((pki.ca_key, ca_key), (pki.serving_key, serving_key), (pki.admin_key, admin_key),
-                      (pki.sa_key, sa_key)):
+                      (pki.sa_key, sa_key), (pki.front_proxy_key, proxy_key)):
         _write_key(path, key)
     pki.sa_pub.write_bytes(
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import certs
-from .certs import SERVICE_CIDR
+from .certs import FRONT_PROXY_CLIENT, SERVICE_CIDR
 from .paths import binary
 
 if TYPE_CHECKING:
@@ -247,6 +247,14 @@ class ControlPlane:
             "--service-account-issuer", "https://kubernetes.default.svc",
             "--service-cluster-ip-range", SERVICE_CIDR,
             "--authorization-mode", "RBAC",
+            # the aggregation layer (an APIService such as Kueue's visibility API): kubeadm's settings
+            "--requestheader-client-ca-file", str(pki.front_proxy_ca_cert),
+            "--requestheader-allowed-names", FRONT_PROXY_CLIENT,
+            "--requestheader-username-headers", "X-Remote-User",
+            "--requestheader-group-headers", "X-Remote-Group",
+            "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+            "--proxy-client-cert-file", str(pki.front_proxy_cert),
+            "--proxy-client-key-file", str(pki.front_proxy_key),
             "--allow-privileged=true",
             "--profiling=false",
             *self.extra_apiserver_flags,

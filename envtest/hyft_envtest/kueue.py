@@ -9,6 +9,11 @@ certificate: it names 127.0.0.1), and the webhook configurations call it by URL,
 plane's CA. Without its internal certificate management, Kueue reads a metrics certificate from the
 fixed path /etc/kueue/metrics/certs: it runs in a mount namespace of its own where /etc is an
 overlay holding that folder, so nothing is written to the host's /etc and nothing outlives it.
+Its visibility server (the pending workloads' positions) reads its certificate from the fixed path
+/visibility: in that namespace Kueue runs chrooted in a tmpfs holding that folder and every top-level
+folder of the host, bound. The API server reaches it through Kueue's own APIService, whose Service
+is an ExternalName to localhost (the aggregator dials an ExternalName as given; an Endpoints
+address may not be loopback).
 Only the kueue.x-k8s.io webhooks are registered: hyft hands Kueue Workloads itself, Kueue manages
 no Job, pod or other framework here.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -37,6 +43,30 @@ def module_dir() -> Path:
 
 def crd_files() -> list[Path]:
     return sorted((module_dir() / "config" / "components" / "crd" / "bases").glob("*.yaml"))
+
+
+def visibility_api(port: int) -> list[dict]:
+    """Kueue's own APIService for its visibility API (v1beta2), and its Service: an ExternalName to
+    localhost:port."""
+    manifests = module_dir() / "config" / "components" / "visibility"
+    service = yaml.safe_load((manifests / "service.yaml").read_text())
+    service["spec"] = {"type": "ExternalName", "externalName": "localhost"}
+    apiservice = yaml.safe_load((manifests / "apiservice_v1beta2.yaml").read_text())
+    apiservice["spec"]["service"]["port"] = port
+    return [service, apiservice]
+
+
+def _chroot_with(root: Path) -> list[str]:
+    """Shell steps (in a private mount namespace) making `root` a tmpfs with the host's top-level folders
+    bound into it and its symbolic links copied: a root where Kueue's fixed paths can be made."""
+    steps = [f"mount -t tmpfs hyft-kueue-root {root}"]
+    for entry in sorted(Path("/").iterdir()):
+        inside = shlex.quote(str(root / entry.name))
+        if entry.is_symlink():
+            steps.append(f"ln -s {shlex.quote(os.readlink(entry))} {inside}")
+        elif entry.is_dir():
+            steps.append(f"mkdir {inside} && mount --rbind {shlex.quote(str(entry))} {inside}")
+    return steps
 
 
 def webhook_configurations(port: int, ca_bundle: bytes) -> list[dict]:
@@ -64,7 +94,7 @@ class Kueue:
         self.cp = control_plane
         self.workdir = control_plane.workdir / "kueue"
         self.process: Process | None = None
-        self.webhooks: list[str] = []  # kind/name of the webhook configurations registered
+        self.registered: list[list[str]] = []  # kubectl's names of what it registered: webhooks, its APIService
 
     def __enter__(self) -> Kueue:
         self.start()
@@ -80,7 +110,7 @@ class Kueue:
             cp.kubectl("apply", "--server-side", "-f", str(crd))
         cp.kubectl("wait", "--for=condition=Established", "crd", "--all")
         cp.kubectl("create", "namespace", NAMESPACE, check=False)
-        webhook_port, health_port = free_port(), free_port()
+        webhook_port, health_port, visibility_port = free_port(), free_port(), free_port()
         certs = work / "certs"
         certs.mkdir(exist_ok=True)
         for src, dst in ((cp.pki.serving_cert, "tls.crt"), (cp.pki.serving_key, "tls.key")):
@@ -93,10 +123,11 @@ class Kueue:
             "leaderElection": {"leaderElect": False},
             "internalCertManagement": {"enable": False},
             "integrations": {"frameworks": []},
-            # its aggregated API (pending workloads' positions) would need an APIService routed to it
-            "featureGates": {"VisibilityOnDemand": False},
+            "visibilityServer": {"bindAddress": "127.0.0.1", "bindPort": visibility_port},
         }
         (work / "config.yaml").write_text(yaml.safe_dump(config))
+        root = work / "root"
+        root.mkdir(exist_ok=True)
         etc = {name: work / name for name in ("etc-upper", "etc-work")}
         for folder in etc.values():
             folder.mkdir(exist_ok=True)
@@ -105,21 +136,29 @@ class Kueue:
             "/etc",
             "mkdir -p /etc/kueue/metrics/certs",
             f"cp {certs}/tls.crt {certs}/tls.key /etc/kueue/metrics/certs/",
-            f"exec {shlex.quote(str(binary('kueue')))} --config {work / 'config.yaml'} --zap-log-level=2",
+            *_chroot_with(root),
+            f"mkdir {root}/visibility",
+            f"cp {certs}/tls.crt {certs}/tls.key {root}/visibility/",
+            f"exec chroot {root} {shlex.quote(str(binary('kueue')))} --config {work / 'config.yaml'} "
+            f"--kubeconfig {cp.kubeconfig} --zap-log-level=2",
         ])
         self.process = cp._spawn("kueue", ["--mount", "--propagation", "private", "sh", "-c", script],
                                  executable="/usr/bin/unshare", env={"KUBECONFIG": str(cp.kubeconfig),
-                                                                     "PATH": "/usr/bin:/bin"})
+                                                                     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         # ready: its caches synced and its webhook server listening
         cp._wait(self.process, f"http://127.0.0.1:{health_port}/readyz", 120)
-        for doc in webhook_configurations(webhook_port, cp.pki.ca_cert.read_bytes()):
+        hooks = webhook_configurations(webhook_port, cp.pki.ca_cert.read_bytes())
+        for doc in (*hooks, *visibility_api(visibility_port)):
             cp.kubectl("apply", "-f", "-", input=json.dumps(doc))
-            self.webhooks.append(f"{doc['kind'].lower()}/{doc['metadata']['name']}")
+            namespace = doc["metadata"].get("namespace")
+            self.registered.append([f"{doc['kind'].lower()}/{doc['metadata']['name']}",
+                                    *(["-n", namespace] if namespace else [])])
+        cp.kubectl("wait", "--for=condition=Available", "--timeout=60s", *self.registered[-1])
         return self
 
     def stop(self) -> None:
-        while self.webhooks:
-            self.cp.kubectl("delete", self.webhooks.pop(), "--ignore-not-found", check=False)
+        while self.registered:
+            self.cp.kubectl("delete", *self.registered.pop(), "--ignore-not-found", check=False)
         if self.process:
             self.process.stop()
             self.cp.processes.remove(self.process)

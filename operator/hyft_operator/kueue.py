@@ -16,6 +16,8 @@ from typing import Any
 from .api import HunyuanFineTune
 
 GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
+# Kueue's visibility API (an APIService it installs; VisibilityOnDemand, on by default): pending workloads' places
+VISIBILITY_GROUP, VISIBILITY_VERSION = "visibility.kueue.x-k8s.io", "v1beta2"
 FLAVORS = "resourceflavors"
 MASTER_SET, WORKER_SET = "master", "worker"
 # Evictions Kueue requeues by itself; after the others (deactivated, a stopped queue) the Workload waits
@@ -46,6 +48,28 @@ class WorkloadView:
     pods_ready: bool  # PodsReady, which the owner sets
     pending: str  # why Kueue has not reserved quota (its QuotaReserved message)
     flavors: tuple[str, ...]  # the admitted ResourceFlavors
+    position: QueuePosition | None = None  # while pending, where Kueue's visibility API gives it
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """A pending Workload's place, counted from 1 (next in line); Kueue's own positions start at 0."""
+
+    local: int  # in its LocalQueue
+    cluster: int  # in the ClusterQueue behind it
+
+
+def pending_workloads_path(namespace: str, queue: str) -> str:
+    return (f"/apis/{VISIBILITY_GROUP}/{VISIBILITY_VERSION}/namespaces/{namespace}/localqueues/{queue}"
+            "/pendingworkloads")
+
+
+def queue_position(summary: dict[str, Any], workload: str) -> QueuePosition | None:
+    """The Workload's place in Kueue's answer (a PendingWorkloadsSummary); None if it is not listed."""
+    item = next((i for i in summary.get("items") or [] if (i.get("metadata") or {}).get("name") == workload), None)
+    if item is None:
+        return None
+    return QueuePosition(int(item.get("positionInLocalQueue", 0)) + 1, int(item.get("positionInClusterQueue", 0)) + 1)
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:

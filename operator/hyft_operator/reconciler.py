@@ -41,6 +41,7 @@ from .status import TERMINAL_PHASES, ConditionType, Reason
 log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
 CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
+VISIBILITY_RETRY_SECONDS = 300.0  # Kueue's visibility API not served: asked again after this long
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Reconciler:
                  progress_write_seconds: float = OperatorSettings.model_fields["progress_seconds"].default):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self._visibility_off_until = 0.0  # monotonic: Kueue's visibility API last answered it is not served
         self.defaults = defaults
         self.scrape_progress = scrape_progress
         self.scrape_timeout = scrape_timeout
@@ -198,6 +200,9 @@ class Reconciler:
             job.status.progress = scrape.progress
         workload = self._workload(job, obj, cached_workloads) if job.spec.scheduling.queueName else None
         workload_view = kueue.workload_view(workload) if workload else None
+        if workload_view and workload_view.active and not workload_view.reserved:
+            workload_view = replace(workload_view, position=self._queue_position(
+                namespace, job.spec.scheduling.queueName, workload["metadata"]["name"]))
         plan = lifecycle.plan(job, views, now, scrape, watching, workload_view)
         if problem and live and (failure := invalid.edited(job, plan, problem, now)):
             self._write_invalid(obj, failure)
@@ -303,6 +308,26 @@ class Reconciler:
                     raise
                 cached = []
         return next((w for w in cached if self._owned(w, obj) and not w["metadata"].get("deletionTimestamp")), None)
+
+    def _queue_position(self, namespace: str, queue: str, workload: str) -> kueue.QueuePosition | None:
+        """Where Kueue's visibility API places the pending Workload; None where it is not served (Kueue
+        without VisibilityOnDemand, its APIService down, no RBAC): the status then says no place."""
+        if time.monotonic() < self._visibility_off_until:
+            return None
+        api_client = self.custom.api_client  # the client has no method for another API's subresource
+        try:
+            request = api_client.param_serialize("GET", kueue.pending_workloads_path(namespace, queue),
+                                                 header_params={"Accept": "application/json"},
+                                                 auth_settings=["BearerToken"])
+            response = api_client.call_api(*request)
+            response.read()
+            summary = api_client.response_deserialize(response, {"200": "object"}).data
+        except ApiException as err:
+            self._visibility_off_until = time.monotonic() + VISIBILITY_RETRY_SECONDS
+            log.info("Kueue's visibility API answers %s %s: queued jobs show no place in their queue; asking again "
+                     "in %.0fs", err.status, err.reason, VISIBILITY_RETRY_SECONDS)
+            return None
+        return kueue.queue_position(summary, workload)
 
     def _flavors(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
         """The ResourceFlavors Kueue admitted the Workload on, by name."""

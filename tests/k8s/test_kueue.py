@@ -27,7 +27,7 @@ from tests.jobs import cpu_job, create, exit_pod, get, pods, wait_phase
 POOL = {"hyft.io/test-pool": "kueue"}
 NODES = ["kueue-node-0", "kueue-node-1"]
 QUEUE = "gpus"
-PRIORITIES = {"training-low": 100, "training-high": 1000}
+PRIORITIES = {"training-low": 100, "training-mid": 500, "training-high": 1000}
 
 
 def apply(control_plane, *docs):
@@ -175,6 +175,12 @@ def operator_process(control_plane, namespace, log_path):
                 proc.wait()
 
 
+def status_message(api_client, namespace, name):
+    message = (get(api_client, namespace, name).get("status") or {}).get("message", "")
+    print(f"{name}: {message}")  # the last one is in the report when a wait times out
+    return message
+
+
 def operator_metrics(port):
     """The operator's jobs by phase, and its successful reconciles; {} while it does not answer yet."""
     try:
@@ -189,34 +195,46 @@ def operator_metrics(port):
     return figures
 
 
-def test_an_operator_restarted_while_a_job_is_queued_changes_nothing(api_client, kueue_cluster, tmp_path):
-    """A real restart (a new process: no caches, Kopf's watches and indexes rebuilt): the running gang and
-    the queued job, and both Workloads, are left as they are; the new process then carries on."""
+def test_queued_jobs_show_their_place_and_an_operator_restart_changes_nothing(api_client, kueue_cluster, tmp_path):
+    """Two jobs queued behind a running one show their places in line. A real restart (a new process: no
+    caches, Kopf's watches and indexes rebuilt) leaves the running gang, the queued jobs and their Workloads
+    as they are; the new process then carries on, the places moving up."""
     ns = f"kq-{tmp_path.name[-8:].lower().replace('_', '')}"
     client.CoreV1Api(api_client).create_namespace({"metadata": {"name": ns}})
     log = tmp_path / "operator.log"
     with local_queue(kueue_cluster, ns):
         with operator_process(kueue_cluster, ns, log):
-            create(api_client, ns, gpu_job("first"))
+            create(api_client, ns, gpu_job("first", priority="training-mid"))
             running(api_client, ns, "first")
-            create(api_client, ns, gpu_job("second"))
-            wait_phase(api_client, ns, "second", "Queued")
+            # Kueue orders a queue by priority, then by creation time to the second: distinct priorities make
+            # the line certain (and the running job, of the higher one, is not preempted)
+            for place, (name, priority) in enumerate((("second", "training-mid"), ("third", "training-low")), 1):
+                create(api_client, ns, gpu_job(name, priority=priority))
+                # its place in line, as Kueue's visibility API (through the API server's aggregator) gives it
+                said = f"number {place} there and {place} in its ClusterQueue"
+                wait_for(lambda name=name, said=said: said in status_message(api_client, ns, name),
+                         what=f"{name} queued with its place in line ({said})")
 
         def state():
-            jobs = {name: get(api_client, ns, name)["metadata"]["resourceVersion"] for name in ("first", "second")}
+            names = ("first", "second", "third")
+            jobs = {name: get(api_client, ns, name)["metadata"]["resourceVersion"] for name in names}
             workloads = {name: (w["metadata"]["uid"], w["metadata"]["generation"], w["spec"]["active"])
-                         for name in ("first", "second") for w in [workload(api_client, ns, name)]}
+                         for name in names for w in [workload(api_client, ns, name)]}
             gang = sorted(p.metadata.uid for p in pods(api_client, ns, "first"))
             return jobs, workloads, gang, pods(api_client, ns, "second")
 
         before = state()
         with operator_process(kueue_cluster, ns, log) as port:
             # every job reconciled at least twice by the new process: a change made by its first pass is seen
-            wait_for(lambda: (m := operator_metrics(port)).get("Running") == 1 and m.get("Queued") == 1
-                     and m["reconciled"] >= 4, what="the restarted operator's passes over both jobs")
+            wait_for(lambda: (m := operator_metrics(port)).get("Running") == 1 and m.get("Queued") == 2
+                     and m["reconciled"] >= 6, what="the restarted operator's passes over the jobs")
             assert state() == before
             finish(api_client, ns, "first")
             running(api_client, ns, "second")
+            wait_for(lambda: "number 1 there and 1 in its ClusterQueue" in status_message(api_client, ns, "third"),
+                     what="third moved up to first in line")
             finish(api_client, ns, "second")
+            running(api_client, ns, "third")
+            finish(api_client, ns, "third")
     client.CoreV1Api(api_client).delete_namespace(ns)
     assert "Traceback" not in log.read_text(), log.read_text()

@@ -3,6 +3,7 @@ driven through KWOK, validation by the server, GC, crash safety, kubectl output.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -281,6 +282,16 @@ def test_a_deletion_the_watch_missed_ends_the_loop_before_any_pod(crds, api_clie
         r.reconcile(namespace, "ghost", obj=stale, pods=[])
     assert pods(api_client, namespace, "ghost") == []
     assert client.CoreV1Api(api_client).list_namespaced_service(namespace).items == []
+
+
+def test_without_kueues_visibility_api_a_queued_job_shows_no_place_and_it_is_not_asked_each_pass(api_client, caplog):
+    """No Kueue visibility API served here (no APIService for it): no place, one INFO line, asked again later."""
+    r = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    with caplog.at_level(logging.INFO, logger="hyft.operator"):
+        assert r._queue_position("default", "gpus", "job") is None
+        assert r._queue_position("default", "gpus", "job") is None
+    said = [(rec.levelname, rec.getMessage()) for rec in caplog.records if "visibility" in rec.getMessage()]
+    assert len(said) == 1 and said[0][0] == "INFO" and "asking again in 300s" in said[0][1], said
 
 
 def test_local_tiny_example_runs_on_read_write_many_claims(crds, api_client, op_namespace):

@@ -3,6 +3,8 @@ patches it writes back, and the lifecycle around admission and eviction (pure; t
 tests/k8s/test_kueue.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from hyft_operator import api, builders, kueue, lifecycle
@@ -219,3 +221,25 @@ def test_a_workload_of_another_size_is_released_then_recreated():
     assert plan(three, [], PENDING).workload == Action.DELETE
     assert plan(three, [], PENDING).create == []
 
+
+
+def test_a_pending_workloads_place_is_read_from_kueues_visibility_answer():
+    summary = {"kind": "PendingWorkloadsSummary", "apiVersion": "visibility.kueue.x-k8s.io/v1beta2", "items": [
+        {"metadata": {"name": "other", "namespace": "ml"}, "priority": 100, "localQueueName": "gpus",
+         "positionInClusterQueue": 0, "positionInLocalQueue": 0},
+        {"metadata": {"name": "minimal", "namespace": "ml"}, "priority": 100, "localQueueName": "gpus",
+         "positionInClusterQueue": 4, "positionInLocalQueue": 1}]}
+    assert kueue.queue_position(summary, "minimal") == kueue.QueuePosition(local=2, cluster=5)
+    assert kueue.queue_position(summary, "absent") is None
+    assert kueue.queue_position({"items": None}, "minimal") is None
+    assert kueue.pending_workloads_path("ml", "gpus") == (
+        "/apis/visibility.kueue.x-k8s.io/v1beta2/namespaces/ml/localqueues/gpus/pendingworkloads")
+
+
+def test_a_queued_job_says_its_place_where_kueue_gives_it():
+    placed = dataclasses.replace(kueue.workload_view(PENDING), position=kueue.QueuePosition(local=2, cluster=5))
+    p = lifecycle.plan(job({"phase": "Queued"}), [], NOW, workload=placed)
+    assert p.status.message.startswith("waiting for Kueue (LocalQueue gpus, number 2 there and 5 in its "
+                                       "ClusterQueue): couldn't assign flavors")
+    p = plan(job({"phase": "Queued"}), workload=PENDING)
+    assert p.status.message.startswith("waiting for Kueue (LocalQueue gpus): couldn't assign flavors")

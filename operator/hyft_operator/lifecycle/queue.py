@@ -41,7 +41,10 @@ def admitted(gang: Gang) -> bool:
         gang.transition("Queued", Reason.EVICTED, f"evicted by Kueue ({workload.evicted[0]}), waiting to be "
                         f"admitted again (LocalQueue {queue}): {why}", announce=gang.st.phase != "Queued")
     else:
-        gang.transition("Queued", Reason.QUEUED, f"waiting for Kueue (LocalQueue {queue}): {why}",
+        place = workload.position if workload else None
+        where = f"LocalQueue {queue}" + (f", number {place.local} there and {place.cluster} in its ClusterQueue"
+                                         if place else "")
+        gang.transition("Queued", Reason.QUEUED, f"waiting for Kueue ({where}): {why}",
                         announce=gang.st.phase != "Queued")
     return False
 
