@@ -91,6 +91,8 @@ CASES = [
             "spec.runPolicy"),
     Invalid("resize below more nodes than the job has", _sub("runPolicy", resize={"minNodes": 3}),
             "spec.runPolicy.resize.minNodes"),
+    Invalid("Kueue's priority without a queue", _spec(scheduling={"workloadPriorityClassName": "high"}),
+            "spec.scheduling.workloadPriorityClassName"),
     Invalid("growing back under Kueue", _spec(scheduling={"queueName": "gpus"},
                                              runPolicy={"resize": {"minNodes": 1, "growBackAfterSeconds": 600}}),
             "spec.runPolicy.resize.growBackAfterSeconds"),

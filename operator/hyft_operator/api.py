@@ -216,7 +216,12 @@ class SchedulingSpec(ApiModel):
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity (core/v1 Affinity).",
                                             json_schema_extra=PASSTHROUGH)
     priorityClassName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
-                                          description="Pod priority class (also the Kueue Workload's priority).")
+                                          description="Pod priority class (also the Kueue Workload's priority, "
+                                                      "unless workloadPriorityClassName is set).")
+    workloadPriorityClassName: str | None = Field(
+        None, max_length=253, pattern=DNS_SUBDOMAIN,
+        description="Kueue WorkloadPriorityClass: the Workload's priority in its queue and for preemption by "
+                    "Kueue, apart from the pods' priorityClassName (the scheduler's). Needs queueName.")
     schedulerName: str | None = Field(None, max_length=253, pattern=DNS_SUBDOMAIN,
                                       description="Scheduler for the pods (e.g. volcano for gang scheduling).")
     queueName: str | None = Field(None, min_length=1, max_length=63, pattern=LABEL_VALUE,
@@ -455,6 +460,11 @@ class HunyuanFineTuneSpec(ApiModel):
              "runPolicy.resize.minNodes must not exceed nodes (the gang shrinks from nodes to it)",
              lambda s: s.runPolicy.resize is None or s.runPolicy.resize.minNodes <= s.nodes,
              field="runPolicy.resize.minNodes"),
+        Rule("!has(self.scheduling) || !has(self.scheduling.workloadPriorityClassName) || "
+             "has(self.scheduling.queueName)",
+             "scheduling.workloadPriorityClassName is Kueue's: it needs scheduling.queueName",
+             lambda s: s.scheduling.workloadPriorityClassName is None or s.scheduling.queueName is not None,
+             field="scheduling.workloadPriorityClassName"),
         Rule("!has(self.runPolicy) || !has(self.runPolicy.resize) || "
              "!has(self.runPolicy.resize.growBackAfterSeconds) || !has(self.scheduling) || "
              "!has(self.scheduling.queueName)",

@@ -19,6 +19,7 @@ GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
 # Kueue's visibility API (an APIService it installs; VisibilityOnDemand, on by default): pending workloads' places
 VISIBILITY_GROUP, VISIBILITY_VERSION = "visibility.kueue.x-k8s.io", "v1beta2"
 FLAVORS = "resourceflavors"
+WORKLOAD_PRIORITY_CLASSES = "workloadpriorityclasses"
 MASTER_SET, WORKER_SET = "master", "worker"
 # Evictions Kueue requeues by itself; after the others (deactivated, a stopped queue) the Workload waits
 # until it is reactivated or its queue runs again (Kueue's job reconciler sets Requeued the same way).
@@ -97,10 +98,27 @@ def workload_view(obj: dict[str, Any]) -> WorkloadView:
     )
 
 
+@dataclass(frozen=True)
+class PriorityClassRef:
+    group: str
+    kind: str
+    name: str
+
+
+def priority_class(job: HunyuanFineTune) -> PriorityClassRef | None:
+    """Where the Workload's priority comes from: Kueue's WorkloadPriorityClass, else the pods' PriorityClass."""
+    scheduling = job.spec.scheduling
+    if scheduling.workloadPriorityClassName:
+        return PriorityClassRef(GROUP, "WorkloadPriorityClass", scheduling.workloadPriorityClassName)
+    if scheduling.priorityClassName:
+        return PriorityClassRef("scheduling.k8s.io", "PriorityClass", scheduling.priorityClassName)
+    return None
+
+
 def workload(job: HunyuanFineTune, master: dict[str, Any], worker: dict[str, Any] | None, nodes: int,
              owner: dict[str, Any], labels: dict[str, str], priority: int | None) -> dict[str, Any]:
     """The job's Workload: master (rank 0) and worker pod sets with the pods' own templates, so Kueue counts
-    exactly what the pods request. priority: the value of spec.scheduling.priorityClassName."""
+    exactly what the pods request. priority: the value of priority_class(job)."""
     def entry(name: str, pod: dict[str, Any], count: int) -> dict[str, Any]:
         meta = pod["metadata"]
         template = {"metadata": {"labels": meta.get("labels", {}), "annotations": meta.get("annotations") or {}},
@@ -112,9 +130,8 @@ def workload(job: HunyuanFineTune, master: dict[str, Any], worker: dict[str, Any
                             "active": not job.spec.runPolicy.suspend}
     if worker is not None and nodes > 1:
         spec["podSets"].append(entry(WORKER_SET, worker, nodes - 1))
-    if job.spec.scheduling.priorityClassName:
-        spec["priorityClassRef"] = {"group": "scheduling.k8s.io", "kind": "PriorityClass",
-                                    "name": job.spec.scheduling.priorityClassName}
+    if ref := priority_class(job):
+        spec["priorityClassRef"] = {"group": ref.group, "kind": ref.kind, "name": ref.name}
         spec["priority"] = priority
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Workload",
             "metadata": {"name": job.metadata["name"], "namespace": job.metadata["namespace"], "labels": labels,

@@ -309,6 +309,14 @@ class Reconciler:
                 cached = []
         return next((w for w in cached if self._owned(w, obj) and not w["metadata"].get("deletionTimestamp")), None)
 
+    def _priority(self, ref: kueue.PriorityClassRef | None) -> int | None:
+        if ref is None:
+            return None
+        if ref.kind == "PriorityClass":
+            return client.SchedulingV1Api(self.core.api_client).read_priority_class(ref.name).value
+        return self.custom.get_cluster_custom_object(ref.group, kueue.VERSION, kueue.WORKLOAD_PRIORITY_CLASSES,
+                                                     ref.name)["value"]
+
     def _queue_position(self, namespace: str, queue: str, workload: str) -> kueue.QueuePosition | None:
         """Where Kueue's visibility API places the pending Workload; None where it is not served (Kueue
         without VisibilityOnDemand, its APIService down, no RBAC): the status then says no place."""
@@ -394,14 +402,12 @@ class Reconciler:
             nodes = status.gangNodes or job.spec.nodes
             master = builders.pod(job, 0, status.attempt, self.defaults, nodes)
             worker = builders.pod(job, 1, status.attempt, self.defaults, nodes) if nodes > 1 else None
-            priority_class = job.spec.scheduling.priorityClassName
             try:
-                priority = (client.SchedulingV1Api(self.core.api_client).read_priority_class(priority_class).value
-                            if priority_class else None)
+                priority = self._priority(kueue.priority_class(job))
                 self.custom.create_namespaced_custom_object(*args, kueue.workload(
                     job, master, worker, nodes, builders.owner_reference(job), builders.labels(name), priority))
             except ApiException as err:
-                # Kueue not installed, no such PriorityClass, or the operator may not create Workloads
+                # Kueue not installed, no such (Workload)PriorityClass, or the operator may not create Workloads
                 if err.status in (404, 403):
                     message = (f"spec.scheduling.queueName: cannot create the Kueue Workload "
                                f"({kueue.GROUP}/{kueue.VERSION}): {_api_message(err)}")

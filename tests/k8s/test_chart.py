@@ -114,6 +114,7 @@ def can_i(cp, verb, resource, namespace="default"):
     ("update", "workloads.kueue.x-k8s.io", "no"), ("get", "resourceflavors.kueue.x-k8s.io", "yes"),
     ("get", "priorityclasses.scheduling.k8s.io", "yes"), ("create", "clusterqueues.kueue.x-k8s.io", "no"),
     ("get", "localqueues.visibility.kueue.x-k8s.io/pendingworkloads", "yes"),
+    ("get", "workloadpriorityclasses.kueue.x-k8s.io", "yes"),
     ("get", "clusterqueues.visibility.kueue.x-k8s.io/pendingworkloads", "no"),
 ])
 def test_operator_identity_has_exactly_what_it_uses(installed, verb, resource, allowed):

@@ -1,6 +1,7 @@
 """hyft under a real Kueue (built from its Go module, its webhooks served to the API server): a
 ClusterQueue of 16 GPUs on two KWOK 8-GPU nodes, 2x8-GPU jobs that wait their turn as Queued, run when
-admitted (on the admitted flavor's nodes), give way to a higher-priority job without losing a restart,
+admitted (on the admitted flavor's nodes), give way to a job of a higher priority (a Kueue
+WorkloadPriorityClass) without losing a restart,
 and come back when the preemptor finishes; an operator restarted while a job is queued changes nothing."""
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from tests.jobs import cpu_job, create, exit_pod, get, pods, wait_phase
 POOL = {"hyft.io/test-pool": "kueue"}
 NODES = ["kueue-node-0", "kueue-node-1"]
 QUEUE = "gpus"
-PRIORITIES = {"training-low": 100, "training-mid": 500, "training-high": 1000}
+PRIORITIES = {"training-low": 100, "training-mid": 500}  # PriorityClasses: the pods' and their Workloads'
+URGENT = "training-urgent"  # a Kueue WorkloadPriorityClass: the Workload's alone
 
 
 def apply(control_plane, *docs):
@@ -42,6 +44,8 @@ def kueue_cluster(control_plane, crds):
         apply(control_plane, *(gpu_node(n, labels=POOL) for n in NODES))
         apply(control_plane, *({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
                                 "metadata": {"name": name}, "value": value} for name, value in PRIORITIES.items()))
+        apply(control_plane, {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+                              "metadata": {"name": URGENT}, "value": 1000})
         apply(control_plane,
               {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "kueue-gpus"},
                "spec": {"nodeLabels": POOL}},
@@ -72,7 +76,9 @@ def queue_namespace(kueue_cluster, op_namespace):
 
 def gpu_job(name, priority="training-low"):
     # no nodeSelector of its own: the pods land where Kueue's flavor says
-    return cpu_job(name, nodes=2, gpusPerNode=8, scheduling={"queueName": QUEUE, "priorityClassName": priority})
+    scheduling = {"queueName": QUEUE}
+    scheduling["workloadPriorityClassName" if priority == URGENT else "priorityClassName"] = priority
+    return cpu_job(name, nodes=2, gpusPerNode=8, scheduling=scheduling)
 
 
 def workload(api_client, namespace, name):
@@ -116,7 +122,7 @@ def test_jobs_wait_their_turn_and_give_way_to_a_higher_priority_without_a_restar
     running(api_client, ns, "second")
     victims = {p.metadata.name: p.metadata.uid for p in pods(api_client, ns, "second")}
 
-    create(api_client, ns, gpu_job("urgent", priority="training-high"))
+    create(api_client, ns, gpu_job("urgent", priority=URGENT))  # Kueue's priority class alone: 1000
     evicted = wait_for(lambda: (s := get(api_client, ns, "second").get("status") or {}).get("phase") == "Queued"
                        and s, what="second preempted back to Queued")
     assert "Preempted" in evicted["message"], evicted["message"]

@@ -151,8 +151,10 @@ def test_fuzz_every_invalid_resource_gets_one_verdict(api_client, op_namespace, 
             assert any(f in message for f in fields), (fields, message)
             continue
         if verdict == "pod":  # a later case repaired what an earlier one broke, but not the pod's object
-            assert any(c.verdict == "pod" for c in cases), [c.id for c in cases]
             fields = [c.field for c in cases if c.verdict == "pod"]
+            if not fields:  # ... or the pair undid itself (one override replacing the other): a valid resource
+                assert len(cases) == 2, [c.id for c in cases]
+                continue
         accepted[create(api_client, op_namespace, body)["metadata"]["name"]] = fields
 
     def all_judged():

@@ -77,6 +77,25 @@ def test_the_workload_is_the_gang_as_two_pod_sets_with_the_pods_own_templates():
     assert [s["name"] for s in one["podSets"]] == ["master"] and "priorityClassRef" not in one
 
 
+@pytest.mark.parametrize("scheduling, ref", [
+    ({}, None),
+    ({"priorityClassName": "team-high"}, kueue.PriorityClassRef("scheduling.k8s.io", "PriorityClass", "team-high")),
+    ({"workloadPriorityClassName": "urgent"}, kueue.PriorityClassRef("kueue.x-k8s.io", "WorkloadPriorityClass",
+                                                                     "urgent")),
+    # Kueue's class ranks the Workload; the pods keep theirs for the scheduler
+    ({"priorityClassName": "team-high", "workloadPriorityClassName": "urgent"},
+     kueue.PriorityClassRef("kueue.x-k8s.io", "WorkloadPriorityClass", "urgent")),
+])
+def test_the_workloads_priority_comes_from_kueues_class_else_the_pods(scheduling, ref):
+    j = job(**scheduling)
+    assert kueue.priority_class(j) == ref
+    master = builders.pod(j, 0, 0)
+    spec = kueue.workload(j, master, builders.pod(j, 1, 0), 2, {}, {}, 7 if ref else None)["spec"]
+    assert spec.get("priorityClassRef") == (ref and {"group": ref.group, "kind": ref.kind, "name": ref.name})
+    assert spec.get("priority") == (7 if ref else None)
+    assert master["spec"].get("priorityClassName") == scheduling.get("priorityClassName")
+
+
 def test_pods_carry_no_kueue_labels_and_get_their_pod_sets_placement():
     j = job(nodeSelector={"pool": "a100"}, tolerations=[{"key": "team", "operator": "Exists"}])
     plain = builders.pod(j, 0, 0)

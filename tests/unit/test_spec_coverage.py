@@ -26,6 +26,7 @@ OPERATOR_ONLY = {
     "runPolicy.resize.unschedulableSeconds": "how long the lifecycle waits before shrinking an unplaceable gang",
     "runPolicy.resize.growBackAfterSeconds": "how long a shrunk gang runs before the lifecycle restarts it whole",
     "scheduling.queueName": "the Kueue LocalQueue of the job's Workload (kueue.py); the pods carry none of it",
+    "scheduling.workloadPriorityClassName": "the Kueue Workload's priority (kueue.py); the pods carry none of it",
 }
 # What the operator's code reads (attribute loads, so a docstring or comment does not count).
 OPERATOR_READS = {node.attr for path in Path(builders.__file__).parent.rglob("*.py")
@@ -60,7 +61,8 @@ FULL = {
                 {"name": "shared", "nfs": {"server": "nfs.example", "path": "/export"}}],
     "scheduling": {"nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "a", "operator": "Exists"}],
                    "affinity": {"nodeAffinity": {}}, "priorityClassName": "high", "schedulerName": "volcano",
-                   "queueName": "team", "runtimeClassName": "nvidia", "onePodPerNode": True},
+                   "queueName": "team", "workloadPriorityClassName": "team-high", "runtimeClassName": "nvidia",
+                   "onePodPerNode": True},
     "network": {"hostNetwork": False, "resources": {"rdma/ib": "1"}},
     "podMetadata": {"labels": {"team": "a"}, "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-a"}},
     "runPolicy": {"backoffLimit": 3, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60,
@@ -82,6 +84,7 @@ CHANGED = {
     "scheduling.nodeSelector": {"pool": "cpu"}, "scheduling.tolerations": [],
     "scheduling.affinity": {"podAffinity": {}}, "scheduling.priorityClassName": "low",
     "scheduling.schedulerName": "default-scheduler", "scheduling.queueName": "other",
+    "scheduling.workloadPriorityClassName": "team-low",
     "scheduling.runtimeClassName": "kata", "network.resources": {"vpc.amazonaws.com/efa": "32"},
     "podMetadata.labels": {"team": "b"}, "podMetadata.annotations": {"k8s.v1.cni.cncf.io/networks": "ib-b"},
     "deepspeed.overrides": {"zero_optimization": {"overlap_comm": False}},
@@ -98,7 +101,8 @@ COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPol
               # one GPU's memory decides only an offload left unset (auto)
               "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None},
               "method.type": {"method.lora.merge": False},  # merging is LoRA's
-              "runPolicy.resize.growBackAfterSeconds": {"scheduling.queueName": None}}  # not under Kueue
+              "runPolicy.resize.growBackAfterSeconds": {"scheduling.queueName": None,  # not under Kueue
+                                                        "scheduling.workloadPriorityClassName": None}}
 # Leaves FULL cannot set beside another it sets (a rule refuses the pair): each one's value when tested.
 EXCLUSIVE = {"runPolicy.resize.growBackAfterSeconds": 3600}
 
