@@ -5,6 +5,7 @@ before Kueue admits the Workload, and gives each pod what the admission says of 
 When Kueue evicts it (preemption, a stopped queue, deactivation) hyft stops the pods (the trainer
 checkpoints on SIGTERM) and, once they are gone, gives the quota back (QuotaReserved False, Requeued as
 Kueue's own job integrations set it); a finished job marks its Workload Finished, which frees the quota.
+While it waits, its place in line comes from Kueue's visibility API (pendingworkloads of its LocalQueue).
 Pure: the lifecycle decides (lifecycle/queue.py), the reconciler does the I/O."""
 from __future__ import annotations
 

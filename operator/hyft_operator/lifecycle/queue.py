@@ -1,6 +1,7 @@
 """spec.scheduling.queueName: the gang runs only while Kueue admits its Workload (kueue.py).
 
-Queued: no Workload yet, or Kueue has not admitted it (the status says Kueue's reason). Evicted
+Queued: no Workload yet, or Kueue has not admitted it (the status says Kueue's reason, and the place
+in line where Kueue's visibility API gives it). Evicted
 (preempted, deactivated, a stopped queue): the pods are deleted (the trainer checkpoints on SIGTERM), the
 next attempt waits Queued and resumes from that checkpoint once admitted again; a disruption, not
 counted against backoffLimit. Every pass then brings the Workload in line (sync): created, its
