@@ -13,7 +13,7 @@ blocks (formats.py, markers.py) and the status (status.py) are apart.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -44,7 +44,7 @@ from .formats import (
     one_of,
 )
 from .markers import ApiModel, with_knobs
-from .status import HunyuanFineTuneStatus
+from .status import RESIZABLE_PHASES, HunyuanFineTuneStatus
 
 GROUP = "hyft.io"
 VERSION = "v1alpha1"
@@ -339,17 +339,20 @@ def _output_cel(sources: tuple[str, ...]) -> str:
 
 
 _SUSPENDED = "(has({0}.runPolicy) && has({0}.runPolicy.suspend) && {0}.runPolicy.suspend)"
-RESIZE_WHILE_SUSPENDED = {
-    "rule": f"(self.nodes == oldSelf.nodes && self.gpusPerNode == oldSelf.gpusPerNode) || "
-            f"{_SUSPENDED.format('self')} || {_SUSPENDED.format('oldSelf')}",
-    "message": "nodes and gpusPerNode change only while the job is suspended (runPolicy.suspend: true): "
-               "the next attempt then resumes from the newest checkpoint on the new size",
-    "fieldPath": ".nodes",
+# On the whole resource: an update of the spec sees the stored status (oldSelf.status), the phase it is in.
+RESIZE_BETWEEN_ATTEMPTS = {
+    "rule": "(self.spec.nodes == oldSelf.spec.nodes && self.spec.gpusPerNode == oldSelf.spec.gpusPerNode) || "
+            f"{_SUSPENDED.format('self.spec')} || {_SUSPENDED.format('oldSelf.spec')} || "
+            "(has(oldSelf.status) && has(oldSelf.status.phase) && "
+            f"oldSelf.status.phase in {list(RESIZABLE_PHASES)})",
+    "message": "nodes and gpusPerNode change only while the job is suspended (runPolicy.suspend: true), queued "
+               "or restarting between attempts (phase " + " or ".join(RESIZABLE_PHASES) + "): the next attempt "
+               "then resumes from the newest checkpoint on the new size",
+    "fieldPath": ".spec.nodes",
 }
 
 
 class HunyuanFineTuneSpec(ApiModel):
-    TRANSITIONS: ClassVar[tuple[dict[str, str], ...]] = (RESIZE_WHILE_SUSPENDED,)
     model: ModelSpec = Field(description="The base model: a Hugging Face model folder inside a volume.",
                              json_schema_extra=cel(IMMUTABLE))
     data: DataSpec = Field(description="Training data (ShareGPT or alpaca, JSON or JSONL).",

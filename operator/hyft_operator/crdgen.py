@@ -127,7 +127,8 @@ def crd() -> dict[str, Any]:
                     "type": "object",
                     "description": api.HunyuanFineTune.__doc__.strip(),
                     "required": ["spec"],
-                    CEL: [api.NAME_RULE.schema()],
+                    # an update's rule (oldSelf) is the API server's alone
+                    CEL: [api.NAME_RULE.schema(), api.RESIZE_BETWEEN_ATTEMPTS],
                     "properties": {
                         "apiVersion": {"type": "string", "description": "hyft.io/v1alpha1"},
                         "kind": {"type": "string", "description": "HunyuanFineTune"},

@@ -26,8 +26,6 @@ def _model_rules_to_cel(schema: dict[str, Any], cls: type) -> None:
     rules = getattr(cls, "RULES", ())
     if rules:
         schema.setdefault(CEL, []).extend(rule.schema() for rule in rules)
-    if transitions := getattr(cls, "TRANSITIONS", ()):  # rules on an update (oldSelf): the API server's alone
-        schema.setdefault(CEL, []).extend(transitions)
 
 
 class ApiModel(BaseModel):

@@ -13,6 +13,9 @@ Phase = Literal["Pending", "Queued", "Running", "Restarting", "Succeeded", "Fail
 PHASES: tuple[str, ...] = Phase.__args__
 IN_PROGRESS_PHASES = ("Pending", "Queued", "Running", "Restarting")
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# Phases in which no pod of the current attempt exists (the status is written before pods are created):
+# nodes and gpusPerNode may change then (api.RESIZE_BETWEEN_ATTEMPTS), as while suspended.
+RESIZABLE_PHASES = ("Queued", "Restarting")
 
 
 class _Documented(StrEnum):

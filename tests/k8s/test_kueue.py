@@ -23,7 +23,7 @@ from hyft_envtest.kwok import gpu_node
 from hyft_operator import builders, kueue
 from hyft_operator.status import Reason
 from tests.helpers import wait_for
-from tests.jobs import cpu_job, create, exit_pod, get, pods, wait_phase
+from tests.jobs import cpu_job, create, exit_pod, get, patch_spec, pods, wait_phase
 
 POOL = {"hyft.io/test-pool": "kueue"}
 NODES = ["kueue-node-0", "kueue-node-1"]
@@ -98,8 +98,8 @@ def running(api_client, namespace, name, attempt=0):
     return status
 
 
-def finish(api_client, namespace, name):
-    for rank in (1, 0):  # as trainers do: the whole gang exits (and frees its GPUs)
+def finish(api_client, namespace, name, nodes=2):
+    for rank in reversed(range(nodes)):  # as trainers do: the whole gang exits (and frees its GPUs)
         exit_pod(api_client, namespace, builders.pod_name(name, rank), 0)
     wait_phase(api_client, namespace, name, "Succeeded")
     wait_for(lambda: any(c["type"] == "Finished" and c["status"] == "True"
@@ -159,6 +159,28 @@ def test_a_suspended_job_gives_its_quota_back(api_client, queue_namespace):
     finish(api_client, ns, "meanwhile")
     running(api_client, ns, "pausing")
     finish(api_client, ns, "pausing")
+
+
+def test_a_queued_job_resized_to_what_the_quota_has_left_runs(api_client, queue_namespace):
+    """8 of the 16 GPUs taken; a 2x8 job waits for 8 more; patched to 1 node while queued (no suspend),
+    its Workload is remade at 1x8, admitted, and the job runs on 1 node."""
+    ns = queue_namespace
+    holder = gpu_job("holder")
+    holder["spec"]["nodes"] = 1
+    create(api_client, ns, holder)
+    wait_phase(api_client, ns, "holder", "Running", timeout=90)
+    create(api_client, ns, gpu_job("wide"))
+    wait_for(lambda: "8 more needed" in status_message(api_client, ns, "wide"), what="wide queued for 8 more GPUs")
+    patch_spec(api_client, ns, "wide", {"nodes": 1})
+    status = wait_phase(api_client, ns, "wide", "Running", timeout=90)
+    assert (status["readyNodes"], status["restarts"]) == ("1/1", 0)
+    assert [p.metadata.name for p in pods(api_client, ns, "wide")] == ["wide-master-0"]
+    assert [s["count"] for s in workload(api_client, ns, "wide")["spec"]["podSets"]] == [1]
+    with pytest.raises(client.ApiException) as refused:  # running: the size is fixed again
+        patch_spec(api_client, ns, "wide", {"nodes": 2})
+    assert refused.value.status == 422 and "queued or restarting between attempts" in refused.value.body
+    for name in ("holder", "wide"):
+        finish(api_client, ns, name, nodes=1)
 
 
 @contextlib.contextmanager

@@ -265,3 +265,11 @@ def test_resize_grows_a_shrunk_gang_back_once_it_has_run_long_enough(g, applied,
         assert "resumes from it on all 3 nodes" in g.st.message and "shrinks again after 60s" in g.st.message
     else:
         assert (g.st.attempt, g.st.gangNodes, g.plan.delete) == (*before, [])
+
+
+@pytest.mark.parametrize("gang_nodes, nodes, total", [(2, 3, 2), (2, 2, 2), (2, 1, 1)])
+def test_a_shrunk_size_gives_way_to_a_spec_resized_to_it_or_below(gang_nodes, nodes, total):
+    """status.gangNodes (runPolicy.resize shrank the gang) holds only below spec.nodes: a job resized while
+    queued or restarting to that size or fewer runs on spec.nodes."""
+    g = Gang(job({"phase": "Restarting", "attempt": 1, "gangNodes": gang_nodes}, nodes=nodes), [], NOW, None, False)
+    assert (g.total, g.st.gangNodes) == (total, gang_nodes if gang_nodes < nodes else None)

@@ -43,6 +43,8 @@ class Gang:
         self.st = job.status.model_copy(deep=True)
         self.st.observedGeneration = job.metadata.get("generation")
         self.plan = Plan(status=self.st)
+        if self.st.gangNodes and self.st.gangNodes >= self.spec.nodes:  # spec.nodes changed to it or below
+            self.st.gangNodes = None
         self.total = self.st.gangNodes or self.spec.nodes
         # A rank beyond the gang's size (the job was resized) is stale like another attempt's pods: deleted,
         # and waited for before the gang is recreated.
