@@ -1,8 +1,9 @@
-"""hyft under a real Kueue (built from its Go module, its webhooks served to the API server): a
-ClusterQueue of 16 GPUs on two KWOK 8-GPU nodes, 2x8-GPU jobs that wait their turn as Queued, run when
-admitted (on the admitted flavor's nodes), give way to a job of a higher priority (a Kueue
-WorkloadPriorityClass) without losing a restart,
-and come back when the preemptor finishes; an operator restarted while a job is queued changes nothing."""
+"""hyft under a real Kueue (built from its Go module, its webhooks served to the API server, its
+visibility API through the API server's aggregator): a ClusterQueue of 16 GPUs on two KWOK 8-GPU nodes,
+2x8-GPU jobs that wait their turn as Queued (their place in line said), run when admitted (on the
+admitted flavor's nodes), give way to a job of a higher priority (a Kueue WorkloadPriorityClass)
+without losing a restart, and come back when the preemptor finishes; a queued job resized to what the
+quota has left runs; an operator restarted while jobs are queued changes nothing."""
 from __future__ import annotations
 
 import contextlib
