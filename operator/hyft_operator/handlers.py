@@ -7,7 +7,8 @@ when the job or one of its pods changes (the event handlers only wake it), when
 the last plan asked for it (a deadline, a TTL, a retry: lifecycle's
 requeue_after, to the second), and otherwise every resync_seconds. It reads
 the job from Kopf's live body and its pods from a Kopf index (both fed by the
-watches), so a reconcile that changes nothing makes no API call. The blocking
+watches), so a reconcile that changes nothing makes no API call (but a queued job's place in line:
+Kueue's visibility API, one request per LocalQueue and QUEUE_LINE_SECONDS). The blocking
 reconcile runs in a worker thread (reconcile_workers of them), so a slow
 API call or progress scrape holds up only its own job. Kopf stops the daemons
 while peering pauses this replica. A job's daemon ends when the job is deleted,

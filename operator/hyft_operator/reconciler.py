@@ -42,6 +42,9 @@ log = logging.getLogger("hyft.operator")
 CREATE_RETRY_SECONDS = 10.0
 CACHE_WAIT_SECONDS = 2.0  # the watch event that brings the cache up to date also wakes the job
 VISIBILITY_RETRY_SECONDS = 300.0  # Kueue's visibility API not served: asked again after this long
+# One answer of Kueue's visibility API serves every queued job of its LocalQueue this long: with many
+# queued jobs, one request per LocalQueue instead of one per job and pass.
+QUEUE_LINE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Reconciler:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self._visibility_off_until = 0.0  # monotonic: Kueue's visibility API last answered it is not served
+        self._queue_lines: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (ns, LocalQueue): (at, answer)
         self.defaults = defaults
         self.scrape_progress = scrape_progress
         self.scrape_timeout = scrape_timeout
@@ -320,8 +324,12 @@ class Reconciler:
     def _queue_position(self, namespace: str, queue: str, workload: str) -> kueue.QueuePosition | None:
         """Where Kueue's visibility API places the pending Workload; None where it is not served (Kueue
         without VisibilityOnDemand, its APIService down, no RBAC): the status then says no place."""
-        if time.monotonic() < self._visibility_off_until:
+        now = time.monotonic()
+        if now < self._visibility_off_until:
             return None
+        at, summary = self._queue_lines.get((namespace, queue), (-QUEUE_LINE_SECONDS, {}))
+        if now - at < QUEUE_LINE_SECONDS:
+            return kueue.queue_position(summary, workload)
         api_client = self.custom.api_client  # the client has no method for another API's subresource
         try:
             request = api_client.param_serialize("GET", kueue.pending_workloads_path(namespace, queue),
@@ -330,6 +338,7 @@ class Reconciler:
             response = api_client.call_api(*request)
             response.read()
             summary = api_client.response_deserialize(response, {"200": "object"}).data
+            self._queue_lines[(namespace, queue)] = (now, summary)
         except ApiException as err:
             self._visibility_off_until = time.monotonic() + VISIBILITY_RETRY_SECONDS
             log.info("Kueue's visibility API answers %s %s: queued jobs show no place in their queue; asking again "

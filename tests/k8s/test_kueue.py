@@ -22,6 +22,7 @@ from hyft_envtest.controlplane import free_port
 from hyft_envtest.kueue import Kueue
 from hyft_envtest.kwok import gpu_node
 from hyft_operator import builders, kueue
+from hyft_operator.reconciler import Reconciler
 from hyft_operator.status import Reason
 from tests.helpers import wait_for
 from tests.jobs import cpu_job, create, exit_pod, get, patch_spec, pods, wait_phase
@@ -182,6 +183,17 @@ def test_a_queued_job_resized_to_what_the_quota_has_left_runs(api_client, queue_
     assert refused.value.status == 422 and "queued or restarting between attempts" in refused.value.body
     for name in ("holder", "wide"):
         finish(api_client, ns, name, nodes=1)
+
+
+def test_queued_jobs_of_one_local_queue_share_one_visibility_request(api_client, queue_namespace):
+    ns = queue_namespace
+    reconciler = Reconciler(api_client, builders.OperatorDefaults(), scrape_progress=False)
+    calls = []
+    real = reconciler.custom.api_client.call_api
+    reconciler.custom.api_client.call_api = lambda *a, **k: calls.append(a[1]) or real(*a, **k)
+    for name in ("a", "b"):  # not in Kueue's line: no place, but the answer is Kueue's
+        assert reconciler._queue_position(ns, QUEUE, name) is None
+    assert len(calls) == 1 and calls[0].endswith(f"/namespaces/{ns}/localqueues/{QUEUE}/pendingworkloads"), calls
 
 
 @contextlib.contextmanager
