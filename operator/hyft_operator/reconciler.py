@@ -316,10 +316,10 @@ class Reconciler:
     def _priority(self, ref: kueue.PriorityClassRef | None) -> int | None:
         if ref is None:
             return None
-        if ref.kind == "PriorityClass":
-            return client.SchedulingV1Api(self.core.api_client).read_priority_class(ref.name).value
-        return self.custom.get_cluster_custom_object(ref.group, kueue.VERSION, kueue.WORKLOAD_PRIORITY_CLASSES,
-                                                     ref.name)["value"]
+        if ref.group == kueue.GROUP:  # Kueue's WorkloadPriorityClass
+            return self.custom.get_cluster_custom_object(ref.group, kueue.VERSION, kueue.WORKLOAD_PRIORITY_CLASSES,
+                                                         ref.name)["value"]
+        return client.SchedulingV1Api(self.core.api_client).read_priority_class(ref.name).value
 
     def _queue_position(self, namespace: str, queue: str, workload: str) -> kueue.QueuePosition | None:
         """Where Kueue's visibility API places the pending Workload; None where it is not served (Kueue

@@ -41,15 +41,11 @@ def shrink(gang: Gang) -> bool:
     if size is None:
         return False  # stays Pending; PodsScheduled says why
     before = gang.total
-    gang.delete(gang.current)
-    gang.st.attempt += 1
-    gang.resize(size)
-    gang.st.nodes = NodeCounts(total=size)
+    _restart_on(gang, size)
     gang.transition("Restarting", Reason.RESIZED,
                     f"a pod stayed unschedulable for {policy.unschedulableSeconds}s: restarting on {size} of "
                     f"{before} nodes (runPolicy.resize) as attempt {gang.st.attempt}, resuming from the last "
                     f"checkpoint with the global batch kept", "Warning")
-    gang.plan.requeue_after = STALE_REQUEUE
     return True
 
 
@@ -66,14 +62,19 @@ def grow_back(gang: Gang) -> bool:
         gang.requeue(due)
         return False
     before = gang.total
-    gang.delete(gang.current)
-    gang.st.attempt += 1
-    gang.resize(None)
-    gang.st.nodes = NodeCounts(total=gang.total)
+    _restart_on(gang, None)
     gang.transition("Restarting", Reason.GROWING_BACK,
                     f"ran {policy.growBackAfterSeconds}s on {before} of {gang.total} nodes: the pods stop with a "
                     f"checkpoint and attempt {gang.st.attempt} resumes from it on all {gang.total} nodes "
                     f"(runPolicy.resize.growBackAfterSeconds); if nodes are still missing, the gang shrinks again "
                     f"after {policy.unschedulableSeconds}s")
-    gang.plan.requeue_after = STALE_REQUEUE
     return True
+
+
+def _restart_on(gang: Gang, size: int | None) -> None:
+    """The gang stops (its pods checkpoint on SIGTERM) and the next attempt runs on size (None: spec.nodes)."""
+    gang.delete(gang.current)
+    gang.st.attempt += 1
+    gang.resize(size)
+    gang.st.nodes = NodeCounts(total=gang.total)
+    gang.plan.requeue_after = STALE_REQUEUE
