@@ -191,6 +191,13 @@ metric_for_best_model: eval_loss
 greater_is_better: false
 early_stopping_steps: 3
 """
+# The guide's FSDP variant: the same recipe with LLaMA-Factory's fsdp keys in place of the DeepSpeed JSON
+GUIDE_RECIPE_FSDP = GUIDE_RECIPE.replace("deepspeed: {deepspeed}\n", """fsdp: full_shard auto_wrap
+fsdp_config:
+  fsdp_version: 2
+  transformer_layer_cls_to_wrap: HunYuanDenseV1DecoderLayer
+""")
+assert GUIDE_RECIPE_FSDP != GUIDE_RECIPE
 DS_Z3_FP16 = {
     "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
     "gradient_clipping": "auto", "zero_allow_untested_optimizer": True,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from kubernetes.utils import parse_quantity
 
 from hyft_trainer.estimate import GIB, Estimate, Shape
+from hyft_trainer.offload import options as offload_options
 from hyft_trainer.offload import options_for
 
 from . import builders, sizing
@@ -78,8 +79,9 @@ def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -
         for stage, opt, par, label in ((3, True, False, "deepspeed.offloadParams: false"),
                                        (3, False, False, "no offload (deepspeed.offloadOptimizer: false, "
                                                          "offloadParams: false; more GPU memory)")):
-            if (stage, opt, par) != (ds.stage, optimizer, param) and \
-                    _need(model, job, spec.nodes, stage, opt, par, method).host_bytes_per_node <= limit:
+            if (stage, opt, par) != (ds.stage, optimizer, param) \
+                    and (opt, par) in offload_options(spec.training.engine, stage) \
+                    and _need(model, job, spec.nodes, stage, opt, par, method).host_bytes_per_node <= limit:
                 fitting.append(label)
         if ds.stage == 3 and optimizer:  # offloaded states shrink with every node
             nodes = next((n for n in range(spec.nodes + 1, 513) if _need(

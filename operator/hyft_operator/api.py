@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from hyft_trainer.choices import SIZES, DataFormat
 from hyft_trainer.contract import EXIT_INVALID, EXIT_OUTPUT_UNUSABLE, EXIT_SHM_TOO_SMALL, RESERVED_ENV
+from hyft_trainer.fsdp import FSDP
 from hyft_trainer.knobs import MAX_SECONDS, MAX_STEPS, NO_CONTROL_CHARACTERS
 from hyft_trainer.rules import Rule
 
@@ -338,6 +339,7 @@ def _output_cel(sources: tuple[str, ...]) -> str:
     return f"self.volumes.exists(v, v.name == self.output.volume && {one_of('v', sources)})"
 
 
+_FSDP = f"(has(self.training) && has(self.training.engine) && self.training.engine == '{FSDP}')"
 _SUSPENDED = "(has({0}.runPolicy) && has({0}.runPolicy.suspend) && {0}.runPolicy.suspend)"
 # On the whole resource: an update of the spec sees the stored status (oldSelf.status), the phase it is in.
 RESIZE_BETWEEN_ATTEMPTS = {
@@ -365,7 +367,9 @@ class HunyuanFineTuneSpec(ApiModel):
                                json_schema_extra=cel(IMMUTABLE))
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Training hyperparameters.",
                                    json_schema_extra=cel(IMMUTABLE))
-    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.",
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings; with "
+                                     "training.engine fsdp, offloadOptimizer and offloadParams are FSDP2's CPU "
+                                     "offload (one switch: set them alike) and stage stays 3.",
                                      json_schema_extra=cel(IMMUTABLE))
     nodes: int = Field(1, ge=1, le=512, description="Number of pods (one master, nodes-1 workers). Changes while "
                        "the job is suspended: the next attempt resumes from the newest checkpoint on the new size.")
@@ -458,6 +462,25 @@ class HunyuanFineTuneSpec(ApiModel):
              "quantizationBit 8: ZeRO-3 shards 4-bit bitsandbytes weights only: use quantizationBit 4, or "
              "deepspeed.stage 2 or 0",
              lambda s: not (s.method.lora.quantizationBit == 8 and s.deepspeed.stage == 3),
+             field="method.lora.quantizationBit"),
+        Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.stage) && self.deepspeed.stage != 3)",
+             "training.engine fsdp shards like ZeRO-3: leave deepspeed.stage unset or 3",
+             lambda s: not (s.training.engine == FSDP and s.deepspeed.stage != 3), field="deepspeed.stage"),
+        Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.overrides) && "
+             "size(self.deepspeed.overrides) > 0)",
+             "deepspeed.overrides are DeepSpeed's, but training.engine is fsdp: remove them",
+             lambda s: not (s.training.engine == FSDP and s.deepspeed.overrides), field="deepspeed.overrides"),
+        Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.offloadParams) && "
+             "has(self.deepspeed.offloadOptimizer) && self.deepspeed.offloadParams != self.deepspeed.offloadOptimizer)",
+             "training.engine fsdp: FSDP2's CPU offload moves parameters, gradients and optimizer states together: "
+             "set deepspeed.offloadParams and offloadOptimizer alike (or leave them unset)",
+             lambda s: not (s.training.engine == FSDP and None not in (s.deepspeed.offloadParams,
+                                                                        s.deepspeed.offloadOptimizer)
+                            and s.deepspeed.offloadParams != s.deepspeed.offloadOptimizer),
+             field="deepspeed.offloadParams"),
+        Rule(f"!({_FSDP} && has(self.method) && has(self.method.lora) && has(self.method.lora.quantizationBit))",
+             "method.lora.quantizationBit (QLoRA) with training.engine fsdp is not built: use engine deepspeed",
+             lambda s: not (s.training.engine == FSDP and s.method.lora.quantizationBit),
              field="method.lora.quantizationBit"),
         Rule("!has(self.runPolicy) || !has(self.runPolicy.resize) || self.runPolicy.resize.minNodes <= self.nodes",
              "runPolicy.resize.minNodes must not exceed nodes (the gang shrinks from nodes to it)",

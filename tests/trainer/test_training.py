@@ -370,6 +370,43 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve
         assert abs(a - b) <= 1e-4 * abs(a), f"shrunk to 1 rank, step {step}: {b} vs the 2-rank run's {a}"
 
 
+@pytest.mark.parametrize("method", [{"finetuning_type": "lora", "learning_rate": 1e-2},
+                                    {"finetuning_type": "full", "learning_rate": 1e-3}], ids=["lora", "full"])
+def test_fsdp2_follows_zero3_and_its_checkpoint_resumes_on_one_rank(tiny, twelve, tmp_path, method):
+    """engine fsdp on 2 ranks (torch's fully_shard over gloo, the decoder layer as the unit, FSDP's activation
+    checkpointing) follows the ZeRO-3 run of the same settings within the 2-nodes-vs-1-process tolerance; its
+    sharded checkpoint (torch's distributed checkpoint) resumes on 1 rank, the global batch kept, on the same
+    curve; the export reloads."""
+    base = {"max_steps": 8, "gradient_accumulation_steps": 3, "offload_optimizer": False, "offload_param": False,
+            **method}
+    zero3 = write_config(subdir(tmp_path, "zero3"), tiny, twelve, output_dir=str(tmp_path / "zero3" / "out"), **base)
+    reference = losses(run(zero3, 2, tmp_path / "zero3"))
+    sharded = write_config(subdir(tmp_path, "fsdp"), tiny, twelve, save_steps=4, engine="fsdp",
+                           output_dir=str(tmp_path / "fsdp" / "out"), **base)
+    report = run(sharded, 2, tmp_path / "fsdp")
+    assert report["engine"] == "fsdp2"  # the model was wrapped by fully_shard, not DDP
+    curve = losses(report)
+    for step, (a, b) in enumerate(zip(reference, curve, strict=True), 1):
+        assert abs(a - b) <= 1e-4 * abs(a), f"step {step}: ZeRO-3 {a} vs FSDP2 {b}"
+    checkpoint = tmp_path / "fsdp" / "out" / "checkpoint-4"
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir() and (checkpoint / "optimizer_0").is_dir()
+    folder = subdir(tmp_path, "on-1")
+    shutil.copytree(checkpoint, folder / "out" / "checkpoint-4")
+    config = write_config(folder, tiny, twelve, engine="fsdp", output_dir=str(folder / "out"), **base)
+    resumed = run(config, 1, folder)
+    assert resumed["resumed_from_world_size"] == 2
+    assert "gradient_accumulation_steps 3 -> 6 keeps the global batch of 6" in logs(folder)
+    for step, (a, b) in enumerate(zip(curve[4:], losses(resumed)[4:], strict=True), 5):
+        assert abs(a - b) <= 1e-4 * abs(a), f"1 rank, step {step}: {b} vs the 2-rank run's {a}"
+    export = tmp_path / "fsdp" / "out" / "export"
+    if method["finetuning_type"] == "full":
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(export)
+    else:
+        assert (export / "adapter_model.safetensors").is_file()
+
+
 def scrape(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
@@ -778,21 +815,25 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert plans["default_plan_vs_recipe"] > 0 and plans["loss_difference"] < 1e-4
 
 
-def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llamafactory_data, tmp_path):
+@pytest.mark.parametrize("engine", ["deepspeed", "fsdp"])
+def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llamafactory_data, tmp_path, engine):
     """The guide's keys that are transformers' own (optim, adam_*, warmup_steps, the data loader, best-
     checkpoint evaluation) reach TrainingArguments as written, the best checkpoint is the one exported,
-    and each key without effect here (logging_dir; fp16 on a CPU) is said once."""
+    and each key without effect here (logging_dir; fp16 on a CPU) is said once; with its DeepSpeed JSON,
+    and with LLaMA-Factory's fsdp keys instead (FSDP2, sharded checkpoints)."""
     import torch
 
-    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE
+    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE, GUIDE_RECIPE_FSDP
 
     deepspeed = tmp_path / "ds_z3_fp16.json"
     deepspeed.write_text(json.dumps(DS_Z3_FP16))
     config = tmp_path / "recipe.yaml"
-    config.write_text(GUIDE_RECIPE.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
-                                          output=tmp_path / "out"))
+    recipe = GUIDE_RECIPE if engine == "deepspeed" else GUIDE_RECIPE_FSDP
+    config.write_text(recipe.format(model=tiny, dataset_dir=llamafactory_data, deepspeed=deepspeed,
+                                    output=tmp_path / "out"))
     report = run(config, 1, tmp_path)
     log = logs(tmp_path)
+    assert report["engine"] == {"deepspeed": "deepspeed", "fsdp": "fsdp2"}[engine]
     assert log.count("hyft: logging_dir: has no effect here") == 1
     assert log.count("hyft: fp16: off, no GPU here: training in float32") == 1
     evals = {h["step"]: h["eval_loss"] for h in report["log_history"] if "eval_loss" in h}
@@ -801,9 +842,24 @@ def test_a_guide_recipe_with_transformers_arguments_trains_as_brought(tiny, llam
     args = torch.load(Path(report["best_checkpoint"]) / "training_args.bin", weights_only=False)
     assert (args.optim, args.adam_beta2, args.warmup_steps, args.dataloader_pin_memory,
             args.dataloader_num_workers, args.metric_for_best_model) == ("adamw_torch", 0.95, 1, False, 4, "eval_loss")
-    exported = (tmp_path / "out" / "export" / "adapter_model.safetensors")
-    best = Path(report["best_checkpoint"]) / "adapter_model.safetensors"
     from safetensors.torch import load_file
 
-    assert all(torch.equal(a, b) for a, b in zip(load_file(exported).values(), load_file(best).values(), strict=True))
+    exported = load_file(tmp_path / "out" / "export" / "adapter_model.safetensors")
+    best = _checkpoint_adapter(Path(report["best_checkpoint"]), tmp_path / "best.pt")
+    assert exported.keys() == best.keys()
+    assert all(torch.equal(exported[k], best[k]) for k in exported)
     assert "Traceback" not in log
+
+
+def _checkpoint_adapter(checkpoint: Path, scratch: Path) -> dict:
+    """A checkpoint's LoRA weights, named as the exported adapter names them: from adapter_model.safetensors,
+    or from FSDP2's sharded checkpoint (torch's distributed checkpoint, converted to one file)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if (checkpoint / "adapter_model.safetensors").is_file():
+        return load_file(checkpoint / "adapter_model.safetensors")
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(checkpoint / "pytorch_model_fsdp_0", scratch)
+    return torch.load(scratch, weights_only=True)["model"]

@@ -86,7 +86,7 @@ def test_the_passed_key_wins_over_hyfts_default_for_it(accelerate_state):  # noq
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"fsdp": "full_shard auto_wrap"}, "fsdp: set by hyft: FSDP is not built yet"),
+    ({"fsdp": "hybrid_shard"}, "fsdp: hybrid_shard is FSDP1's (transformers is removing it): hyft runs FSDP2"),
     ({"ddp_backend": "mpi"}, "ddp_backend: set by hyft"),
     ({"push_to_hub": True}, "push_to_hub: set by hyft"),
     ({"logging_strategy": "epoch"}, "logging_strategy: set by hyft: the job's status"),

@@ -14,7 +14,8 @@ from tests.helpers import ROOT
 OPERATOR, TRAINER = ROOT / "operator" / "hyft_operator", ROOT / "trainer" / "hyft_trainer"
 API_MODULES = ("api", "markers", "formats", "status")
 # the shared declarations: what both the spec and the trainer are built from
-SHARED = {"hyft_trainer.choices", "hyft_trainer.contract", "hyft_trainer.knobs", "hyft_trainer.rules"}
+SHARED = {"hyft_trainer.choices", "hyft_trainer.contract", "hyft_trainer.fsdp", "hyft_trainer.knobs",
+          "hyft_trainer.rules"}
 
 
 def imports(path: Path, package: str) -> set[str]:

@@ -82,14 +82,16 @@ def test_loraplus_gives_the_b_matrices_their_own_learning_rate(tiny_model, accel
 
     config = parse_config({**BASE, "finetuning_type": "lora", "learning_rate": 1e-4, "loraplus_lr_ratio": 16})
     model = apply_method(copy.deepcopy(tiny_model[1]), config)
-    trainer = trainer_class(config)(model=model, args=TrainingArguments(str(tmp_path), learning_rate=1e-4,
-                                                                        report_to=[], use_cpu=True))
+    args = TrainingArguments(str(tmp_path), learning_rate=1e-4, report_to=[], use_cpu=True)
+    trainer = trainer_class(config, on_gpu=False)(model=model, args=args)
     groups = trainer.create_optimizer().param_groups
     by_lr = {g["lr"]: len(g["params"]) for g in groups if g["params"]}
     assert set(by_lr) == {1e-4, 16e-4} and by_lr[1e-4] == by_lr[16e-4]  # one A and one B per adapted layer
     plain = parse_config({**BASE, "finetuning_type": "lora", "use_rslora": True})
-    assert trainer_class(plain).__name__ == "Trainer"
-    assert apply_method(copy.deepcopy(tiny_model[1]), plain).peft_config["default"].use_rslora
+    model = apply_method(copy.deepcopy(tiny_model[1]), plain)
+    assert model.peft_config["default"].use_rslora
+    trainer = trainer_class(plain, on_gpu=False)(model=model, args=args)
+    assert {g["lr"] for g in trainer.create_optimizer().param_groups} == {1e-4}
 
 
 def test_upcast_layernorm_keeps_the_norms_in_float32_without_deepspeed(tiny_model):

@@ -49,7 +49,7 @@ FULL = {
                  "epochs": 2.0, "maxSteps": 100, "perDeviceBatchSize": 2, "gradientAccumulationSteps": 2,
                  "precision": "bf16", "gradientCheckpointing": True, "maxGradNorm": 1.0, "seed": 1,
                  "loggingSteps": 5, "saveSteps": 50, "saveTotalLimit": 2, "evalSteps": 10,
-                 "earlyStoppingPatience": 3, "arguments": {"optim": "adamw_torch"}},
+                 "earlyStoppingPatience": 3, "arguments": {"optim": "adamw_torch"}, "engine": "deepspeed"},
     "deepspeed": {"stage": 3, "offloadOptimizer": True, "offloadParams": False,
                   "overrides": {"zero_optimization": {"overlap_comm": True}}},
     "nodes": 2, "gpusPerNode": 8, "gpuResourceName": "nvidia.com/gpu", "gpuMemory": "80Gi", "cpu": "32",
@@ -101,6 +101,9 @@ COMPANIONS = {"metrics.enabled": {"runPolicy.stallTimeoutSeconds": None, "runPol
               # one GPU's memory decides only an offload left unset (auto)
               "gpuMemory": {"deepspeed.offloadOptimizer": None, "deepspeed.offloadParams": None},
               "method.type": {"method.lora.merge": False},  # merging is LoRA's
+              # FSDP2: no DeepSpeed overrides, one offload switch
+              "training.engine": {"deepspeed.overrides": {}, "deepspeed.offloadOptimizer": None,
+                                  "deepspeed.offloadParams": None},
               "runPolicy.resize.growBackAfterSeconds": {"scheduling.queueName": None,  # not under Kueue
                                                         "scheduling.workloadPriorityClassName": None}}
 # Leaves FULL cannot set beside another it sets (a rule refuses the pair): each one's value when tested.

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic_core import PydanticUndefined
 
 from . import keys
+from .fsdp import FSDP
 from .knobs import KNOBS, PATH
 from .llamafactory_keys import translate
+from .offload import AUTO
 from .problems import describe
 from .upstream_keys import TRAINING_ARGUMENTS
 
@@ -70,6 +72,11 @@ class _Checks(BaseModel):
             raise ValueError("no data: set dataset (names in dataset_info.json) or data_files")
         if self.dataset and not self.dataset_dir:
             raise ValueError("dataset names need dataset_dir (the folder with dataset_info.json)")
+        if self.engine == FSDP:
+            self._check_fsdp()
+        elif self.fsdp_config:
+            raise ValueError("fsdp_config is for engine fsdp: set engine: fsdp (or LLaMA-Factory's fsdp: full_shard "
+                             "auto_wrap), or remove it")
         if self.offload_param is True and self.zero_stage != 3:
             raise ValueError("offload_param needs zero_stage 3")
         if self.offload_optimizer is True and self.zero_stage == 0:
@@ -99,7 +106,7 @@ class _Checks(BaseModel):
                              f"finetuning_type lora, not {self.finetuning_type}")
         if self.upcast_layernorm and (self.zero_stage or self.deepspeed is not None):
             self._notes.append("upcast_layernorm: has no effect here: DeepSpeed keeps every parameter in the "
-                               "training precision (it applies with zero_stage 0)")
+                               "training precision, FSDP2 every one in float32 (it applies with zero_stage 0)")
         if self.quantization_bit and self.finetuning_type != "lora":
             raise ValueError(f"quantization_bit (QLoRA) trains LoRA on the quantized base: finetuning_type lora, "
                              f"not {self.finetuning_type}")
@@ -109,6 +116,22 @@ class _Checks(BaseModel):
             raise ValueError(f"merge_lora is for finetuning_type lora: a {self.finetuning_type} run exports the "
                              "whole model already")
         return self
+
+    def _check_fsdp(self) -> None:
+        """engine fsdp: FSDP2 shards like ZeRO-3 (zero_stage stays 3), offloads all or nothing."""
+        if self.deepspeed is not None or self.deepspeed_overrides:
+            raise ValueError(f"{'deepspeed' if self.deepspeed is not None else 'deepspeed_overrides'}: DeepSpeed's "
+                             "settings, but engine is fsdp: choose one engine")
+        if self.zero_stage != 3:
+            raise ValueError(f"zero_stage {self.zero_stage} is DeepSpeed's, but engine is fsdp, which shards like "
+                             "ZeRO-3: leave zero_stage at 3 (for ZeRO-2's memory/speed trade, "
+                             "fsdp_config.reshard_after_forward: false)")
+        if AUTO not in (self.offload_param, self.offload_optimizer) and self.offload_param != self.offload_optimizer:
+            raise ValueError("offload_param and offload_optimizer differ, but FSDP2's CPU offload moves parameters, "
+                             "gradients and optimizer states together: set both alike (or leave them auto)")
+        if self.quantization_bit:
+            raise ValueError("quantization_bit (QLoRA) with engine fsdp is not built: use engine deepspeed (4 bits "
+                             "under ZeRO-3, 8 bits with zero_stage 2 or 0)")
 
 
 def _passed_field(key: str) -> tuple[Any, Any]:
@@ -140,8 +163,10 @@ def parse_config(data: Any, source: str = "config") -> TrainerConfig:
     gives its fate; those without effect end up in config.notes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}")
-    data_in, problems = translate(data)
+    read_notes: list[str] = []
+    data_in, problems = translate(data, read_notes)
     data, judged, notes = keys.judge(data_in)
+    notes = read_notes + notes
     problems += judged
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))

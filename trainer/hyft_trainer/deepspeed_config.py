@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainerConfig
+from .fsdp import FSDP
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool, nvcc: bool = Fa
         raise ValueError("offload auto reached settle: offload.resolve decides it first")
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
-    elif config.zero_stage == 0:
+    elif config.zero_stage == 0 or config.engine == FSDP:
         ds = None
     else:
         check_overrides(config)
@@ -158,6 +159,9 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool, nvcc: bool = Fa
             ds = merge(ds, {"bf16": {"enabled": False}, "fp16": {"enabled": False}})
         notes.append(f"{precision}: off, no GPU here: training in float32"
                      + (" (config and DeepSpeed JSON)" if ds is not None else ""))
+    if config.engine == FSDP and not on_gpu and (config.offload_param or config.offload_optimizer):
+        config = config.model_copy(update={"offload_param": False, "offload_optimizer": False})
+        notes.append("offload: off, no GPU here: FSDP2's CPU offload moves GPU state to the host, where it is")
     if ds is not None:
         check_batch_sizes(ds, config, world_size)
         ds, note = settle_optimizer(ds, on_gpu, nvcc)

@@ -51,9 +51,7 @@ OWNED: dict[str, tuple[str, tuple[Any, ...]]] = {
     "logging_strategy": ("the job's status, stall detection and metrics read the steps logged every "
                          "logging_steps", ()),
     "enable_jit_checkpoint": ("hyft saves a checkpoint on SIGTERM itself (preemption, suspend)", ()),
-    "parallelism_config": ("hyft trains data parallel with DeepSpeed ZeRO (zero_stage)", ()),
-    "fsdp": ("FSDP is not built yet: shard with DeepSpeed ZeRO-3 (zero_stage: 3)", ()),
-    "fsdp_config": ("FSDP is not built yet: shard with DeepSpeed ZeRO-3 (zero_stage: 3)", ()),
+    "parallelism_config": ("hyft trains data parallel, sharded by DeepSpeed ZeRO or FSDP2 (engine)", ()),
     # transformers fails without the package (a crash loop on the cluster), and the fused cross-entropy
     # would replace hyft's loss (trained positions only, label smoothing, the router loss)
     **dict.fromkeys(("use_liger_kernel", "liger_kernel_config"), (

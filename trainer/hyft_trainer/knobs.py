@@ -256,6 +256,15 @@ KNOBS: tuple[Knob, ...] = (
     # DeepSpeed: a raw JSON (path or dict, like LLaMA-Factory's) or hyft's generated config
     Knob("deepspeed", str | dict[str, Any] | None, None, "A DeepSpeed JSON (path or mapping) used instead of the "
          "generated one.", DEEPSPEED, TRANSFORMERS, checks=(PATH,)),
+    Knob("engine", Literal["deepspeed", "fsdp"], "deepspeed", "What shards the training state across the GPUs: "
+         "deepspeed (ZeRO, zero_stage) or fsdp (torch's FSDP2: parameters, gradients and optimizer states sharded "
+         "like ZeRO-3, with the decoder layer as the unit; its CPU offload moves all three, so offload_param and "
+         "offload_optimizer are one switch there). LLaMA-Factory's fsdp key selects fsdp.", HYFT,
+         spec="training.engine"),
+    Knob("fsdp_config", dict[str, Any], {}, "engine fsdp: transformers' fsdp_config keys hyft passes on "
+         "(reshard_after_forward, transformer_layer_cls_to_wrap, auto_wrap_policy, min_num_params, "
+         "cpu_ram_efficient_loading); its offload, activation checkpointing and version keys are read as hyft's "
+         "settings, FSDP1's spellings as FSDP2's.", HYFT, TRANSFORMERS),
     Knob("zero_stage", Literal[0, 2, 3], 3, "ZeRO stage (0: plain DDP without DeepSpeed).", DEEPSPEED,
          spec="deepspeed.stage"),
     Knob("offload_optimizer", bool | Literal["auto"], "auto", "Keep optimizer states in host memory (DeepSpeed's "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import fsdp
+
 LLAMAFACTORY_TEMPLATES = ("hunyuan", "hunyuan_small")
 
 _MEDIA = "Hunyuan's text models take no images, audio or video"
@@ -64,6 +66,8 @@ READ_AS = {
     "activation_checkpointing": "gradient_checkpointing (transformers 5's new name for it)",
     "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs (transformers 5's new name for it)",
     "use_reentrant_gc": "activation_checkpointing_kwargs: {use_reentrant: ...}",
+    "fsdp": "engine: fsdp (full_shard, shard_grad_op: fsdp_config.reshard_after_forward; offload: offload_param "
+            "and offload_optimizer)",
 }
 
 
@@ -71,10 +75,12 @@ def off(value: Any) -> bool:
     return value is None or value is False or value == 0 or value == ""
 
 
-def translate(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(the config with LLaMA-Factory's spellings turned into hyft's, problems)."""
+def translate(data: dict[str, Any], notes: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(the config with LLaMA-Factory's spellings turned into hyft's, problems); notes: gets what is read
+    without effect inside a key (fsdp_config's FSDP1 keys)."""
     data = dict(data)
     problems: list[str] = []
+    fsdp.translate(data, problems, [] if notes is None else notes)
     if isinstance(data.get("dataset"), str):  # LLaMA-Factory writes "a,b"
         data["dataset"] = [d.strip() for d in data["dataset"].split(",") if d.strip()]
     if data.get("template") in LLAMAFACTORY_TEMPLATES:

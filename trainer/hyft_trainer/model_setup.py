@@ -2,8 +2,11 @@
 quantized base model allows."""
 from __future__ import annotations
 
+import os
+
 from . import attention
 from .config import QUANTIZED_UNDER_ZERO3, ConfigError, TrainerConfig
+from .fsdp import FSDP
 from .moe import moe_blocks
 
 
@@ -133,8 +136,9 @@ def check_model(config: TrainerConfig, model_config) -> None:
                           "16-bit model")
     if method in ("gptq", "awq"):
         if config.zero_stage == 3 or config.deepspeed is not None:
-            raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by ZeRO-3; use "
-                              "zero_stage 0 or 2 with finetuning_type lora")
+            raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by "
+                              f"{'FSDP2' if config.engine == FSDP else 'ZeRO-3'}; use engine deepspeed with "
+                              "zero_stage 0 or 2 and finetuning_type lora")
         if config.finetuning_type != "lora":
             raise ConfigError(f"the base model is {method.upper()}-quantized: only LoRA can train it")
 
@@ -157,18 +161,46 @@ def quantized_loading(config: TrainerConfig, deepspeed: dict | None, device: str
     return {"quantization_config": quant} if zero3 else {"quantization_config": quant, "device_map": {"": device}}
 
 
-def trainer_class(config: TrainerConfig):
-    """transformers' Trainer, or for LoRA+ one whose optimizer gives the B matrices their own learning rate
-    (peft's create_loraplus_optimizer over the optimizer the arguments choose; under DeepSpeed the Trainer
-    hands it to the engine as a client optimizer)."""
+def trainer_class(config: TrainerConfig, on_gpu: bool):
+    """transformers' Trainer, with what hyft adds where the config asks for it:
+    - LoRA+: an optimizer that gives the B matrices their own learning rate (peft's create_loraplus_optimizer
+      over the optimizer the arguments choose; under DeepSpeed the Trainer hands it to the engine);
+    - engine fsdp on CPU: accelerate engages its FSDP plugin on accelerator devices only (AcceleratorState,
+      accelerate 1.15) and would train plain DDP instead; FSDP2's fully_shard runs over gloo, so the state is
+      made FSDP's right after the Trainer creates it (on a GPU accelerate does it itself); its checkpoints can
+      be the best one."""
     from transformers import Trainer
 
-    if not config.loraplus_lr_ratio:
-        return Trainer
+    class HyftTrainer(Trainer):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            if config.engine == FSDP and not on_gpu:
+                from accelerate.state import AcceleratorState, PartialState
+                from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
-    class LoraPlusTrainer(Trainer):
+                plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                # both: AcceleratorState copies PartialState's type whenever it is constructed again
+                PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+                AcceleratorState._shared_state.update(distributed_type=DistributedType.FSDP, fsdp_plugin=plugin)
+                self.is_fsdp_enabled = True
+            if config.engine == FSDP and not self.accelerator.is_fsdp2:
+                raise RuntimeError(f"engine fsdp, but accelerate set up {self.accelerator.distributed_type}")
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            # FSDP2's sharded checkpoints are written after this (with the optimizer), and without the training
+            # arguments: the folder must exist now, or transformers never records it as the best checkpoint
+            # (load_best_model_at_end)
+            if self.is_fsdp_enabled and _internal_call and output_dir:
+                os.makedirs(output_dir, exist_ok=True)
+                if self.args.should_save:
+                    import torch
+                    from transformers.trainer import TRAINING_ARGS_NAME
+
+                    torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+            super().save_model(output_dir, _internal_call)
+
         def create_optimizer(self, model=None):
-            if self.optimizer is None:
+            if self.optimizer is None and config.loraplus_lr_ratio:
                 from peft.optimizers import create_loraplus_optimizer
 
                 optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
@@ -176,6 +208,6 @@ def trainer_class(config: TrainerConfig):
                     self.model, optimizer_cls, loraplus_lr_ratio=config.loraplus_lr_ratio,
                     loraplus_lr_embedding=config.loraplus_lr_embedding, loraplus_weight_decay=self.args.weight_decay,
                     **kwargs)
-            return self.optimizer
+            return super().create_optimizer(model)
 
-    return LoraPlusTrainer
+    return HyftTrainer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from .fsdp import DEEPSPEED
+
 ROUTER_LOG_KEY = "router_aux_loss"  # its name in the logs and report.json's log_history
 
 
@@ -16,7 +18,7 @@ def make_moe_leaves(model, config) -> list[type]:
     """Under ZeRO-3, each MoE block becomes a leaf (moe_leaf_module): DeepSpeed gathers all of its
     parameters on entering it, instead of hooking each part, whose order changes with the routing."""
     blocks = moe_blocks(model)
-    if blocks and config.moe_leaf_module and config.zero_stage == 3:
+    if blocks and config.moe_leaf_module and config.zero_stage == 3 and config.engine == DEEPSPEED:
         from deepspeed.utils import set_z3_leaf_modules
 
         set_z3_leaf_modules(model, blocks)

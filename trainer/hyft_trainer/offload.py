@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .estimate import GIB, Estimate, Shape, estimate
+from .fsdp import DEEPSPEED, FSDP
 
 AUTO = "auto"
 GPU_MARGIN = 0.9  # of the GPU's memory: the caching allocator's fragmentation and what the estimate misses
@@ -21,6 +22,13 @@ GPU_MARGIN = 0.9  # of the GPU's memory: the caching allocator's fragmentation a
 # What each ZeRO stage can offload, least first (DeepSpeed offloads parameters only under ZeRO-3).
 OPTIONS = {0: ((False, False),), 2: ((False, False), (True, False)),
            3: ((False, False), (True, False), (True, True))}
+# FSDP2 shards like ZeRO-3 (its memory is ZeRO-3's estimate); its CPU offload moves parameters, gradients and
+# optimizer states at once, and needs a GPU (pinned host memory)
+FSDP_OPTIONS = ((False, False), (True, True))
+
+
+def options(engine: str, stage: int) -> tuple[tuple[bool, bool], ...]:
+    return FSDP_OPTIONS if engine == FSDP else OPTIONS[stage]
 
 # nvidia.com/gpu.product, as NVIDIA's GPU feature discovery labels a node, to the memory CUDA reports
 # (torch.cuda.get_device_properties().total_memory) in GiB. MIG slices and shared GPUs are not listed.
@@ -53,21 +61,24 @@ class Decision:
 
 def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: bool | str,
            gpu_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
-           without_recompute: list[Estimate] = ()) -> Decision:
+           without_recompute: list[Estimate] = (), engine: str = DEEPSPEED) -> Decision:
     """The switches for stage: those set stay as set; the "auto" ones take the least costly plan whose GPU
     figure is within GPU_MARGIN of gpu_bytes (least offload first, at each without recomputation first), or
     the most offload (recomputing) when none is. gpu_bytes None (unknown): the most, undecided. estimates:
     estimate.estimate's options for this job with recomputation as set (auto: on), without_recompute: with
     it off (read when recompute is auto). Both unused on CPU, where recomputation stays on (LLaMA-Factory's
-    default) and the most offload is taken."""
+    default) and the most offload is taken (none under FSDP2, whose offload needs a GPU)."""
     auto_recompute = recompute == AUTO
     if optimizer != AUTO and param != AUTO and not auto_recompute:
         return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute))
-    options = [o for o in OPTIONS[stage] if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])]
-    if not options:  # set switches the stage cannot honour: the config's own checks say so
+    allowed = [o for o in options(engine, stage) if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])]
+    if not allowed:  # set switches the stage cannot honour: the config's own checks say so
         return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False)
     recomputes = (False, True) if auto_recompute else (bool(recompute),)
-    most = options[-1]
+    most = allowed[-1]
+    if not on_gpu and engine == FSDP:
+        return Decision(False, False, decided=True, recompute=recomputes[-1],
+                        message="offload none: no GPU, FSDP2 keeps everything in host memory already")
     if not on_gpu:
         return Decision(*most, decided=True, recompute=recomputes[-1],
                         message=f"offload {label(*most)}: no GPU, DeepSpeed's CPU Adam steps the optimizer"
@@ -81,7 +92,7 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
         figures = without_recompute if auto_recompute and not recomputing else estimates
         return next(e.gpu_bytes_per_device for e in figures if (e.stage, e.offload) == (stage, label(*option)))
 
-    plans = [(o, r) for o in options for r in recomputes]
+    plans = [(o, r) for o in allowed for r in recomputes]
     chosen, recomputing = next((p for p in plans if need(*p) <= usable), plans[-1])
     figures = ", ".join(f"{label(*o)}{' without recomputation' if auto_recompute and not r else ''} "
                         f"{need(o, r) / GIB:.1f} GiB" for o, r in plans)
@@ -117,7 +128,7 @@ def resolve(config, shape: Shape | None, gpu_bytes: float | None, nodes: int, pe
     without = options_for(config, shape, nodes, per_node, on_gpu, recompute=False) \
         if known and config.gradient_checkpointing == AUTO else []
     decision = decide(estimates, config.zero_stage, config.offload_optimizer, config.offload_param,
-                      gpu_bytes if estimates else None, on_gpu, config.gradient_checkpointing, without)
+                      gpu_bytes if estimates else None, on_gpu, config.gradient_checkpointing, without, config.engine)
     return config.model_copy(update={"offload_optimizer": decision.optimizer, "offload_param": decision.param,
                                      "gradient_checkpointing": decision.recompute}), decision
 

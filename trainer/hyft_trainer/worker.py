@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import attention, fabric, flops, gpus, offload, resize
+from . import attention, fabric, flops, fsdp, gpus, offload, resize
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
 from .checkpoints import newest_complete, readable_by_all
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
 from .contract import ATTEMPT_ENV, EXIT_INVALID, PLANNED_NODES_ENV, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .estimate import load_shape
+from .fsdp import FSDP
 from .knobs import ARGS, KNOBS
 from .loading import DataError
 from .model_setup import apply_method, attention_kernel, check_model, quantized_loading, trainer_class, upcast_norms
@@ -121,6 +122,8 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
         greater_is_better=False,
         data_seed=config.seed,
     )
+    if config.engine == FSDP:
+        keywords.update(fsdp.arguments(config))
     keywords.update(passed_arguments(config))
     if isinstance(floor := keywords.get("lr_scheduler_kwargs"), (dict, str)):
         keywords["lr_scheduler_kwargs"] = scheduler_floor(floor, config.learning_rate)
@@ -239,7 +242,7 @@ def train(config: TrainerConfig) -> int:
         for warning in fabric_warnings:
             print(f"hyft: WARNING: {warning}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
-    trainer_cls = trainer_class(config)  # imports the Trainer (and datasets): not counted as the data's memory
+    trainer_cls = trainer_class(config, on_gpu)  # imports the Trainer (and datasets): not counted as the data's memory
     quantized = quantized_loading(config, ds, str(state.device))  # a brought DeepSpeed JSON's stage: refused now
     rss_before_data = _peak_rss()
     train_ds, eval_ds, report, cache = build_datasets(config, tokenizer, state)
@@ -369,7 +372,12 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
     from .report import write_loss_curve
 
     out = Path(config.output_dir) / "export"
-    trainer.save_model(str(out))  # every rank: ZeRO-3 gathers the 16-bit weights
+    if trainer.is_fsdp_enabled:  # save_model writes nothing for sharded checkpoints: gather the whole model
+        weights = trainer.accelerator.get_state_dict(trainer.model)  # every rank takes part
+        if state.is_main_process:
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=weights)
+    else:
+        trainer.save_model(str(out))  # every rank: ZeRO-3 gathers the 16-bit weights
     if not state.is_main_process:
         return
     tokenizer.save_pretrained(out)
@@ -396,6 +404,7 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
         "attempt": int(os.environ.get(ATTEMPT_ENV, "0")),
         "pod": os.environ.get(POD_NAME_ENV),
         "finetuning_type": config.finetuning_type,
+        "engine": _engine(trainer),
         "exported": {"adapter" if config.finetuning_type == "lora" else "model": str(out)},
         "data": {"samples": report.samples, "valid": report.valid, "invalid": dict(report.errors),
                  "invalid_examples": report.examples[:20], "chat_template_check": report.template_check},
@@ -408,6 +417,16 @@ def export(trainer, config: TrainerConfig, tokenizer, state, report, result, sta
     if refused := readable_by_all(Path(config.output_dir)):
         print(f"hyft: WARNING: {len(refused)} file(s) in {config.output_dir} belong to another uid and stay "
               f"unreadable to others, e.g. {refused[0]}", flush=True)
+
+
+def _engine(trainer) -> str:
+    """What wrapped the model for training (not what was asked): fsdp2, deepspeed, ddp or none."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = trainer.model_wrapped
+    return ("fsdp2" if isinstance(wrapped, FSDPModule) else "deepspeed" if trainer.is_deepspeed_enabled
+            else "ddp" if isinstance(wrapped, DistributedDataParallel) else "none")
 
 
 def main(argv: list[str] | None = None) -> int:
