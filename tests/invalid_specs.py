@@ -37,6 +37,11 @@ def _spec(**changes):
     return lambda body: body["spec"].update(changes)
 
 
+def _fsdp(**changes):
+    """training.engine fsdp, with changes to the spec."""
+    return lambda body: (body["spec"].setdefault("training", {}).update(engine="fsdp"), body["spec"].update(changes))
+
+
 def _sub(key, **changes):
     return lambda body: body["spec"].setdefault(key, {}).update(changes)
 
@@ -78,14 +83,11 @@ CASES = [
             "spec.method.lora.quantizationBit"),
     Invalid("8-bit QLoRA under ZeRO-3", _spec(method={"lora": {"quantizationBit": 8}}),
             "spec.method.lora.quantizationBit"),
-    Invalid("FSDP2 with ZeRO-2", _spec(training={"engine": "fsdp"}, deepspeed={"stage": 2}), "spec.deepspeed.stage"),
-    Invalid("FSDP2 with DeepSpeed overrides", _spec(training={"engine": "fsdp"},
-                                                     deepspeed={"overrides": {"gradient_clipping": 1.0}}),
-            "spec.deepspeed.overrides"),
-    Invalid("FSDP2 offloading the optimizer alone", _spec(training={"engine": "fsdp"},
-                                                          deepspeed={"offloadOptimizer": True, "offloadParams": False}),
+    Invalid("FSDP2 with ZeRO-2", _fsdp(deepspeed={"stage": 2}), "spec.deepspeed.stage"),
+    Invalid("FSDP2 offloading the optimizer alone", _fsdp(deepspeed={"offloadOptimizer": True,
+                                                                          "offloadParams": False}),
             "spec.deepspeed.offloadParams"),
-    Invalid("QLoRA under FSDP2", _spec(training={"engine": "fsdp"}, method={"lora": {"quantizationBit": 4}}),
+    Invalid("QLoRA under FSDP2", _fsdp(method={"lora": {"quantizationBit": 4}}),
             "spec.method.lora.quantizationBit"),
     Invalid("empty LoRA target", _spec(method={"lora": {"targetModules": [""]}}),
             "spec.method.lora.targetModules[0]"),
@@ -205,6 +207,8 @@ CASES = [
             _overrides({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, offloadOptimizer=False),
             "spec.deepspeed.overrides", "operator"),
     Invalid("override contradicting the batch size", _overrides({"train_micro_batch_size_per_gpu": 4}),
+            "spec.deepspeed.overrides", "operator"),
+    Invalid("DeepSpeed overrides under FSDP2", _fsdp(deepspeed={"overrides": {"gradient_clipping": 1.0}}),
             "spec.deepspeed.overrides", "operator"),
     Invalid("override with an impossible global batch", _overrides({"train_batch_size": 7}),
             "spec.deepspeed.overrides", "operator"),

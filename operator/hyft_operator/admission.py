@@ -59,7 +59,8 @@ def options(shape: Shape, job: HunyuanFineTune, nodes: int | None = None, method
 def _need(shape: Shape, job: HunyuanFineTune, nodes: int, stage: int, offload_optimizer: bool, offload_params: bool,
           method: str) -> Estimate:
     offload = "params+optimizer" if offload_params else "optimizer" if offload_optimizer else "none"
-    return next(e for e in options(shape, job, nodes, method) if e.stage == stage and e.offload == offload)
+    return next(e for e in options(shape, job, nodes, method)
+                if (e.engine, e.stage, e.offload) == (job.spec.training.engine, stage, offload))
 
 
 def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -> MemoryCheck | None:

@@ -466,10 +466,6 @@ class HunyuanFineTuneSpec(ApiModel):
         Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.stage) && self.deepspeed.stage != 3)",
              "training.engine fsdp shards like ZeRO-3: leave deepspeed.stage unset or 3",
              lambda s: not (s.training.engine == FSDP and s.deepspeed.stage != 3), field="deepspeed.stage"),
-        Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.overrides) && "
-             "size(self.deepspeed.overrides) > 0)",
-             "deepspeed.overrides are DeepSpeed's, but training.engine is fsdp: remove them",
-             lambda s: not (s.training.engine == FSDP and s.deepspeed.overrides), field="deepspeed.overrides"),
         Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.offloadParams) && "
              "has(self.deepspeed.offloadOptimizer) && self.deepspeed.offloadParams != self.deepspeed.offloadOptimizer)",
              "training.engine fsdp: FSDP2's CPU offload moves parameters, gradients and optimizer states together: "

@@ -164,7 +164,7 @@ def cmd_estimate_file(args: argparse.Namespace) -> None:
     check = check_memory(job, known)
     shape = known[0]
     print(render(shape, options(shape, job), args.gpu_memory))
-    print(f"{job.metadata.get('name')} (ZeRO-{spec.deepspeed.stage}, {spec.nodes} nodes): {check.message}")
+    print(f"{job.metadata.get('name')} ({check.estimate.label}, {spec.nodes} nodes): {check.message}")
     print(offload_decision(job, builders.spec_config(job))[2])
 
 

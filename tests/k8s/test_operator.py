@@ -709,6 +709,33 @@ def test_offload_auto_is_decided_from_the_gpu_memory_and_said_in_status(crds, ap
     assert config.gradient_checkpointing is recompute
 
 
+def test_fsdp2_and_qlora_jobs_pass_admission_on_their_own_estimates(crds, api_client, op_namespace):
+    """7B on two nodes of 8 GPUs of 24 GiB, memoryCheck Enforce: a full FSDP2 job is decided among FSDP2's own
+    options (all offloaded or none), a QLoRA job is priced at 4 bits, not as the same job at 16 bits; each
+    passes the memory check (its ConfigMap is made) and its trainer config carries the engine and the bits."""
+    jobs = {"fsdp2": ({"type": "full"}, {"engine": "fsdp"}), "lora16": ({"type": "lora"}, {}),
+            "qlora4": ({"type": "lora", "lora": {"quantizationBit": 4}}, {})}
+    for name, (method, training) in jobs.items():
+        body = cpu_job(name, nodes=2, gpusPerNode=8, gpuMemory="24Gi", memory="512Gi", method=method,
+                       training={"precision": "bf16", **training}, runPolicy={"memoryCheck": "Enforce"})
+        body["spec"]["model"]["parameters"] = "7B"
+        create(api_client, op_namespace, body)
+    configs, no_offload = {}, {}
+    for name in jobs:
+        status = wait_for(lambda n=name: (get(api_client, op_namespace, n).get("status") or {}).get("offload"),
+                          timeout=60, what=f"{name} status.offload")
+        no_offload[name] = float(status.split("per GPU none without recomputation ")[1].split(" GiB")[0])
+        config_map = wait_for(lambda n=name: next(iter(client.CoreV1Api(api_client).list_namespaced_config_map(
+            op_namespace, field_selector=f"metadata.name={n}-config").items), None), what=f"{name}'s ConfigMap")
+        configs[name] = parse_config(yaml.safe_load(config_map.data["train.yaml"]))
+        if name == "fsdp2":  # FSDP2 offloads all or nothing: ZeRO's optimizer-only option is not among its own
+            assert ", optimizer " not in status and ", params+optimizer " in status, status
+    assert configs["fsdp2"].engine == "fsdp" and configs["fsdp2"].offload_param == configs["fsdp2"].offload_optimizer
+    assert configs["qlora4"].quantization_bit == 4 and configs["lora16"].engine == "deepspeed"
+    # priced at 4 bits: under ZeRO-3 the quantized base is whole on each GPU before it is partitioned (its floor)
+    assert no_offload["qlora4"] != no_offload["lora16"]
+
+
 # ------------------------------------------------------------------ kubectl
 def test_kubectl_get_hft_shows_phase_nodes_and_restarts(crds, api_client, op_namespace):
     create(api_client, op_namespace, cpu_job("shown"))

@@ -72,7 +72,7 @@ def test_fsdp1_keys_are_said_once_and_a_rendered_config_says_them_again():
     ({"fsdp": "full_shard", "fsdp_config": "fsdp.json"}, "fsdp_config: write the settings as a mapping"),
     ({"fsdp_config": {"reshard_after_forward": False}}, "fsdp_config is for engine fsdp"),
     ({"engine": "fsdp", "zero_stage": 2}, "zero_stage 2 is DeepSpeed's, but engine is fsdp"),
-    ({"engine": "fsdp", "deepspeed": {"zero_optimization": {"stage": 3}}}, "deepspeed: DeepSpeed's settings, but "
+    ({"engine": "fsdp", "deepspeed": {"zero_optimization": {"stage": 3}}}, "deepspeed: a DeepSpeed JSON, but "
                                                                            "engine is fsdp"),
     ({"engine": "fsdp", "offload_optimizer": True, "offload_param": False}, "offload_param and offload_optimizer "
                                                                             "differ"),
@@ -82,6 +82,12 @@ def test_what_fsdp2_cannot_do_is_refused_naming_the_key(brought, message):
     with pytest.raises(ConfigError) as err:
         parse_config({**BASE, **brought})
     assert message in str(err.value)
+
+
+def test_deepspeed_overrides_under_fsdp2_are_refused_when_settled():
+    config = parse_config({**BASE, "engine": "fsdp", "deepspeed_overrides": {"gradient_clipping": 1.0}})
+    with pytest.raises(ConfigError, match="deepspeed_overrides: DeepSpeed's settings, but engine is fsdp"):
+        settle(config.model_copy(update={"offload_param": False, "offload_optimizer": False}), 2, on_gpu=False)
 
 
 def test_fsdp_keys_have_their_fate_in_the_key_table():

@@ -119,9 +119,8 @@ class _Checks(BaseModel):
 
     def _check_fsdp(self) -> None:
         """engine fsdp: FSDP2 shards like ZeRO-3 (zero_stage stays 3), offloads all or nothing."""
-        if self.deepspeed is not None or self.deepspeed_overrides:
-            raise ValueError(f"{'deepspeed' if self.deepspeed is not None else 'deepspeed_overrides'}: DeepSpeed's "
-                             "settings, but engine is fsdp: choose one engine")
+        if self.deepspeed is not None:  # deepspeed_overrides: deepspeed_config.settle (a spec field, no CEL)
+            raise ValueError("deepspeed: a DeepSpeed JSON, but engine is fsdp: choose one engine")
         if self.zero_stage != 3:
             raise ValueError(f"zero_stage {self.zero_stage} is DeepSpeed's, but engine is fsdp, which shards like "
                              "ZeRO-3: leave zero_stage at 3 (for ZeRO-2's memory/speed trade, "

@@ -132,6 +132,8 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool, nvcc: bool = Fa
         raise ValueError("offload auto reached settle: offload.resolve decides it first")
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
+    elif config.engine == FSDP and config.deepspeed_overrides:
+        raise ConfigError("deepspeed_overrides: DeepSpeed's settings, but engine is fsdp: remove them")
     elif config.zero_stage == 0 or config.engine == FSDP:
         ds = None
     else:

@@ -8,10 +8,11 @@ holds besides the model, and the export's peak. Pure arithmetic on the model con
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .choices import SIZES
+from .fsdp import DEEPSPEED, FSDP
 
 GIB = 1024 ** 3
 BUFFER = 1.5  # DeepSpeed's additional_buffer_factor
@@ -121,10 +122,11 @@ class Estimate:
     processes_per_node: int
     gpu_bytes_per_device: float
     activation_bytes: float
+    engine: str = DEEPSPEED
 
     @property
     def label(self) -> str:
-        return f"ZeRO-{self.stage}, offload {self.offload}"
+        return f"{'FSDP2' if self.engine == FSDP else f'ZeRO-{self.stage}'}, offload {self.offload}"
 
     @property
     def host_bytes_per_node(self) -> float:
@@ -250,6 +252,11 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
                 gpu = max(gpu, frozen_weights)
         offload = "params+optimizer" if par else "optimizer" if opt else "none"
         out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act + runtime, act))
+    # FSDP2 (engine fsdp) holds 16 bytes per trained parameter sharded, fp32 weights and gradients and Adam's
+    # moments, as ZeRO-3 does (16-bit weights and gradients, the fp32 master and moments), and gathers one
+    # decoder layer at a time: ZeRO-3's figures, for its two offload options; it loads no quantized base.
+    if weight_bits == 16:
+        out += [replace(e, engine=FSDP) for e in out if e.stage == 3 and e.offload in ("none", "params+optimizer")]
     return out
 
 

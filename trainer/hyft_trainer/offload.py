@@ -90,7 +90,8 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
 
     def need(option: tuple[bool, bool], recomputing: bool) -> float:
         figures = without_recompute if auto_recompute and not recomputing else estimates
-        return next(e.gpu_bytes_per_device for e in figures if (e.stage, e.offload) == (stage, label(*option)))
+        return next(e.gpu_bytes_per_device for e in figures
+                    if (e.engine, e.stage, e.offload) == (engine, stage, label(*option)))
 
     plans = [(o, r) for o in allowed for r in recomputes]
     chosen, recomputing = next((p for p in plans if need(*p) <= usable), plans[-1])
