@@ -1,7 +1,8 @@
 """A HunyuanFineTune from a LLaMA-Factory training YAML (`hyft recipe`): each key goes where the
 resource keeps it. Keys the spec has a field for become that field (knobs.py's spec paths, and the
 few that need a conversion: precision, the LoRA targets, the data and output places, max_steps);
-a DeepSpeed JSON becomes the stage, the offloads and overrides; every other key goes to
+a DeepSpeed JSON becomes the stage, the offloads and overrides (LLaMA-Factory's fsdp keys: training.engine
+fsdp, the offloads, fsdp_config in the arguments); every other key goes to
 spec.training.arguments, judged there as `hyft train` judges it. Files on the machine become volume
 paths the user completes (volumes named models, data and work, their claims FILL-IN).
 """
@@ -11,6 +12,7 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hyft_trainer.fsdp import FSDP
 from hyft_trainer.knobs import BY_KEY
 from hyft_trainer.llamafactory_keys import translate
 
@@ -106,8 +108,11 @@ def from_llamafactory(recipe: dict[str, Any], name: str, nodes: int = 1, gpus_pe
     if (max_steps := data.pop("max_steps", -1)) and max_steps > 0:
         _set(spec, "training.maxSteps", max_steps)
     deepspeed = data.pop("deepspeed", None)
-    _deepspeed(spec, {} if deepspeed is None else deepspeed if isinstance(deepspeed, dict)  # none: plain DDP
-               else _read_json(base / str(deepspeed)), notes)
+    if data.get("engine") != FSDP:  # FSDP2 (LLaMA-Factory's fsdp keys) shards as ZeRO-3's stage does
+        _deepspeed(spec, {} if deepspeed is None else deepspeed if isinstance(deepspeed, dict)  # none: plain DDP
+                   else _read_json(base / str(deepspeed)), notes)
+    elif deepspeed is not None:
+        raise RecipeError("deepspeed and fsdp: the recipe asks for both engines; keep one")
     for key in HYFT_SETS:
         if data.pop(key, None) is not None:
             notes.append(f"{key}: set by hyft on the cluster")

@@ -193,16 +193,19 @@ def test_edge_of_every_bound_is_accepted_and_runs(crds, api_client, op_namespace
 
 
 
-def test_a_resource_written_by_hyft_recipe_is_accepted_by_the_api_server(crds, api_client, namespace, tmp_path):
-    """kubectl apply --dry-run=server of the guide recipe's resource, its claims filled in."""
+@pytest.mark.parametrize("engine", ["deepspeed", "fsdp"])
+def test_a_resource_written_by_hyft_recipe_is_accepted_by_the_api_server(crds, api_client, namespace, tmp_path,
+                                                                         engine):
+    """kubectl apply --dry-run=server of the guide recipe's resource (its DeepSpeed JSON, or its fsdp keys), its
+    claims filled in."""
     import yaml
 
     from hyft_operator.recipe import FILL_IN, from_llamafactory
-    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE
+    from tests.llamafactory_corpus import DS_Z3_FP16, GUIDE_RECIPE, GUIDE_RECIPE_FSDP
 
     (tmp_path / "ds.json").write_text(json.dumps(DS_Z3_FP16))
-    recipe = yaml.safe_load(GUIDE_RECIPE.format(model="/models/Hunyuan-1.8B-Instruct", dataset_dir="/data/lf",
-                                                deepspeed="ds.json", output="saves/run"))
+    recipe = yaml.safe_load((GUIDE_RECIPE if engine == "deepspeed" else GUIDE_RECIPE_FSDP).format(
+        model="/models/Hunyuan-1.8B-Instruct", dataset_dir="/data/lf", deepspeed="ds.json", output="saves/run"))
     body, _ = from_llamafactory(recipe, "from-recipe", nodes=2, base=tmp_path)
     for volume in body["spec"]["volumes"]:
         assert volume["persistentVolumeClaim"]["claimName"] == FILL_IN
@@ -210,3 +213,4 @@ def test_a_resource_written_by_hyft_recipe_is_accepted_by_the_api_server(crds, a
     accepted = client.CustomObjectsApi(api_client).create_namespaced_custom_object(
         api.GROUP, api.VERSION, namespace, api.PLURAL, body, dry_run="All")
     assert accepted["spec"]["training"]["arguments"]["optim"] == "adamw_torch"
+    assert accepted["spec"]["training"]["engine"] == engine

@@ -12,7 +12,7 @@ from hyft_operator import api, builders
 from hyft_operator.recipe import RecipeError, from_llamafactory
 from hyft_trainer.config import parse_config, passed_arguments
 from hyft_trainer.deepspeed_config import settle
-from tests.llamafactory_corpus import CORPUS, DS_Z3_FP16, GUIDE_RECIPE
+from tests.llamafactory_corpus import CORPUS, DS_Z3_FP16, GUIDE_RECIPE, GUIDE_RECIPE_FSDP
 
 PLACES = {"model_name_or_path", "dataset_dir", "output_dir", "deepspeed"}  # volume paths to complete
 
@@ -26,19 +26,31 @@ def convert(text, ds_json, tmp_path, **kw):
     return recipe, api.HunyuanFineTune.model_validate(body), notes
 
 
-def test_the_guide_recipe_becomes_a_resource_whose_config_carries_every_key(tmp_path):
-    recipe, job, notes = convert(GUIDE_RECIPE, DS_Z3_FP16, tmp_path)
+@pytest.mark.parametrize("engine", ["deepspeed", "fsdp"])
+def test_the_guide_recipe_becomes_a_resource_whose_config_carries_every_key(tmp_path, engine):
+    recipe, job, notes = convert(GUIDE_RECIPE if engine == "deepspeed" else GUIDE_RECIPE_FSDP, DS_Z3_FP16, tmp_path)
     builders.check(job)
     config = parse_config(yaml.safe_load(builders.config_map(job)["data"]["train.yaml"]))
     read = parse_config({**recipe, "model_name_or_path": "/m", "dataset_dir": "/d", "output_dir": "/o",
-                         "deepspeed": DS_Z3_FP16})  # the same recipe, as `hyft train` reads it
+                         **({"deepspeed": DS_Z3_FP16} if engine == "deepspeed" else {})})  # as `hyft train` reads it
     for key in read.model_fields_set - PLACES:
         assert getattr(config, key) == getattr(read, key), key
     assert passed_arguments(config) == passed_arguments(read)
     assert "logging_dir" in recipe and any(n.startswith("logging_dir: has no effect here") for n in config.notes)
-    ds = settle(config, world_size=8, on_gpu=True).deepspeed
-    assert ds["fp16"]["loss_scale_window"] == 1000 and ds["zero_optimization"]["stage"] == 3
     assert job.spec.model.path == "Hunyuan-1.8B-Instruct" and any("hub id" in n for n in notes)
+    assert config.engine == job.spec.training.engine == engine
+    if engine == "fsdp":
+        assert config.deepspeed is None and config.fsdp_config == {
+            "version": 2, "transformer_layer_cls_to_wrap": "HunYuanDenseV1DecoderLayer"}
+    else:
+        ds = settle(config, world_size=8, on_gpu=True).deepspeed
+        assert ds["fp16"]["loss_scale_window"] == 1000 and ds["zero_optimization"]["stage"] == 3
+
+
+def test_a_recipe_asking_for_both_engines_is_refused(tmp_path):
+    recipe = yaml.safe_load(GUIDE_RECIPE_FSDP.format(model="/m", dataset_dir="/d", output="o")) | {"deepspeed": "x"}
+    with pytest.raises(RecipeError, match="deepspeed and fsdp: the recipe asks for both engines"):
+        from_llamafactory(recipe, "x")
 
 
 @pytest.mark.parametrize("name", CORPUS)
