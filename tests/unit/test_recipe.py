@@ -40,8 +40,8 @@ def test_the_guide_recipe_becomes_a_resource_whose_config_carries_every_key(tmp_
     assert job.spec.model.path == "Hunyuan-1.8B-Instruct" and any("hub id" in n for n in notes)
     assert config.engine == job.spec.training.engine == engine
     if engine == "fsdp":
-        assert config.deepspeed is None and config.fsdp_config == {
-            "version": 2, "transformer_layer_cls_to_wrap": "HunYuanDenseV1DecoderLayer"}
+        assert config.deepspeed is None and config.fsdp_config == {  # full_shard: reshard_after_forward
+            "reshard_after_forward": True, "version": 2, "transformer_layer_cls_to_wrap": "HunYuanDenseV1DecoderLayer"}
     else:
         ds = settle(config, world_size=8, on_gpu=True).deepspeed
         assert ds["fp16"]["loss_scale_window"] == 1000 and ds["zero_optimization"]["stage"] == 3
