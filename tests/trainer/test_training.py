@@ -796,7 +796,7 @@ def test_the_data_is_prepared_once_per_job_and_the_other_node_maps_it(tiny, tmp_
 
 def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     """make gpu-check's own logic on the CPU: the fail-fast step sees exit 8, the default path trains, and so
-    do QLoRA and the default plan against the recipe's."""
+    do QLoRA, FSDP2 and the default plan against the recipe's."""
     out = tmp_path / "gpu-check.json"
     proc = subprocess.run([sys.executable, "-m", "hyft_trainer.gpu_check", "--dry-run", "--out", str(out)],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -807,6 +807,7 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["train"]["exit_code"] == 0 and result["train"]["steps"] == 3
     assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None
     assert result["qlora"]["exit_code"] == 0 and result["qlora"]["quantization"]["bits"] == 4
+    assert result["fsdp2"]["exit_code"] == 0 and result["fsdp2"]["engine"] == "fsdp2"
     plans = result["default_vs_recipe"]
     # on a CPU the default plan is the recipe's (both offloads, recomputation on): the same loss
     chosen = [{k: plans[p]["offload"][k] for k in ("optimizer", "param", "gradient_checkpointing")}

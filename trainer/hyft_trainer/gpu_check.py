@@ -7,7 +7,8 @@
 3. the default GPU path through `hyft train` (bf16, ZeRO-3 with offload, LoRA, gradient checkpointing,
    packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
    loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
-   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels);
+   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels), and
+   up to 10 sharded by FSDP2 instead of ZeRO-3 (engine fsdp: fully_shard, bf16 mixed precision);
    then up to 20 steps of it with hyft's default plan (offload and gradient checkpointing auto) and with
    the plan of Tencent's LLaMA-Factory recipe (both offloads, recomputation on): default_plan_vs_recipe,
    tokens/s over tokens/s, and the two losses;
@@ -152,6 +153,18 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
             "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"), losses=losses)
     else:
         result["qlora"]["log_tail"] = text[-3000:]
+    # 3c'. FSDP2 (engine fsdp): the same LoRA job sharded by torch's fully_shard on the GPU (mixed precision)
+    fsdp_out = workdir / "out-fsdp2"
+    code, text, seconds = run_train({**config, "engine": "fsdp", "max_steps": min(steps, 10),
+                                     "offload_param": False, "offload_optimizer": False, "output_dir": str(fsdp_out)},
+                                    workdir, 0 if dry_run else 1, "fsdp2")
+    result["fsdp2"] = {"exit_code": code, "seconds": round(seconds, 1)}
+    if code == 0 and (trained := _report(fsdp_out)):
+        fsdp, losses = trained
+        result["fsdp2"].update(engine=fsdp.get("engine"), tokens_per_second=fsdp.get("tokens_per_second"),
+                               peak_gpu_memory_by_rank=fsdp.get("peak_gpu_memory_by_rank"), losses=losses)
+    else:
+        result["fsdp2"]["log_tail"] = text[-3000:]
     # 3d. hyft's default plan (offload and gradient checkpointing auto) against the plan of Tencent's LLaMA-Factory
     # recipe (ZeRO-3 offloading optimizer and parameters, recomputation on): the same job, tokens/s and the loss
     plans = {}
