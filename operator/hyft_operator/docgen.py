@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from hyft_trainer import keys, knobs
+from hyft_trainer import fsdp, keys, knobs
 from hyft_trainer.config import TrainerConfig
 from hyft_trainer.contract import EXIT_MEANINGS
 from hyft_trainer.upstream_keys import LLAMAFACTORY_ARGUMENTS, TRANSFORMERS_VERSION
@@ -78,6 +78,13 @@ def _key_rows() -> list[str]:
             if fate != keys.Fate.IMPLEMENTED]
 
 
+def _fsdp_rows() -> list[str]:
+    """fsdp_config's keys with their fate (fsdp.py)."""
+    tables = ((keys.Fate.PASSED, fsdp.PASSED), (keys.Fate.READ_AS, fsdp.READ_AS), (keys.Fate.NO_EFFECT, fsdp.NO_EFFECT),
+              (keys.Fate.REFUSED, fsdp.REFUSED))
+    return [f"| `{key}` | {fate} | {why} |" for fate, table in tables for key, why in table.items()]
+
+
 def _settings_rows() -> list[str]:
     properties = OperatorSettings.model_json_schema()["properties"]
     return [f"| `{OperatorSettings.env_name(name)}` | {_type(properties[name])} | `{json.dumps(field.default)}` | "
@@ -118,6 +125,10 @@ def render() -> str:
         "*set by hyft* (refused unless at its default); *read as* a hyft setting; *no effect* (said once at "
         "start-up); *refused* unless off. Any other key is unknown.\n\n"
         "| key | fate | meaning or reason |\n|---|---|---|\n" + "\n".join(_key_rows()) + "\n\n"
+        "### fsdp_config keys\n\n"
+        "engine fsdp's settings as transformers' `fsdp_config` or an accelerate config's FSDP block writes them "
+        "(the `fsdp_` prefix dropped).\n\n"
+        "| key | fate | meaning or reason |\n|---|---|---|\n" + "\n".join(_fsdp_rows()) + "\n\n"
         "## Operator settings\n\n"
         "Environment variables of the operator (the chart sets them from its values), read once at start-up.\n\n"
         "| variable | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(_settings_rows()) + "\n"

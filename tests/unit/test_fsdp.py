@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hyft_trainer import keys, offload
+from hyft_trainer import fsdp, keys, offload
 from hyft_trainer.choices import SIZES
 from hyft_trainer.config import ConfigError, parse_config
 from hyft_trainer.deepspeed_config import settle
@@ -132,3 +132,11 @@ def test_fsdp2_reaches_the_training_arguments(method, fsdp_checkpointing, traine
     assert plugin.get("activation_checkpointing", False) is fsdp_checkpointing
     assert args.activation_checkpointing is trainer_checkpointing  # LoRA: peft's adapter state needs it
     assert args.deepspeed is None
+
+
+@pytest.mark.parametrize("key", [*fsdp.PASSED, *fsdp.READ_AS, *fsdp.NO_EFFECT, *fsdp.REFUSED])
+def test_every_fsdp_config_key_in_the_reference_is_read(key):
+    """The reference's fsdp_config table (docgen) is the one translate() reads: no listed key is unknown."""
+    problems: list[str] = []
+    fsdp.translate({"fsdp": "auto_wrap", "fsdp_config": {f"fsdp_{key}": True}}, problems, [])
+    assert not any("unknown key" in p for p in problems), problems
