@@ -72,6 +72,7 @@ bench: venv ## benchmarks: ratios against baselines measured in the same run (in
 	$(PY) bench/data_prep.py --workers 2
 	$(PY) bench/data_prep.py --workers 1
 	$(PY) bench/train_vs_llamafactory.py
+	$(PY) bench/default_vs_recipe.py
 	$(PY) bench/train_step.py
 	$(PY) bench/trained_logits.py
 	$(PY) bench/estimate_vs_measured.py

@@ -246,7 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hyft-scale-") as tmp, \
             ControlPlane(workdir=Path(tmp), scheduler=False, controller_manager=False, kwok=False) as cp:
         cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "hyft.io_hunyuanfinetunes.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io")
+        cp.wait_established("hunyuanfinetunes.hyft.io")
         api_client = config.new_client_from_config(config_file=str(cp.kubeconfig))
         core = client.CoreV1Api(api_client)
         cpu = CpuMeter(cp)

@@ -93,7 +93,7 @@ def crds(control_plane):
     from tests.helpers import ROOT
 
     control_plane.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io")
+    control_plane.wait_established("hunyuanfinetunes.hyft.io")
     return control_plane
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -45,6 +46,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _established(crd: dict) -> bool:
+    return any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (crd.get("status") or {}).get("conditions") or [])
 
 
 def _die_with_parent() -> None:
@@ -154,6 +160,36 @@ class ControlPlane:
         if check and proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc
+
+    def wait_established(self, *names: str, timeout: float = 60) -> None:
+        """Until each named CRD (every CRD when none is named) is Established. Not `kubectl wait`: it fails
+        at once, instead of waiting, on a CRD whose status has no conditions yet (kubernetes/kubernetes#66439;
+        seen here under load). Lists the CRDs, then watches them from that list's version (listing again
+        if the watch ends first)."""
+        base = f"{self.server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        deadline = time.monotonic() + timeout
+        while True:
+            with urllib.request.urlopen(base, timeout=timeout, context=self.ssl_context()) as resp:
+                listed = json.load(resp)
+            established = {item["metadata"]["name"]: _established(item) for item in listed["items"]}
+            wanted = set(names) or set(established)
+            left = deadline - time.monotonic()
+            if all(established.get(name) for name in wanted):
+                return
+            if left <= 0:
+                raise RuntimeError(f"CRDs not Established after {timeout:.0f}s: "
+                                   f"{sorted(n for n in wanted if not established.get(n))}")
+            version = listed["metadata"]["resourceVersion"]
+            url = f"{base}?watch=1&resourceVersion={version}&timeoutSeconds={int(left) + 1}"
+            with urllib.request.urlopen(url, timeout=left + 5, context=self.ssl_context()) as stream:
+                for line in stream:
+                    event = json.loads(line)
+                    if event["type"] == "ERROR":  # e.g. the version is too old: list again
+                        break
+                    crd = event["object"]
+                    established[crd["metadata"]["name"]] = event["type"] != "DELETED" and _established(crd)
+                    if all(established.get(name) for name in wanted):
+                        return
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))

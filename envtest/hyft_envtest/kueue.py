@@ -108,7 +108,7 @@ class Kueue:
         work.mkdir(parents=True, exist_ok=True)
         for crd in crd_files():
             cp.kubectl("apply", "--server-side", "-f", str(crd))
-        cp.kubectl("wait", "--for=condition=Established", "crd", "--all")
+        cp.wait_established()
         cp.kubectl("create", "namespace", NAMESPACE, check=False)
         webhook_port, health_port, visibility_port = free_port(), free_port(), free_port()
         certs = work / "certs"

@@ -159,7 +159,7 @@ def test_monitoring_objects_pass_the_prometheus_operator_schemas(crds, namespace
     for plural in MONITORING_KINDS.values():
         crd = prometheus_operator_crds() / f"monitoring.coreos.com_{plural}.yaml"
         crds.kubectl("apply", "--server-side", "-f", str(crd))
-        crds.kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com")
+        crds.wait_established(f"{plural}.monitoring.coreos.com")
     objects = [d for d in render(crds, "-f", str(ALL_FEATURES), namespace=namespace) if d["kind"] in MONITORING_KINDS]
     assert sorted(d["kind"] for d in objects) == sorted(MONITORING_KINDS)
     for obj in objects:

@@ -59,11 +59,8 @@ def test_crd_schema_and_cel_rule_are_enforced(control_plane, api_client, namespa
         if err.status != 409:
             raise
 
-    def established():
-        crd = ext.read_custom_resource_definition("widgets.envtest.hyft.io")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
-
-    wait_for(established, what="CRD Established")
+    # right after its creation a CRD's status may have no conditions: the wait waits (kubectl wait fails)
+    control_plane.wait_established("widgets.envtest.hyft.io")
     objects = client.CustomObjectsApi(api_client)
 
     def create(spec):

@@ -23,8 +23,7 @@ def cluster(tmp_path, control_plane):  # control_plane: binaries are built
     # controller-manager: it lifts the not-ready taint from the fake node once KWOK reports it Ready.
     with ControlPlane(workdir=tmp_path / "cp", scheduler=True, controller_manager=True, kwok=True) as cp:
         cp.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/hunyuanfinetunes.hyft.io",
-                   "crd/clusterkopfpeerings.kopf.dev")
+        cp.wait_established("hunyuanfinetunes.hyft.io", "clusterkopfpeerings.kopf.dev")
         cp.kubectl("apply", "-f", "-", input=json.dumps(
             {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "hyft-operator"}}))
         cp.kubectl("apply", "-f", "-", input=json.dumps(gpu_node("gpu-node-0")))
