@@ -48,9 +48,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _established(crd: dict) -> bool:
-    return any(c.get("type") == "Established" and c.get("status") == "True"
-               for c in (crd.get("status") or {}).get("conditions") or [])
+def _condition_true(item: dict, condition: str) -> bool:
+    return any(c.get("type") == condition and c.get("status") == "True"
+               for c in (item.get("status") or {}).get("conditions") or [])
 
 
 def _die_with_parent() -> None:
@@ -162,23 +162,28 @@ class ControlPlane:
         return proc
 
     def wait_established(self, *names: str, timeout: float = 60) -> None:
-        """Until each named CRD (every CRD when none is named) is Established. Not `kubectl wait`: it fails
-        at once, instead of waiting, on a CRD whose status has no conditions yet (kubernetes/kubernetes#66439;
-        seen here under load). Lists the CRDs, then watches them from that list's version (listing again
-        if the watch ends first)."""
-        base = f"{self.server}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        """Until each named CRD (every CRD when none is named) is Established."""
+        self.wait_condition("apis/apiextensions.k8s.io/v1/customresourcedefinitions", "Established", *names,
+                            timeout=timeout)
+
+    def wait_condition(self, collection: str, condition: str, *names: str, timeout: float = 60) -> None:
+        """Until each named object of a cluster-scoped collection ("apis/GROUP/VERSION/PLURAL"; every object
+        when none is named) has `condition` True. Not `kubectl wait`: it fails at once, instead of waiting, on
+        an object whose status has no conditions yet (kubernetes/kubernetes#66439; seen here under load with
+        a CRD just applied). Lists, then watches from that list's version (listing again if the watch ends)."""
+        base = f"{self.server}/{collection}"
         deadline = time.monotonic() + timeout
         while True:
             with urllib.request.urlopen(base, timeout=timeout, context=self.ssl_context()) as resp:
                 listed = json.load(resp)
-            established = {item["metadata"]["name"]: _established(item) for item in listed["items"]}
-            wanted = set(names) or set(established)
+            met = {item["metadata"]["name"]: _condition_true(item, condition) for item in listed["items"]}
+            wanted = set(names) or set(met)
             left = deadline - time.monotonic()
-            if all(established.get(name) for name in wanted):
+            if all(met.get(name) for name in wanted):
                 return
             if left <= 0:
-                raise RuntimeError(f"CRDs not Established after {timeout:.0f}s: "
-                                   f"{sorted(n for n in wanted if not established.get(n))}")
+                raise RuntimeError(f"{collection}: not {condition} after {timeout:.0f}s: "
+                                   f"{sorted(n for n in wanted if not met.get(n))}")
             version = listed["metadata"]["resourceVersion"]
             url = f"{base}?watch=1&resourceVersion={version}&timeoutSeconds={int(left) + 1}"
             with urllib.request.urlopen(url, timeout=left + 5, context=self.ssl_context()) as stream:
@@ -186,9 +191,9 @@ class ControlPlane:
                     event = json.loads(line)
                     if event["type"] == "ERROR":  # e.g. the version is too old: list again
                         break
-                    crd = event["object"]
-                    established[crd["metadata"]["name"]] = event["type"] != "DELETED" and _established(crd)
-                    if all(established.get(name) for name in wanted):
+                    item = event["object"]
+                    met[item["metadata"]["name"]] = event["type"] != "DELETED" and _condition_true(item, condition)
+                    if all(met.get(name) for name in wanted):
                         return
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -148,12 +148,13 @@ class Kueue:
         # ready: its caches synced and its webhook server listening
         cp._wait(self.process, f"http://127.0.0.1:{health_port}/readyz", 120)
         hooks = webhook_configurations(webhook_port, cp.pki.ca_cert.read_bytes())
-        for doc in (*hooks, *visibility_api(visibility_port)):
+        service, apiservice = visibility_api(visibility_port)
+        for doc in (*hooks, service, apiservice):
             cp.kubectl("apply", "-f", "-", input=json.dumps(doc))
             namespace = doc["metadata"].get("namespace")
             self.registered.append([f"{doc['kind'].lower()}/{doc['metadata']['name']}",
                                     *(["-n", namespace] if namespace else [])])
-        cp.kubectl("wait", "--for=condition=Available", "--timeout=60s", *self.registered[-1])
+        cp.wait_condition("apis/apiregistration.k8s.io/v1/apiservices", "Available", apiservice["metadata"]["name"])
         return self
 
     def stop(self) -> None:
