@@ -2,7 +2,8 @@
 ds_zero3_offload_hy.json: full fine-tuning, ZeRO-3 offloading the optimizer, gradient checkpointing on by
 LLaMA-Factory's default) run by LLaMA-Factory 0.9.5, against the same job run by `hyft train` with hyft's
 defaults: the same YAML without its DeepSpeed line, so hyft chooses the plan (offload and gradient
-checkpointing auto, from the GPU's memory; on a CPU both offloads and recomputation, said in its log).
+checkpointing auto, from the GPU's memory; on a CPU the optimizer offloaded and recomputation on, said in
+its log).
 
 The recipe is used unchanged but for what a run on this machine needs: the model and dataset paths, the
 output folder, max_steps, logging every step, no saving, no plot; on a CPU also bf16 off (in the YAML and
@@ -15,28 +16,25 @@ default_plan_vs_recipe=<hyft tokens/s over the recipe's> loss_difference=<|hyft 
 
     python bench/default_vs_recipe.py [--steps 30] [--warmup 10] [--repeats 3]
 
-On a CPU host the two plans differ only in hyft also offloading parameters (CPU: the most offload): the
-ratio is parity plus that. The speed-up hyft's plan is for (dropping offload and recomputation when the job
+On a CPU host the two plans are the same (the optimizer offloaded, the parameters in place, recomputation
+on): the ratio is parity. The speed-up hyft's plan is for (dropping offload and recomputation when the job
 fits the GPU) shows on a GPU host: `make gpu-check` measures it there (default_vs_recipe).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-from train_vs_llamafactory import CACHE, HERE, LF_PYTHON, free_port, median, single_turn, steady
+from train_vs_llamafactory import arguments, median, model_and_data, steady, train_hyft, train_llamafactory
 
 from tests.llamafactory_corpus import DS_Z3_OFFLOAD_HUNYUAN, tencent  # Tencent's files, placeholders marked
 
 
-def recipe(work: Path, model: Path, data: Path, steps: int, on_gpu: bool, tag: str) -> tuple[dict, Path]:
+def recipe(work: Path, model: Path, data: Path, steps: int, on_gpu: bool, tag: str) -> dict:
     """Tencent's YAML and its DeepSpeed JSON, with this run's paths, steps and logging."""
     ds_path = work / f"ds-{tag}.json"
     config = yaml.safe_load(tencent("hunyuan_full.yaml", dataset="hunyuan_chat").format(
@@ -47,68 +45,34 @@ def recipe(work: Path, model: Path, data: Path, steps: int, on_gpu: bool, tag: s
         config["bf16"] = False
         ds = {**ds, "bf16": {"enabled": False}}
     ds_path.write_text(json.dumps(ds))
-    return config, ds_path
+    return config
 
 
 def run_recipe(work: Path, model: Path, data: Path, args, on_gpu: bool, tag: str) -> dict:
-    config, _ = recipe(work, model, data, args.steps, on_gpu, f"lf-{tag}")
-    config.update(report_to="none", include_num_input_tokens_seen="non_padding", ddp_backend="gloo")
-    path, timeline = work / f"lf-{tag}.yaml", work / f"lf-{tag}.timeline.json"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(work / f"cache-lf-{tag}"),
-           "TORCH_EXTENSIONS_DIR": str(CACHE / "llamafactory-torch-extensions")}
-    env.pop("PYTHONPATH", None)  # hyft's packages must not shadow the venv's
-    proc = subprocess.run([str(LF_PYTHON), "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(HERE / "_llamafactory_train.py"), str(path),
-                           str(timeline)], env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not timeline.exists():
-        raise SystemExit(f"the recipe ({tag}) failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    report = json.loads(timeline.read_text())
+    config = recipe(work, model, data, args.steps, on_gpu, f"lf-{tag}")
+    report = train_llamafactory(work, config, tag)
     state = json.loads((work / f"out-lf-{tag}" / "trainer_state.json").read_text())
     return {**report, "losses": [h["loss"] for h in state["log_history"] if "loss" in h]}
 
 
 def run_default(work: Path, model: Path, data: Path, args, on_gpu: bool, tag: str) -> dict:
-    config, _ = recipe(work, model, data, args.steps, on_gpu, f"hyft-{tag}")
+    config = recipe(work, model, data, args.steps, on_gpu, f"hyft-{tag}")
     del config["deepspeed"]  # hyft's own plan
     config.update(metrics_port=None)
-    path = work / f"hyft-{tag}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1",
-           "HF_DATASETS_CACHE": str(work / f"cache-{tag}"), "TORCH_EXTENSIONS_DIR": str(CACHE / "torch-extensions")}
-    proc = subprocess.run([sys.executable, "-m", "hyft_trainer.cli", "train", str(path)], env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"hyft ({tag}) failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    report = json.loads((work / f"out-hyft-{tag}" / "report.json").read_text())
+    report = train_hyft(work, config, tag)
     return {**report, "losses": [h["loss"] for h in report["log_history"] if "loss" in h]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the steady state")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=2000)
-    args = parser.parse_args()
-    if not LF_PYTHON.exists():
-        setup = subprocess.run(["bash", str(HERE / "setup_llamafactory.sh")], capture_output=True, text=True)
-        if setup.returncode != 0:
-            raise SystemExit(f"cannot install LLaMA-Factory:\n{setup.stderr[-2000:]}")
+    args = arguments(__doc__, steps=30, samples=2000)
     import torch
-
-    from hyft_trainer.sample_data import write
-    from hyft_trainer.tiny import build
 
     on_gpu = torch.cuda.is_available()
     runs: dict[str, list[dict]] = {"recipe": [], "default": []}
     plans: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = build(work / "tiny-7b", "7b", hidden_size=512, layers=4)
-        params = json.loads((model / "hyft_tiny.json").read_text())["parameters"]
-        write(work / "data", args.samples, seed=1)
-        single_turn(work / "data" / "hunyuan_chat.jsonl")
+        model, params = model_and_data(work, args.samples)
         sides = [("recipe", run_recipe), ("default", run_default)]
         for repeat in range(args.repeats):
             for side, run in sides if repeat % 2 == 0 else sides[::-1]:  # alternate who goes first

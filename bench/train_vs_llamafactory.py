@@ -52,11 +52,16 @@ def common(args) -> dict:
 
 
 def run_hyft(work: Path, model: Path, data: Path, ds: Path, packing: bool, args, tag: str) -> dict:
-    out = work / f"hyft-{tag}"
     config = {**common(args), "model_name_or_path": str(model),
               "data_files": [{"path": str(data / "hunyuan_chat.jsonl")}], "finetuning_type": "lora",
               "lora_target": "all", "deepspeed": str(ds), "packing": packing,
-              "gradient_checkpointing": False, "output_dir": str(out), "metrics_port": None, "plot_loss": False}
+              "gradient_checkpointing": False, "output_dir": str(work / f"hyft-{tag}"), "metrics_port": None,
+              "plot_loss": False}
+    return train_hyft(work, config, tag)
+
+
+def train_hyft(work: Path, config: dict, tag: str) -> dict:
+    """`hyft train` of config on 2 processes; its report.json."""
     path = work / f"hyft-{tag}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {**os.environ, "NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1",
@@ -65,20 +70,24 @@ def run_hyft(work: Path, model: Path, data: Path, ds: Path, packing: bool, args,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"hyft ({tag}) failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
-    return json.loads((out / "report.json").read_text())
+    return json.loads((Path(config["output_dir"]) / "report.json").read_text())
 
 
 def run_llamafactory(work: Path, model: Path, data: Path, ds: Path, packing: bool, args, tag: str) -> dict:
-    out = work / f"lf-{tag}"
     config = {**common(args), "model_name_or_path": str(model), "stage": "sft", "do_train": True,
               "finetuning_type": "lora", "lora_target": "all", "lora_alpha": 16, "lora_dropout": 0.0,
               "dataset": "hunyuan_chat", "dataset_dir": str(data), "template": "hunyuan", "deepspeed": str(ds),
               "packing": packing, "neat_packing": packing, "disable_gradient_checkpointing": True,
-              "flash_attn": "sdpa", "overwrite_cache": True, "output_dir": str(out), "report_to": "none",
-              "plot_loss": False, "include_num_input_tokens_seen": "non_padding", "ddp_backend": "gloo"}
-    path = work / f"lf-{tag}.yaml"
+              "flash_attn": "sdpa", "overwrite_cache": True, "output_dir": str(work / f"lf-{tag}"),
+              "plot_loss": False}
+    return train_llamafactory(work, config, tag)
+
+
+def train_llamafactory(work: Path, config: dict, tag: str) -> dict:
+    """LLaMA-Factory's training of config on 2 processes, in its own venv; the timeline its callback wrote."""
+    path, timeline = work / f"lf-{tag}.yaml", work / f"lf-{tag}.timeline.json"
+    config = {**config, "report_to": "none", "include_num_input_tokens_seen": "non_padding", "ddp_backend": "gloo"}
     path.write_text(yaml.safe_dump(config))
-    timeline = work / f"lf-{tag}.json"
     # DeepSpeed's JIT-built ops apart from hyft's: one shared folder would rebuild them (minutes) on
     # every switch between the two venvs
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(work / f"cache-lf-{tag}"),
@@ -123,28 +132,38 @@ def median(runs: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
+def arguments(description: str, steps: int, samples: int) -> argparse.Namespace:
+    """The benchmarks' command line; LLaMA-Factory's venv installed if missing."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the steady state")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=4000)
+    parser.add_argument("--samples", type=int, default=samples)
     args = parser.parse_args()
     if not LF_PYTHON.exists():
         setup = subprocess.run(["bash", str(HERE / "setup_llamafactory.sh")], capture_output=True, text=True)
         if setup.returncode != 0:
             raise SystemExit(f"cannot install LLaMA-Factory:\n{setup.stderr[-2000:]}")
+    return args
 
+
+def model_and_data(work: Path, samples: int) -> tuple[Path, int]:
+    """The tiny 7b-family model (its folder, its parameter count) and one-turn chats in work/data."""
     from hyft_trainer.sample_data import write
     from hyft_trainer.tiny import build
 
+    model = build(work / "tiny-7b", "7b", hidden_size=512, layers=4)
+    write(work / "data", samples, seed=1)
+    single_turn(work / "data" / "hunyuan_chat.jsonl")
+    return model, json.loads((model / "hyft_tiny.json").read_text())["parameters"]
+
+
+def main() -> None:
+    args = arguments(__doc__, steps=40, samples=4000)
     results: dict[tuple[str, bool], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = build(work / "tiny-7b", "7b", hidden_size=512, layers=4)
-        params = json.loads((model / "hyft_tiny.json").read_text())["parameters"]
-        write(work / "data", args.samples, seed=1)
-        single_turn(work / "data" / "hunyuan_chat.jsonl")
+        model, params = model_and_data(work, args.samples)
         ds = work / "ds_z3_offload.json"
         ds.write_text(json.dumps(DEEPSPEED))
         for repeat in range(args.repeats):

@@ -201,7 +201,7 @@ CASES = [
     Invalid("override contradicting the ZeRO stage", _overrides({"zero_optimization": {"stage": 2}}),
             "spec.deepspeed.overrides", "operator"),
     Invalid("override turning parameter offload off",
-            _overrides({"zero_optimization": {"offload_param": {"device": "none"}}}),
+            _overrides({"zero_optimization": {"offload_param": {"device": "none"}}}, offloadParams=True),
             "spec.deepspeed.overrides", "operator"),
     Invalid("override turning optimizer offload on",
             _overrides({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}, offloadOptimizer=False),

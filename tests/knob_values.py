@@ -14,7 +14,7 @@ CHANGED = {
     "deepspeed": {"zero_optimization": {"stage": 2}},
     "deepspeed_overrides": {"zero_optimization": {"overlap_comm": True}},
     "report_to": ["tensorboard"], "resume_from_checkpoint": "/ckpt", "job_name": "job", "data_cache_dir": "/cache",
-    "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": False, "val_size": 0.5,
+    "eval_strategy": "steps", "zero_stage": 2, "offload_optimizer": False, "offload_param": True, "val_size": 0.5,
     "gradient_checkpointing": False,
     "warmup_ratio": 0.5, "freeze_trainable_layers": -2, "additional_target": "embed_tokens",
     "freeze_trainable_modules": "mlp", "freeze_extra_modules": "norm", "default_system": "Be brief.",

@@ -666,7 +666,7 @@ def test_preflight_passed_comes_from_the_master_and_its_failures_from_the_exit_c
 
 
 def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_namespace):
-    """A 7B full fine-tune (ZeRO-3, both offloads, 2 nodes) in 8Gi pods: hyft estimate says ~100 GiB."""
+    """A 7B full fine-tune (ZeRO-3 on CPU, 2 nodes) in 8Gi pods: hyft estimate says far more."""
     body = cpu_job("toosmall", memory="8Gi", method={"type": "full"},
                    runPolicy={"memoryCheck": "Enforce"})
     body["spec"]["model"]["path"] = "models/Hunyuan-7B-Instruct"

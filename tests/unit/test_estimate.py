@@ -106,6 +106,17 @@ def test_a_gpu_process_counts_cuda_and_nccl_and_a_cpu_process_neither():
     assert eight.gpu_bytes_per_node == pytest.approx(8 * eight.gpu_bytes_per_device)
 
 
+
+def test_a_cpu_run_counts_its_device_memory_in_host_memory():
+    """With no GPU, what ZeRO keeps "on the device" (parameter shards, activations) is host memory too: a CPU
+    pod's admission must count it; on a GPU it is not host memory."""
+    shape = load_shape("1.8B")
+    for on_gpu in (True, False):
+        for e in estimate(shape, nodes=1, gpus_per_node=2, on_gpu=on_gpu):
+            device = e.gpu_bytes_per_device * e.processes_per_node
+            assert (e.host_bytes_per_node >= device + e.host_states_bytes_per_node) is not on_gpu, e.label
+            assert (e.host_bytes_per_process >= e.gpu_bytes_per_device) or on_gpu, e.label
+
 def test_logits_at_their_backward_peak_and_swiglu_activations():
     shape = load_shape("7B")
     # without recompute: every layer's activations, plus 14 bytes per position and vocabulary entry

@@ -67,8 +67,11 @@ def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
     assert offload.decide(figures(), 3, True, False, 200 * GIB) == offload.Decision(True, False, decided=False)
     unknown = offload.decide(figures(), 3, "auto", "auto", None)
     assert (unknown.optimizer, unknown.param, unknown.decided) == (True, True, False)
-    cpu = offload.decide([], 3, "auto", "auto", None, on_gpu=False)
-    assert (cpu.optimizer, cpu.param, cpu.decided) == (True, True, True) and "no GPU" in cpu.message
+    cpu = offload.decide([], 3, "auto", "auto", None, on_gpu=False)  # CPU Adam; the parameters in place
+    assert (cpu.optimizer, cpu.param, cpu.decided) == (True, False, True) and "no GPU" in cpu.message
+    assert offload.decide([], 3, "auto", True, None, on_gpu=False).param  # set, it stays as set
+    assert (offload.decide([], 2, "auto", "auto", None, on_gpu=False).optimizer,
+            offload.decide([], 0, "auto", "auto", None, on_gpu=False).optimizer) == (True, False)
 
 
 def test_a_brought_deepspeed_json_decides_itself():
@@ -93,7 +96,7 @@ def test_a_node_decides_from_its_smallest_gpu_and_the_model_folder(tmp_path):
     # gradient checkpointing auto: the resolved config says what was chosen (transformers gets a bool)
     assert {on_141[0].gradient_checkpointing, on_mixed[0].gradient_checkpointing} <= {True, False}
     assert offload.for_node(config, (), 1, 1)[0].gradient_checkpointing is True  # CPU: on
-    assert offload.for_node(config, (), 1, 1)[1].label == "params+optimizer"  # CPU
+    assert offload.for_node(config, (), 1, 1)[1].label == "optimizer"  # CPU: CPU Adam, the parameters in place
     unreadable = config.model_copy(update={"model_name_or_path": str(tmp_path / "none")})
     assert not offload.for_node(unreadable, (80 * GIB,), 1, 1)[1].decided
 

@@ -123,6 +123,7 @@ class Estimate:
     gpu_bytes_per_device: float
     activation_bytes: float
     engine: str = DEEPSPEED
+    on_gpu: bool = True  # False: a CPU run, whose "device" memory is host memory too
 
     @property
     def label(self) -> str:
@@ -131,13 +132,19 @@ class Estimate:
     @property
     def host_bytes_per_node(self) -> float:
         """What the busiest node (global rank 0's, which also exports) needs at its peak."""
-        return self.host_states_bytes_per_node + self.host_base_bytes_per_node + self.export_bytes
+        return (self.host_states_bytes_per_node + self.host_base_bytes_per_node + self.export_bytes
+                + self._device_in_host * self.processes_per_node)
 
     @property
     def host_bytes_per_process(self) -> float:
         """The same for global rank 0's process alone: a pod running one process per GPU needs it per GPU."""
         base = self.host_base_bytes_per_node - NODE_BASE_BYTES
-        return (self.host_states_bytes_per_node + base) / self.processes_per_node + self.export_bytes
+        return ((self.host_states_bytes_per_node + base) / self.processes_per_node + self._device_in_host
+                + self.export_bytes)
+
+    @property
+    def _device_in_host(self) -> float:
+        return 0 if self.on_gpu else self.gpu_bytes_per_device
 
     @property
     def gpu_bytes_per_node(self) -> float:
@@ -233,7 +240,8 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
         if stage == 0:  # plain DDP: every GPU holds the whole model, its gradients and its optimizer states
             frozen_weights = frozen_bytes(shape, frozen, 2 if half_precision else 4, weight_bits)
             out.append(Estimate(0, "none", 0, base, export, gpus_per_node,
-                                ddp_states(trainable, frozen_weights, method, half_precision) + act + runtime, act))
+                                ddp_states(trainable, frozen_weights, method, half_precision) + act + runtime, act,
+                                on_gpu=on_gpu))
             continue
         host, gpu = model_states(trainable, shape.largest_layer if method == "full" else trainable,
                                  gpus_per_node, nodes, stage, opt, par)
@@ -251,7 +259,8 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
             if stage == 3 and weight_bits < 16:
                 gpu = max(gpu, frozen_weights)
         offload = "params+optimizer" if par else "optimizer" if opt else "none"
-        out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act + runtime, act))
+        out.append(Estimate(stage, offload, host, base, export, gpus_per_node, gpu + act + runtime, act,
+                            on_gpu=on_gpu))
     # FSDP2 (engine fsdp) holds 16 bytes per trained parameter sharded, fp32 weights and gradients and Adam's
     # moments, as ZeRO-3 does (16-bit weights and gradients, the fp32 master and moments), and gathers one
     # decoder layer at a time: ZeRO-3's figures, for its two offload options; it loads no quantized base.
@@ -277,7 +286,8 @@ def render(shape: Shape, estimates: list[Estimate], gpu_memory_gib: float | None
                      f"{e.activation_bytes / GIB:10.1f} GiB{fits}")
     lines.append("host RAM: model states + trainer processes and launcher + the export's peak (global rank 0's "
                  "node); /process: global rank 0's process alone; GPU: states, activations, logits, CUDA context "
-                 "and NCCL buffers")
+                 "and NCCL buffers" + ("" if not estimates or estimates[0].on_gpu else
+                                       "; with no GPU the host RAM holds what the GPU columns count too"))
     if gpu_memory_gib:
         lines.append(f"(fits: within {GPU_MARGIN:.0%} of {gpu_memory_gib:g} GiB, leaving room for fragmentation)")
     return "\n".join(lines)

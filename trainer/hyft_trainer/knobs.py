@@ -272,7 +272,8 @@ KNOBS: tuple[Knob, ...] = (
          "and start-up log say why); on CPU, always.", DEEPSPEED, spec="deepspeed.offloadOptimizer",
          spec_type=bool | None, spec_default=None),
     Knob("offload_param", bool | Literal["auto"], "auto", "Keep parameters in host memory (ZeRO-3 only). auto (on "
-         "the spec: unset): only when the GPU estimate does not fit with optimizer offload alone.", DEEPSPEED,
+         "the spec: unset): only when the GPU estimate does not fit with optimizer offload alone; on CPU, never "
+         "(they are in host memory already).", DEEPSPEED,
          spec="deepspeed.offloadParams", spec_type=bool | None, spec_default=None),
     Knob("deepspeed_overrides", dict[str, Any], {}, "DeepSpeed JSON merged over the generated config; values "
          "that contradict the settings above or training are refused.", DEEPSPEED, spec="deepspeed.overrides"),

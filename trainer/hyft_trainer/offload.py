@@ -67,7 +67,7 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
     the most offload (recomputing) when none is. gpu_bytes None (unknown): the most, undecided. estimates:
     estimate.estimate's options for this job with recomputation as set (auto: on), without_recompute: with
     it off (read when recompute is auto). Both unused on CPU, where recomputation stays on (LLaMA-Factory's
-    default) and the most offload is taken (none under FSDP2, whose offload needs a GPU)."""
+    default) and only the optimizer is offloaded (nothing under FSDP2, whose offload needs a GPU)."""
     auto_recompute = recompute == AUTO
     if optimizer != AUTO and param != AUTO and not auto_recompute:
         return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute))
@@ -79,10 +79,13 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
     if not on_gpu and engine == FSDP:
         return Decision(False, False, decided=True, recompute=recomputes[-1],
                         message="offload none: no GPU, FSDP2 keeps everything in host memory already")
-    if not on_gpu:
-        return Decision(*most, decided=True, recompute=recomputes[-1],
-                        message=f"offload {label(*most)}: no GPU, DeepSpeed's CPU Adam steps the optimizer"
-                        if stage else "")
+    if not on_gpu:  # DeepSpeed's CPU Adam, and the parameters left in place: offloading them would copy host
+        # memory to host memory every step and save none (Tencent's recipe does the same)
+        cpu = max(allowed, key=lambda o: (o[0], not o[1]))
+        why = ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * cpu[0] + \
+            ["the parameters stay where they are (host memory already)"] * (stage == 3 and not cpu[1])
+        return Decision(*cpu, decided=True, recompute=recomputes[-1],
+                        message=f"offload {label(*cpu)}: {', '.join(why)}" if stage else "")
     if gpu_bytes is None:
         return Decision(*most, decided=False, recompute=recomputes[-1],
                         message=f"offload {label(*most)} until the GPU's memory is known")
