@@ -46,13 +46,14 @@ def offload_decision(job: HunyuanFineTune, config: TrainerConfig) -> tuple[Train
     auto) and these are the most offload, for the checks that need a value."""
     spec = job.spec
     shape, memory = model_shape(job), gpu_memory(job)
-    resolved, decision = offload.resolve(config, shape and shape[0], memory and memory[0], spec.nodes,
-                                         max(spec.gpusPerNode, 1), on_gpu=spec.gpusPerNode > 0)
+    on_gpu = spec.gpusPerNode > 0  # with none, the node decides from its own (cgroup) memory
+    resolved, decision = offload.resolve(config, shape and shape[0], memory[0] if memory and on_gpu else None,
+                                         spec.nodes, max(spec.gpusPerNode, 1), on_gpu=on_gpu)
     auto = offload.AUTO in (config.offload_optimizer, config.offload_param) and config.deepspeed is None
     if not auto or config.zero_stage == 0:
         status = f"offload {decision.label}" + (" (as set in spec.deepspeed)" if config.zero_stage else " (ZeRO off)")
-    elif decision.decided:
-        status = decision.message + (f" [{memory[1]}; {shape[1]}]" if memory and shape else "")
+    elif decision.decided or not on_gpu:
+        status = decision.message + (f" [{memory[1]}; {shape[1]}]" if memory and shape and on_gpu else "")
     else:
         missing = " and ".join(w for w, known in (("the GPU's memory", memory), ("the model's size", shape))
                                if not known)

@@ -3,6 +3,7 @@ parameter offload, two launcher processes as two "nodes" (NNODES=2, NODE_RANK=0/
 MASTER_ADDR=127.0.0.1). Every multi-process run has an outer timeout."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -623,28 +624,36 @@ def test_a_node_that_expects_a_gpu_it_cannot_use_fails_fast_with_the_facts(tiny,
     assert "preflight passed" not in text and not (tmp_path / "out" / "report.json").exists()
 
 
-@pytest.fixture
-def one_cpu_cgroup():
-    """A cgroup with a quota of one CPU, as a pod's CPU limit of 1 (cgroup v1's cpu controller, or v2's where
-    the root delegates cpu); removed after the test."""
+@contextlib.contextmanager
+def limited_cgroup(controller: str, v1_limits: dict[str, str], v2_limits: dict[str, str]):
+    """A cgroup with these limits, as a pod's (cgroup v1's hierarchy for controller, or v2's where the root
+    delegates it), removed afterwards (its processes have exited); yields the wrapper that runs a command in it."""
     import uuid
 
-    v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
-    if (v1 / "cpu.cfs_quota_us").exists():
-        root, limit = v1, {"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"}
-    elif "cpu" in ((v2 / "cgroup.subtree_control").read_text().split() if (v2 / "cgroup.subtree_control").exists()
-                   else []):
-        root, limit = v2, {"cpu.max": "100000 100000"}
+    v1, v2 = Path(f"/sys/fs/cgroup/{controller}"), Path("/sys/fs/cgroup")
+    delegated = v2 / "cgroup.subtree_control"
+    if (v1 / next(iter(v1_limits))).exists():
+        root, limits = v1, v1_limits
+    elif controller in (delegated.read_text().split() if delegated.exists() else []):
+        root, limits = v2, v2_limits
     else:
-        pytest.skip("no cgroup cpu controller to limit a process with")
+        pytest.skip(f"no cgroup {controller} controller to limit a process with")
     folder = root / f"hyft-test-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     try:
-        for name, value in limit.items():
+        for name, value in limits.items():
             (folder / name).write_text(value)
-        yield folder
+        yield ("sh", "-c", f'echo $$ > {folder}/cgroup.procs && exec "$@"', "sh")
     finally:
-        folder.rmdir()  # its processes have exited
+        folder.rmdir()
+
+
+@pytest.fixture
+def one_cpu_cgroup():
+    """A pod's CPU limit of 1."""
+    with limited_cgroup("cpu", {"cpu.cfs_quota_us": "100000", "cpu.cfs_period_us": "100000"},
+                        {"cpu.max": "100000 100000"}) as wrapper:
+        yield wrapper
 
 
 def test_openmp_threads_follow_the_pods_cpu_limit(tiny, memorisable, tmp_path, one_cpu_cgroup):
@@ -658,10 +667,33 @@ def test_openmp_threads_follow_the_pods_cpu_limit(tiny, memorisable, tmp_path, o
     assert free["omp_threads"] == omp_threads(node_cpu_limit(), len(os.sched_getaffinity(0)), 1) >= 1
     assert set(free["fabric"]) == {"nccl_version", "rdma_devices", "memlock_bytes", "nccl_env"}
     shutil.rmtree(tmp_path / "out")
-    in_cgroup = ("sh", "-c", f'echo $$ > {one_cpu_cgroup}/cgroup.procs && exec "$@"', "sh")
-    limited = run(config, 1, tmp_path, env=unset, wrapper=in_cgroup)
+    limited = run(config, 1, tmp_path, env=unset, wrapper=one_cpu_cgroup)
     assert limited["omp_threads"] == 1, limited["omp_threads"]
     assert "1 OpenMP thread(s) per process (CPU limit 1" in logs(tmp_path)
+
+
+def test_without_a_gpu_recomputation_is_dropped_only_where_the_pods_memory_holds_the_job(tiny, memorisable,
+                                                                                          tmp_path):
+    """gradient_checkpointing auto on a node with no GPU: off on this machine (the tiny job fits its memory many
+    times over), on in a pod whose memory limit is just under what the job's estimate without recomputation
+    needs (over the margin); the loss is the same."""
+    from hyft_trainer import offload
+    from hyft_trainer.config import parse_config
+    from hyft_trainer.estimate import load_shape
+
+    config = write_config(tmp_path, tiny, memorisable, max_steps=3, offload_optimizer="auto", offload_param="auto")
+    free = run(config, 1, tmp_path)
+    assert free["offload"]["gradient_checkpointing"] is False, free["offload"]
+    without = offload.options_for(parse_config(yaml.safe_load(config.read_text())), load_shape(str(tiny)), 1, 1,
+                                  on_gpu=False, recompute=False)
+    need = next(e.host_bytes_per_node for e in without if (e.stage, e.offload) == (3, "optimizer"))
+    limit = int(need / offload.HOST_MARGIN) - 2**24
+    shutil.rmtree(tmp_path / "out")
+    with limited_cgroup("memory", {"memory.limit_in_bytes": str(limit)}, {"memory.max": str(limit)}) as wrapper:
+        limited = run(config, 1, tmp_path, wrapper=wrapper)
+    assert limited["offload"]["gradient_checkpointing"] is True, limited["offload"]
+    assert f"gradient checkpointing on (host memory without it {need / 2**30:.1f} GiB over" in logs(tmp_path)
+    assert losses(limited) == pytest.approx(losses(free), abs=1e-5)
 
 
 def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):
@@ -809,10 +841,13 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["qlora"]["exit_code"] == 0 and result["qlora"]["quantization"]["bits"] == 4
     assert result["fsdp2"]["exit_code"] == 0 and result["fsdp2"]["engine"] == "fsdp2"
     plans = result["default_vs_recipe"]
-    # on a CPU the default plan is the recipe's (optimizer offload, recomputation on): the same loss
+    # on a CPU the default plan offloads as the recipe does (CPU Adam) but drops recomputation, since the
+    # tiny job fits this machine's memory: the same loss
     chosen = [{k: plans[p]["offload"][k] for k in ("optimizer", "param", "gradient_checkpointing")}
               for p in ("recipe", "default")]
-    assert chosen[0] == chosen[1] == {"optimizer": True, "param": False, "gradient_checkpointing": True}
+    assert chosen == [{"optimizer": True, "param": False, "gradient_checkpointing": True},
+                      {"optimizer": True, "param": False, "gradient_checkpointing": False}]
+    assert "gradient checkpointing off (host memory without it" in plans["default"]["offload"]["reason"]
     assert plans["default_plan_vs_recipe"] > 0 and plans["loss_difference"] < 1e-4
 
 

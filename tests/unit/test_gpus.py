@@ -2,6 +2,8 @@
 them, how local nodes share a machine's GPUs, and how many OpenMP threads each process gets."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hyft_trainer import fabric, gpus
@@ -98,6 +100,29 @@ def files(mapping):
 ])
 def test_the_pod_cpu_limit_is_read_from_its_cgroup(tree, cgroup, limit):
     assert gpus.cpu_limit(files(tree), cgroup) == limit
+
+
+@pytest.mark.parametrize("tree, cgroup, limit", [
+    ({"/sys/fs/cgroup/memory.max": "max\n"}, "0::/\n", None),  # v2, no limit
+    ({"/sys/fs/cgroup/memory.max": "17179869184\n"}, "0::/\n", 16 * 2**30),  # a container's own
+    # v2 from the host: the pod's limit above the container's unlimited one
+    ({"/sys/fs/cgroup/kubepods/pod1/memory.max": "8589934592", "/sys/fs/cgroup/kubepods/pod1/c1/memory.max": "max"},
+     "0::/kubepods/pod1/c1\n", 8 * 2**30),
+    # v1: its page-rounded "no limit" is a number too (the machine's memory then undercuts it)
+    ({"/sys/fs/cgroup/memory/job/memory.limit_in_bytes": "9223372036854771712"}, "1:cpu:/job\n3:memory:/job\n",
+     9223372036854771712),
+    ({"/sys/fs/cgroup/memory/memory.limit_in_bytes": "4294967296"}, "4:memory:/kubepods/pod2/c2\n", 4 * 2**30),
+    ({"/sys/fs/cgroup/cpu/memory.limit_in_bytes": "1024"}, "1:cpu:/\n", None),  # not the memory hierarchy
+    ({}, "", None),
+])
+def test_the_pod_memory_limit_is_read_from_its_cgroup(tree, cgroup, limit):
+    assert gpus.memory_limit(files(tree), cgroup) == limit
+
+
+def test_the_machines_memory_is_read_from_meminfo():
+    assert gpus.mem_total("MemTotal:       24683772 kB\nMemFree:  17860996 kB\n") == 24683772 * 1024
+    assert gpus.mem_total("") is None
+    assert gpus.host_memory_bytes() <= gpus.mem_total(Path("/proc/meminfo").read_text())
 
 
 @pytest.mark.parametrize("limit, cpus, nproc, threads", [

@@ -160,25 +160,50 @@ def split_devices(nodes: int, per_node: int, visible: list[str]) -> list[str]:
     return [",".join(visible[i * per_node:(i + 1) * per_node]) for i in range(nodes)]
 
 
-# --- CPU threads
-def cpu_limit(read: Callable[[str], str | None], self_cgroup: str) -> float | None:
-    """The CPU quota of this process's cgroup (the pod's CPU limit), the smallest along its path to the
-    root; None when unlimited. read(path) returns a file's text or None; self_cgroup is /proc/self/cgroup."""
-    limits = []
+# --- CPU threads and host memory: the pod's limits, read from its cgroup
+def cgroup_folders(self_cgroup: str, controller: str) -> list[str]:
+    """The folders of this process's cgroup holding controller's files, each followed by those above it
+    (cgroup v2's one hierarchy, or v1's for controller); self_cgroup is /proc/self/cgroup."""
+    folders = []
     for line in self_cgroup.splitlines():
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if hierarchy == "0" and not controllers:  # cgroup v2
-            for folder in _ancestors("/sys/fs/cgroup", path):
-                quota, _, period = (read(f"{folder}/cpu.max") or "").partition(" ")
-                if quota.isdigit() and period.strip().isdigit():
-                    limits.append(int(quota) / int(period))
-        elif "cpu" in controllers.split(","):  # cgroup v1
-            for folder in _ancestors(f"/sys/fs/cgroup/{controllers}", path):
-                quota, period = read(f"{folder}/cpu.cfs_quota_us"), read(f"{folder}/cpu.cfs_period_us")
-                if quota and period and quota.strip().isdigit() and int(period) > 0:  # -1: unlimited
-                    limits.append(int(quota) / int(period))
+            folders += _ancestors("/sys/fs/cgroup", path)
+        elif controller in controllers.split(","):  # cgroup v1
+            folders += _ancestors(f"/sys/fs/cgroup/{controllers}", path)
+    return folders
+
+
+def cpu_limit(read: Callable[[str], str | None], self_cgroup: str) -> float | None:
+    """The CPU quota of this process's cgroup (the pod's CPU limit), the smallest along its path to the
+    root; None when unlimited. read(path) returns a file's text or None."""
+    limits = []
+    for folder in cgroup_folders(self_cgroup, "cpu"):
+        quota, _, period = (read(f"{folder}/cpu.max") or "").partition(" ")  # v2
+        if quota.isdigit() and period.strip().isdigit():
+            limits.append(int(quota) / int(period))
+        quota, period = read(f"{folder}/cpu.cfs_quota_us"), read(f"{folder}/cpu.cfs_period_us")  # v1
+        if quota and period and quota.strip().isdigit() and int(period) > 0:  # -1: unlimited
+            limits.append(int(quota) / int(period))
     return min(limits) if limits else None
+
+
+def memory_limit(read: Callable[[str], str | None], self_cgroup: str) -> int | None:
+    """The memory limit of this process's cgroup (the pod's), the smallest along its path; None when
+    unlimited ("max" in v2; v1 writes a page-rounded 2**63 for none, which the machine's memory undercuts)."""
+    limits = [int(text) for folder in cgroup_folders(self_cgroup, "memory")
+              for name in ("memory.max", "memory.limit_in_bytes")
+              if (text := (read(f"{folder}/{name}") or "").strip()).isdigit()]
+    return min(limits) if limits else None
+
+
+def mem_total(meminfo: str) -> int | None:
+    """MemTotal of /proc/meminfo, in bytes."""
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def _ancestors(mount: str, path: str) -> list[str]:
@@ -203,6 +228,13 @@ def read_text(path: str) -> str | None:
 
 def node_cpu_limit() -> float | None:
     return cpu_limit(read_text, read_text("/proc/self/cgroup") or "")
+
+
+def host_memory_bytes() -> int | None:
+    """The host memory this node's job may use: the machine's, or the pod's limit where that is less."""
+    known = [m for m in (mem_total(read_text("/proc/meminfo") or ""),
+                         memory_limit(read_text, read_text("/proc/self/cgroup") or "")) if m]
+    return min(known) if known else None
 
 
 # --- the workers' environment

@@ -213,8 +213,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("fp16", bool, False, "Train in float16.", ARGS, TRANSFORMERS),
     Knob("gradient_checkpointing", bool | Literal["auto"], "auto", "Recompute activations to save GPU memory. "
          "auto (on the spec: unset): off where the GPU estimate fits without it at the least offload, else on "
-         "(decided with the offload; the job's status and start-up log say so); on CPU, on (LLaMA-Factory turns it "
-         "on unless disable_gradient_checkpointing). The loss is the same either way.", ARGS, LLAMAFACTORY,
+         "(decided with the offload; the job's status and start-up log say so); with no GPU, off where the "
+         "estimate fits the node's memory with a margin (the pod's limit where it has one), else on. "
+         "LLaMA-Factory turns it on unless disable_gradient_checkpointing. The loss is the same either way.", ARGS,
+         LLAMAFACTORY,
          spec="training.gradientCheckpointing", spec_type=bool | None, spec_default=None,
          arg="activation_checkpointing"),  # transformers 5's name; gradient_checkpointing is its deprecated alias
     Knob("label_smoothing_factor", float, 0.0, "Label smoothing of the cross-entropy over target tokens.", HYFT,

@@ -18,6 +18,8 @@ from .fsdp import DEEPSPEED, FSDP
 
 AUTO = "auto"
 GPU_MARGIN = 0.9  # of the GPU's memory: the caching allocator's fragmentation and what the estimate misses
+# of a CPU node's memory: the allocator, the data pipeline, page cache the job reads through
+HOST_MARGIN = 0.8
 
 # What each ZeRO stage can offload, least first (DeepSpeed offloads parameters only under ZeRO-3).
 OPTIONS = {0: ((False, False),), 2: ((False, False), (True, False)),
@@ -60,14 +62,15 @@ class Decision:
 
 
 def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: bool | str,
-           gpu_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
+           memory_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
            without_recompute: list[Estimate] = (), engine: str = DEEPSPEED) -> Decision:
     """The switches for stage: those set stay as set; the "auto" ones take the least costly plan whose GPU
-    figure is within GPU_MARGIN of gpu_bytes (least offload first, at each without recomputation first), or
-    the most offload (recomputing) when none is. gpu_bytes None (unknown): the most, undecided. estimates:
-    estimate.estimate's options for this job with recomputation as set (auto: on), without_recompute: with
-    it off (read when recompute is auto). Both unused on CPU, where recomputation stays on (LLaMA-Factory's
-    default) and only the optimizer is offloaded (nothing under FSDP2, whose offload needs a GPU)."""
+    figure is within GPU_MARGIN of memory_bytes, one GPU's (least offload first, at each without
+    recomputation first), or the most offload (recomputing) when none is. memory_bytes None (unknown): the
+    most, undecided. estimates: estimate.estimate's options for this job with recomputation as set (auto:
+    on), without_recompute: with it off (read when recompute is auto). On CPU the offload is fixed (only the
+    optimizer, for DeepSpeed's CPU Adam; nothing under FSDP2, whose offload needs a GPU) and memory_bytes is
+    the node's host memory: recomputation is dropped where the host figure fits within HOST_MARGIN of it."""
     auto_recompute = recompute == AUTO
     if optimizer != AUTO and param != AUTO and not auto_recompute:
         return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute))
@@ -76,20 +79,12 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
         return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False)
     recomputes = (False, True) if auto_recompute else (bool(recompute),)
     most = allowed[-1]
-    if not on_gpu and engine == FSDP:
-        return Decision(False, False, decided=True, recompute=recomputes[-1],
-                        message="offload none: no GPU, FSDP2 keeps everything in host memory already")
-    if not on_gpu:  # DeepSpeed's CPU Adam, and the parameters left in place: offloading them would copy host
-        # memory to host memory every step and save none (Tencent's recipe does the same)
-        cpu = max(allowed, key=lambda o: (o[0], not o[1]))
-        why = ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * cpu[0] + \
-            ["the parameters stay where they are (host memory already)"] * (stage == 3 and not cpu[1])
-        return Decision(*cpu, decided=True, recompute=recomputes[-1],
-                        message=f"offload {label(*cpu)}: {', '.join(why)}" if stage else "")
-    if gpu_bytes is None:
+    if not on_gpu:
+        return on_cpu(allowed, stage, engine, recompute, memory_bytes, without_recompute)
+    if memory_bytes is None:
         return Decision(*most, decided=False, recompute=recomputes[-1],
                         message=f"offload {label(*most)} until the GPU's memory is known")
-    usable = GPU_MARGIN * gpu_bytes
+    usable = GPU_MARGIN * memory_bytes
 
     def need(option: tuple[bool, bool], recomputing: bool) -> float:
         figures = without_recompute if auto_recompute and not recomputing else estimates
@@ -106,7 +101,35 @@ def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: 
     checkpointing = f", gradient checkpointing {'on' if recomputing else 'off'}" if auto_recompute else ""
     return Decision(*chosen, decided=True, fits=fits, recompute=recomputing,
                     message=f"offload {label(*chosen)}{checkpointing} ({verdict}): per GPU {figures}; usable "
-                            f"{usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of {gpu_bytes / GIB:.1f} GiB)")
+                            f"{usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of {memory_bytes / GIB:.1f} GiB)")
+
+
+def on_cpu(allowed: list[tuple[bool, bool]], stage: int, engine: str, recompute: bool | str,
+           host_bytes: float | None, without_recompute: list[Estimate]) -> Decision:
+    """decide() on a node with no GPU. The offload: DeepSpeed's CPU Adam, and the parameters left in place
+    (offloading them would copy host memory to host memory every step and save none; Tencent's recipe does
+    the same); nothing under FSDP2, which keeps everything in host memory already. Recomputation auto: off
+    where the job's host figure without it fits within HOST_MARGIN of host_bytes (the node's memory, the
+    pod's limit where it has one), else on (LLaMA-Factory's default); undecided while host_bytes is unknown
+    (the operator leaves it to the node)."""
+    chosen = (False, False) if engine == FSDP else max(allowed, key=lambda o: (o[0], not o[1]))
+    why = (["no GPU, FSDP2 keeps everything in host memory already"] if engine == FSDP else
+           ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * chosen[0]
+           + ["the parameters stay where they are (host memory already)"] * (stage == 3 and not chosen[1]))
+    said = [f"offload {label(*chosen)}: {', '.join(why)}"] if stage or engine == FSDP else []
+    if recompute != AUTO:
+        return Decision(*chosen, decided=True, recompute=bool(recompute), message="; ".join(said))
+    if host_bytes is None or not without_recompute:
+        unknown = "gradient checkpointing on until the node's memory and the model's size are known"
+        return Decision(*chosen, decided=False, recompute=True, message="; ".join(said + [unknown]))
+    need = next(e.host_bytes_per_node for e in without_recompute
+                if (e.engine, e.stage, e.offload) == (engine, stage, label(*chosen)))
+    usable = HOST_MARGIN * host_bytes
+    fits = need <= usable
+    said.append(f"gradient checkpointing {'off' if fits else 'on'} (host memory without it {need / GIB:.1f} GiB "
+                f"{'within' if fits else 'over'} {usable / GIB:.1f} GiB, {HOST_MARGIN:.0%} of the node's "
+                f"{host_bytes / GIB:.1f} GiB)")
+    return Decision(*chosen, decided=True, recompute=not fits, message="; ".join(said))
 
 
 def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, method: str | None = None,
@@ -120,30 +143,34 @@ def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, m
                     merge=config.merge_lora, weight_bits=config.quantization_bit or 16)
 
 
-def resolve(config, shape: Shape | None, gpu_bytes: float | None, nodes: int, per_node: int, on_gpu: bool):
-    """(config with concrete offload and gradient checkpointing switches, the Decision). A brought DeepSpeed
-    JSON decides the offload itself (and an auto gradient checkpointing stays on)."""
+def resolve(config, shape: Shape | None, memory_bytes: float | None, nodes: int, per_node: int, on_gpu: bool):
+    """(config with concrete offload and gradient checkpointing switches, the Decision); memory_bytes: one
+    GPU's, or with no GPU the node's host memory. A brought DeepSpeed JSON decides the offload itself (and an
+    auto gradient checkpointing stays on)."""
     if config.deepspeed is not None:
         recompute = config.gradient_checkpointing is not False
         return (config.model_copy(update={"gradient_checkpointing": recompute}),
                 Decision(False, False, decided=False, recompute=recompute))
-    known = bool(shape and on_gpu and gpu_bytes)
+    known = bool(shape and memory_bytes)
     estimates = options_for(config, shape, nodes, per_node, on_gpu) if known else []
     without = options_for(config, shape, nodes, per_node, on_gpu, recompute=False) \
         if known and config.gradient_checkpointing == AUTO else []
     decision = decide(estimates, config.zero_stage, config.offload_optimizer, config.offload_param,
-                      gpu_bytes if estimates else None, on_gpu, config.gradient_checkpointing, without, config.engine)
+                      memory_bytes if known else None, on_gpu, config.gradient_checkpointing, without,
+                      config.engine)
     return config.model_copy(update={"offload_optimizer": decision.optimizer, "offload_param": decision.param,
                                      "gradient_checkpointing": decision.recompute}), decision
 
 
 def for_node(config, memory: tuple[int, ...], nodes: int, per_node: int):
-    """resolve() as a node decides: from the smallest of its GPUs and the model folder's config.json (the
-    launcher and each worker alike: the same inputs give the same decision)."""
+    """resolve() as a node decides: from the smallest of its GPUs (with none, the node's host memory) and the
+    model folder's config.json (the launcher and each worker alike: the same inputs give the same decision)."""
     from .estimate import load_shape
+    from .gpus import host_memory_bytes
 
     try:
         shape = load_shape(config.model_name_or_path)
     except (OSError, KeyError, ValueError):
         shape = None
-    return resolve(config, shape, min(memory) if memory else None, nodes, per_node, on_gpu=bool(memory))
+    return resolve(config, shape, min(memory) if memory else host_memory_bytes(), nodes, per_node,
+                   on_gpu=bool(memory))
