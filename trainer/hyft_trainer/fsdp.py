@@ -27,7 +27,9 @@ PASSED = {
     "transformer_layer_cls_to_wrap": "the module classes that are FSDP units (default: the model's decoder layer)",
     "auto_wrap_policy": "TRANSFORMER_BASED_WRAP (default) or SIZE_BASED_WRAP",
     "min_num_params": "SIZE_BASED_WRAP: the parameters of one unit",
-    "cpu_ram_efficient_loading": "load the weights on global rank 0 only and broadcast them (host memory)",
+    "cpu_ram_efficient_loading": "accelerate shards the model from global rank 0's weights, broadcast; with "
+                                 "transformers 5 every rank still reads the whole model at load, so it saves no "
+                                 "host memory (report.json: host_model_bytes_at_load_by_rank)",
 }
 # fsdp_config keys read as hyft's settings: the setting
 READ_AS = {

@@ -264,7 +264,8 @@ def train(config: TrainerConfig) -> int:
                                                  trust_remote_code=remote, **loading)
     model.config.use_cache = False  # training; also lets packed rows get their block-diagonal mask
     # the model's own memory in this process: under ZeRO-3 its shard only
-    measured = {"host_model_bytes_at_load": _anon_rss() - before_load if before_load is not None else None}
+    held = _anon_rss() - before_load if before_load is not None else None
+    measured = {"host_model_bytes_at_load": held, "host_model_bytes_at_load_by_rank": _gathered(state, held)}
     collator = PaddingCollator(tokenizer.pad_token_id, _batch_log(state), keeps_trained_logits(model),
                                documents=kernel == attention.VARLEN)
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
