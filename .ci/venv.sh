@@ -15,5 +15,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing hyft[operator,trainer,dev] into $venv"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "$here[operator,trainer,dev]"
+  bash "$here/docker/install-gptq.sh" "$venv/bin/pip" "$here/pyproject.toml"
   echo "$want" > "$stamp"
 fi

@@ -33,11 +33,14 @@ RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt;
     && mkdir -p /opt/venv/share/hyft \
     && pip install --no-cache-dir "torch==2.11.0" "setuptools==80.9.0" \
     && DS_ACCELERATOR=cuda DS_BUILD_CPU_ADAM=1 pip install --no-cache-dir --no-build-isolation "deepspeed==0.19.8"
+# Then the gptq extra (GPTQ-quantized bases), as docker/install-gptq.sh says.
 COPY pyproject.toml ./
+COPY docker/install-gptq.sh /tmp/install-gptq.sh
 # hadolint ignore=DL3013
 RUN if [ -f /tmp/pip-ca/build.crt ]; then export PIP_CERT=/tmp/pip-ca/build.crt; fi \
     && mkdir -p operator/hyft_operator trainer/hyft_trainer envtest/hyft_envtest && touch README.md \
     && pip install --no-cache-dir ".[trainer]" \
+    && bash /tmp/install-gptq.sh /opt/venv/bin/pip pyproject.toml \
     && pip uninstall -y hyft
 
 FROM debian:bookworm-slim

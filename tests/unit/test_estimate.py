@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -88,6 +89,29 @@ def test_reads_a_model_folder_and_marks_what_fits(tmp_path):
     assert shape.head_dim == 16 and shape.params < 200_000
     text = render(load_shape("7B"), estimate(load_shape("7B"), 1, 1), gpu_memory_gib=24)
     assert "ZeRO-3, offload params+optimizer" in text and "  yes" in text and "  no" in text
+    assert shape.weight_bits == 16
+
+
+def test_a_gptq_folder_is_priced_at_its_own_bits(tmp_path):
+    """A GPTQ model folder (quantization_config.bits 4, as Tencent's Hunyuan-*-GPTQ-Int4): its LoRA job is
+    priced as QLoRA at 4 bits, by hyft estimate and by the offload decision's options alike."""
+    from hyft_trainer.config import parse_config
+    from hyft_trainer.offload import options_for
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hidden_size": 2048, "num_hidden_layers": 32, "num_attention_heads": 16, "num_key_value_heads": 4,
+        "head_dim": 128, "intermediate_size": 6144, "vocab_size": 120818, "tie_word_embeddings": True,
+        "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True}}))
+    shape = load_shape(str(tmp_path))
+    assert shape.weight_bits == 4
+    job = parse_config({"model_name_or_path": str(tmp_path), "data_files": [{"path": "/d"}], "zero_stage": 2})
+    zero2 = (2, "none")
+    priced = next(e for e in options_for(job, shape, 1, 1, on_gpu=True) if (e.stage, e.offload) == zero2)
+    sixteen = next(e for e in estimate(replace(shape, weight_bits=16), 1, 1, "lora", seq=job.cutoff_len,
+                                       half_precision=False) if (e.stage, e.offload) == zero2)
+    four = next(e for e in estimate(replace(shape, weight_bits=16), 1, 1, "lora", seq=job.cutoff_len,
+                                    half_precision=False, weight_bits=4) if (e.stage, e.offload) == zero2)
+    assert priced == four and priced.gpu_bytes_per_device < sixteen.gpu_bytes_per_device
 
 
 def test_a_gpu_process_counts_cuda_and_nccl_and_a_cpu_process_neither():

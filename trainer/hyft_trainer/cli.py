@@ -62,7 +62,8 @@ def cmd_estimate(args: argparse.Namespace) -> None:
     except (OSError, KeyError, ValueError) as err:
         sys.exit(f"--model {model}: not a size name (0.5B, 1.8B, 4B, 7B) or a readable config.json: {err}")
     results = estimate(shape, args.nodes, args.gpus_per_node, args.method, args.lora_rank, args.batch, args.seq,
-                       not args.no_checkpointing, merge=args.merge, weight_bits=args.quantization_bit or 16)
+                       not args.no_checkpointing, merge=args.merge,
+                       weight_bits=args.quantization_bit or shape.weight_bits)
     print(render(shape, results, args.gpu_memory))
 
 

@@ -46,6 +46,7 @@ class Shape:
     experts: int = 0  # MoE: routed experts per layer (0: a dense model, one MLP)
     topk: int = 0  # MoE: experts each token is routed to
     shared_experts: int = 0  # MoE: experts every token goes through
+    weight_bits: int = 16  # a GPTQ/AWQ folder's own quantization (its config's quantization_config.bits)
 
     def _layer(self, mlps: int) -> int:
         h, hd = self.hidden, self.head_dim
@@ -104,7 +105,8 @@ def load_shape(model: str) -> Shape:
                  else cfg["intermediate_size"],
                  vocab=cfg["vocab_size"], tied=cfg.get("tie_word_embeddings", False),
                  experts=experts if moe else 0, topk=_per_layer(cfg.get("moe_topk") or 1) if moe else 0,
-                 shared_experts=_per_layer(cfg.get("num_shared_expert", 1)) if moe else 0)
+                 shared_experts=_per_layer(cfg.get("num_shared_expert", 1)) if moe else 0,
+                 weight_bits=(cfg.get("quantization_config") or {}).get("bits") or 16)
 
 
 def _per_layer(value: int | list[int]) -> int:

@@ -2,6 +2,7 @@
 quantized base model allows."""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from . import attention
@@ -89,6 +90,8 @@ def apply_method(model, config: TrainerConfig):
         from peft import LoraConfig, get_peft_model
 
         settings = method_settings(config, 0, moe=bool(moe_blocks(model)))
+        if settings["target_modules"] == "all-linear" and base_quantization(model.config) in PREQUANTIZED:
+            settings["target_modules"] = linear_names(model)
         settings.update(parameter_targets(model, settings["target_modules"]))
         _unmatched("additional_target", settings.get("modules_to_save", []),
                    [n for n, _ in model.named_parameters()])
@@ -113,8 +116,6 @@ def apply_method(model, config: TrainerConfig):
 
 def attention_kernel(config: TrainerConfig, on_gpu: bool) -> tuple[str, str]:
     """attention.choose for this process's GPU (registering varlen with transformers)."""
-    import importlib.util
-
     import torch
 
     capability = torch.cuda.get_device_capability() if on_gpu else None
@@ -127,14 +128,46 @@ def attention_kernel(config: TrainerConfig, on_gpu: bool) -> tuple[str, str]:
     return kernel
 
 
-def check_model(config: TrainerConfig, model_config) -> None:
+# quantization methods whose models arrive quantized (their config's quantization_config), loaded by gptqmodel
+PREQUANTIZED = ("gptq", "awq")
+
+
+def base_quantization(model_config, key: str = "quant_method"):
+    """A key of the model's own quantization_config (a GPTQ/AWQ folder's: quant_method, bits), or None; loaded,
+    transformers holds it as an object, quant_method an enum."""
     quant = getattr(model_config, "quantization_config", None)
-    method = (quant or {}).get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    value = (quant or {}).get(key) if isinstance(quant, dict) else getattr(quant, key, None)
+    return str(getattr(value, "value", value)).lower() if key == "quant_method" and value else value
+
+
+def linear_names(model) -> list[str]:
+    """lora_target all on a GPTQ/AWQ base: peft's all-linear matches torch.nn.Linear alone, which gptqmodel's
+    quantized layers are not: the leaf names of every linear layer, quantized or not, but the output layer
+    (peft's rule); the layers the model left unquantized stay targets."""
+    import torch
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    output = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, BaseQuantLinear)) and module is not output})
+
+
+def check_model(config: TrainerConfig, model_config) -> None:
+    method = base_quantization(model_config)
     if method and config.quantization_bit:
         raise ConfigError(f"quantization_bit: the base model is {method.upper()}-quantized already (its config's "
                           "quantization_config): remove quantization_bit, or point model_name_or_path at the "
                           "16-bit model")
-    if method in ("gptq", "awq"):
+    if method in PREQUANTIZED:
+        if missing := [m for m in ("gptqmodel", "optimum") if importlib.util.find_spec(m) is None]:
+            raise ConfigError(f"the base model is {method.upper()}-quantized, and loading it needs "
+                              f"{' and '.join(missing)}, which this environment lacks: use hyft's trainer image, "
+                              "or install hyft's gptq extra with docker/install-gptq.sh")
+        if config.merge_lora:
+            raise ConfigError(f"merge_lora: the base model is {method.upper()}-quantized, and a LoRA cannot be merged "
+                              "into its quantized weights: leave merge_lora off and merge the exported adapter onto "
+                              "the 16-bit model the quantized one was made from (model_name_or_path: that model, "
+                              "with peft's PeftModel.from_pretrained(...).merge_and_unload())")
         if config.zero_stage == 3 or config.deepspeed is not None:
             raise ConfigError(f"the base model is {method.upper()}-quantized: it cannot be sharded by "
                               f"{'FSDP2' if config.engine == FSDP else 'ZeRO-3'}; use engine deepspeed with "

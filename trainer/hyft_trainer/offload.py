@@ -140,7 +140,7 @@ def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, m
     return estimate(shape, nodes, per_node, method or ("lora" if config.finetuning_type == "lora" else "full"),
                     config.lora_rank, config.per_device_train_batch_size, config.cutoff_len,
                     recompute, half_precision=config.bf16 or config.fp16, on_gpu=on_gpu,
-                    merge=config.merge_lora, weight_bits=config.quantization_bit or 16)
+                    merge=config.merge_lora, weight_bits=config.quantization_bit or shape.weight_bits)
 
 
 def resolve(config, shape: Shape | None, memory_bytes: float | None, nodes: int, per_node: int, on_gpu: bool):

@@ -11,6 +11,7 @@ one. Loadable offline with AutoModelForCausalLM / AutoTokenizer.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .a13b_tools import with_tools
@@ -82,3 +83,23 @@ def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers:
     (out / "hyft_tiny.json").write_text(json.dumps({"family": family, "seed": seed,
                                                      "parameters": sum(p.numel() for p in model.parameters())}))
     return out
+
+
+def quantize_gptq(src: str | Path, out: str | Path, bits: int = 4, group_size: int = 32) -> Path:
+    """A GPTQ copy of a tiny model, made as Tencent's Hunyuan-*-GPTQ-Int4 are (desc_act; the embeddings and
+    lm_head left unquantized), by gptqmodel on the CPU from calibration text of the tokenizer's own corpus.
+    Run it in a process of its own, in a folder of its own: gptqmodel sets environment variables as it is
+    imported, writes its log under ./logs, and sizes its
+    worker pools from them (GPTQMODEL_CPU_WORKERS: its model loader asks for 2, which a 2-core machine's default
+    of 1 refuses)."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
+                   for ids in (tokenizer(text)["input_ids"] for text in _corpus()[:32]) if ids]
+    model = GPTQModel.load(str(src), QuantizeConfig(bits=bits, group_size=group_size, desc_act=True), device="cpu")
+    model.quantize(calibration, batch_size=4)
+    model.save(str(out))
+    return Path(out)

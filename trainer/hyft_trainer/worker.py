@@ -24,7 +24,16 @@ from .estimate import load_shape
 from .fsdp import FSDP
 from .knobs import ARGS, KNOBS
 from .loading import DataError
-from .model_setup import apply_method, attention_kernel, check_model, quantized_loading, trainer_class, upcast_norms
+from .model_setup import (
+    PREQUANTIZED,
+    apply_method,
+    attention_kernel,
+    base_quantization,
+    check_model,
+    quantized_loading,
+    trainer_class,
+    upcast_norms,
+)
 from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
 from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
@@ -270,9 +279,13 @@ def train(config: TrainerConfig) -> int:
                                documents=kernel == attention.VARLEN)
     measured["logits"] = "trained positions" if collator.keep_trained_logits else "every position"
     measured["data_cache"] = cache
-    # QLoRA: what bitsandbytes made of the base (its quantized layers, counted)
-    measured["quantization"] = {"method": config.quantization_method, "bits": config.quantization_bit, "layers": sum(
-        type(m).__module__.startswith("bitsandbytes") for m in model.modules())} if quantized else None
+    # QLoRA: what bitsandbytes made of the base; a GPTQ/AWQ base: what gptqmodel loaded (quantized layers, counted)
+    method = config.quantization_method if quantized else base_quantization(model.config)
+    library = "bitsandbytes" if quantized else "gptqmodel"
+    measured["quantization"] = {
+        "method": method, "bits": config.quantization_bit or base_quantization(model.config, "bits"),
+        "layers": sum(type(m).__module__.startswith(library) for m in model.modules())} \
+        if quantized or method in PREQUANTIZED else None
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
                     attention={"implementation": kernel, "why": kernel_why},
                     offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
