@@ -15,18 +15,24 @@ from hyft_trainer.estimate import GIB, Shape
 from .api import HunyuanFineTune
 
 SIZE_IN_NAME = re.compile(r"(?<![0-9.])([Aa]?)([0-9]+(?:\.[0-9]+)?)[Bb](?![A-Za-z])")  # 7B, 1.8B, A13B
+# Tencent's quantized releases name their bits: Hunyuan-1.8B-Instruct-GPTQ-Int4, Hunyuan-7B-Instruct-AWQ-Int4
+BITS_IN_NAME = re.compile(r"(?:GPTQ|AWQ)-Int(4|8)(?![0-9])", re.IGNORECASE)
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set on GPU nodes by NVIDIA's GPU feature discovery
 
 
 def model_shape(job: HunyuanFineTune) -> tuple[Shape, str] | None:
-    """The model's shape from the spec: its parameters, or a size in its path's name."""
+    """The model's shape from the spec: its parameters, or a size in its path's name; its weights at the bits a
+    GPTQ/AWQ release names in the path (the folder's quantization_config, which the operator cannot read)."""
+    path = job.spec.model.path
+    bits = next((int(b) for b in BITS_IN_NAME.findall(path)), 16)
+    quantized = f", {bits}-bit weights from the model path" if bits < 16 else ""
     if job.spec.model.parameters:
         size = job.spec.model.parameters.upper()
-        return Shape(**SIZES[size]), f"model.parameters {size}"
-    for active, size in SIZE_IN_NAME.findall(job.spec.model.path)[::-1]:
+        return Shape(**SIZES[size], weight_bits=bits), f"model.parameters {size}{quantized}"
+    for active, size in SIZE_IN_NAME.findall(path)[::-1]:
         name = f"{active.upper()}{float(size):g}B"
         if name in SIZES:
-            return Shape(**SIZES[name]), f"{name}, from the model path"
+            return Shape(**SIZES[name], weight_bits=bits), f"{name}, from the model path{quantized}"
     return None
 
 

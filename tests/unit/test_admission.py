@@ -75,3 +75,24 @@ def test_hyft_estimate_f_prints_what_the_condition_says(tmp_path, capsys):
     out = capsys.readouterr().out
     message = admission.check_memory(api.HunyuanFineTune.model_validate(body)).message
     assert message in out and "ZeRO-3, offload params+optimizer" in out
+
+
+def test_a_gptq_release_named_in_the_model_path_is_priced_at_its_bits():
+    """Tencent's Hunyuan-7B-Instruct-GPTQ-Int4 on the cluster: the operator cannot read its config.json, so
+    the bits its name gives price the weights, as the trainer's own estimate would from the folder."""
+    from hyft_operator import sizing
+    from tests.jobs import cpu_job
+
+    def lora(path):
+        body = cpu_job("q", nodes=1, gpusPerNode=1, training={"precision": "bf16"}, method={"type": "lora"},
+                       deepspeed={"stage": 2}, gpuMemory="24Gi", memory="64Gi")
+        body["spec"]["model"]["path"] = path
+        return api.HunyuanFineTune.model_validate(body)
+
+    plain, gptq = lora("models/Hunyuan-7B-Instruct"), lora("models/Hunyuan-7B-Instruct-GPTQ-Int4")
+    shape, where = sizing.model_shape(gptq)
+    assert shape.weight_bits == 4 and where == "7B, from the model path, 4-bit weights from the model path"
+    assert sizing.model_shape(plain)[0].weight_bits == 16
+    assert sizing.model_shape(lora("models/Hunyuan-7B-Instruct-AWQ-Int8"))[0].weight_bits == 8
+    priced, sixteen = (admission.check_memory(j).estimate for j in (gptq, plain))
+    assert priced.gpu_bytes_per_device < sixteen.gpu_bytes_per_device
