@@ -720,38 +720,43 @@ def test_without_a_gpu_recomputation_is_dropped_only_where_the_pods_memory_holds
     assert losses(limited) == pytest.approx(losses(free), abs=1e-5)
 
 
-@pytest.fixture(scope="module")
-def tiny_gptq(tiny, tmp_path_factory):
-    """The tiny model quantized to 4-bit GPTQ by gptqmodel on the CPU (in a process of its own, in a folder of
-    its own: gptqmodel writes its quantization log under the working directory's logs/)."""
-    out = tmp_path_factory.mktemp("models") / "tiny-gptq"
-    subprocess.run([sys.executable, "-c", "import sys; from hyft_trainer.tiny import quantize_gptq; "
-                    "quantize_gptq(sys.argv[1], sys.argv[2])", str(tiny), str(out)],
-                   check=True, capture_output=True, timeout=RUN_TIMEOUT, cwd=out.parent)
-    return out
+@pytest.fixture(scope="module", params=["gptq", "awq"])
+def tiny_quantized(request, tmp_path_factory):
+    """A tiny model, 128 wide (AWQ's clip search needs it), quantized to 4 bits by gptqmodel on the CPU (in a
+    process of its own, in a folder of its own: gptqmodel writes its quantization log under the working
+    directory's logs/)."""
+    from hyft_trainer.tiny import build
+
+    models = tmp_path_factory.mktemp("models")
+    src, out = build(models / "tiny-128", "small", hidden_size=128), models / f"tiny-{request.param}"
+    subprocess.run([sys.executable, "-c", "import sys; from hyft_trainer.tiny import quantize; "
+                    "quantize(sys.argv[1], sys.argv[2], sys.argv[3])", str(src), str(out), request.param],
+                   check=True, capture_output=True, timeout=RUN_TIMEOUT, cwd=models)
+    return request.param, out
 
 
-def test_lora_trains_on_a_gptq_base_on_two_ranks(tiny_gptq, memorisable, tmp_path):
-    """A GPTQ-quantized base (4 bits, desc_act, as Tencent's Hunyuan-*-GPTQ-Int4) loads through its own
-    quantization_config (transformers, optimum, gptqmodel's torch kernel on CPU) and trains LoRA on 2 ranks
-    (DDP, ZeRO-3 being refused): lora_target all adapts the quantized projections, the loss falls, the adapter
-    is exported and report.json counts the quantized layers; merge_lora is refused with what to do."""
-    assert json.loads((tiny_gptq / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
-    config = write_config(tmp_path, tiny_gptq, memorisable, zero_stage=0, offload_optimizer=False,
+def test_lora_trains_on_a_gptq_or_awq_base_on_two_ranks(tiny_quantized, memorisable, tmp_path):
+    """A GPTQ- or AWQ-quantized base (4 bits, as Tencent's Hunyuan-*-GPTQ-Int4 and -AWQ-Int4) loads through its
+    own quantization_config (transformers, gptqmodel's torch kernels on CPU) and trains LoRA on 2 ranks (DDP,
+    ZeRO-3 being refused): lora_target all adapts the quantized projections, the loss falls, the adapter is
+    exported and report.json counts the quantized layers; merge_lora is refused with what to do."""
+    method, model = tiny_quantized
+    assert json.loads((model / "config.json").read_text())["quantization_config"]["quant_method"] == method
+    config = write_config(tmp_path, model, memorisable, zero_stage=0, offload_optimizer=False,
                           offload_param=False, max_steps=40, learning_rate=1e-2, lora_target="all")
     report = run(config, 2, tmp_path)
     assert report["world_size"] == 2 and report["engine"] == "ddp"
-    assert report["quantization"]["method"] == "gptq" and report["quantization"]["bits"] == 4
+    assert report["quantization"]["method"] == method and report["quantization"]["bits"] == 4
     assert report["quantization"]["layers"] >= 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     assert falls(losses(report)), losses(report)
     adapter = tmp_path / "out" / "export"
     targets = set(json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
     assert {"q_proj", "o_proj", "gate_proj", "down_proj"} <= targets, targets
     assert (adapter / "adapter_model.safetensors").is_file()
-    merging = write_config(tmp_path, tiny_gptq, memorisable, zero_stage=0, offload_optimizer=False,
+    merging = write_config(tmp_path, model, memorisable, zero_stage=0, offload_optimizer=False,
                            offload_param=False, merge_lora=True, output_dir=str(tmp_path / "merging"))
     assert wait(launch(merging, 1, tmp_path), timeout=300) == [2]
-    assert "merge_lora: the base model is GPTQ-quantized" in logs(tmp_path)
+    assert f"merge_lora: the base model is {method.upper()}-quantized" in logs(tmp_path)
 
 
 def test_zero3_with_a_gptq_base_is_refused(tiny, memorisable, tmp_path):

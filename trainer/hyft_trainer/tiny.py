@@ -85,21 +85,28 @@ def build(out: str | Path, family: str = "small", hidden_size: int = 64, layers:
     return out
 
 
-def quantize_gptq(src: str | Path, out: str | Path, bits: int = 4, group_size: int = 32) -> Path:
-    """A GPTQ copy of a tiny model, made as Tencent's Hunyuan-*-GPTQ-Int4 are (desc_act; the embeddings and
-    lm_head left unquantized), by gptqmodel on the CPU from calibration text of the tokenizer's own corpus.
+def quantize(src: str | Path, out: str | Path, method: str = "gptq", bits: int = 4, group_size: int = 32) -> Path:
+    """A GPTQ or AWQ copy of a tiny model, made as Tencent's Hunyuan-*-GPTQ-Int4 and -AWQ-Int4 are (GPTQ with
+    desc_act; AWQ in the GEMM layout; the embeddings and lm_head left unquantized), by gptqmodel on the CPU from
+    calibration text of the tokenizer's own corpus. AWQ packs with gptqmodel's torch kernel (its others need
+    CUDA), and its clip search takes a projection's output rows 64 at a time: build the model 128 wide.
     Run it in a process of its own, in a folder of its own: gptqmodel sets environment variables as it is
     imported, writes its log under ./logs, and sizes its
     worker pools from them (GPTQMODEL_CPU_WORKERS: its model loader asks for 2, which a 2-core machine's default
     of 1 refuses)."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
     calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
                    for ids in (tokenizer(text)["input_ids"] for text in _corpus()[:32]) if ids]
-    model = GPTQModel.load(str(src), QuantizeConfig(bits=bits, group_size=group_size, desc_act=True), device="cpu")
-    model.quantize(calibration, batch_size=4)
+    if method == "gptq":
+        config, backend = QuantizeConfig(bits=bits, group_size=group_size, desc_act=True), BACKEND.AUTO
+    else:
+        config = QuantizeConfig(bits=bits, group_size=group_size, quant_method="awq", format="gemm")
+        backend = BACKEND.AWQ_TORCH
+    model = GPTQModel.load(str(src), config, device="cpu")
+    model.quantize(calibration, batch_size=4, backend=backend)
     model.save(str(out))
     return Path(out)
