@@ -891,7 +891,7 @@ def test_the_data_is_prepared_once_per_job_and_the_other_node_maps_it(tiny, tmp_
 
 def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     """make gpu-check's own logic on the CPU: the fail-fast step sees exit 8, the default path trains, and so
-    do QLoRA, FSDP2 and the default plan against the recipe's."""
+    do QLoRA, FSDP2, fp16 (float32 here, said) and the default plan against the recipe's."""
     out = tmp_path / "gpu-check.json"
     proc = subprocess.run([sys.executable, "-m", "hyft_trainer.gpu_check", "--dry-run", "--out", str(out)],
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
@@ -903,6 +903,7 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["memory"]["estimate_gpu_bytes"] > 0 and result["mfu"] is None
     assert result["qlora"]["exit_code"] == 0 and result["qlora"]["quantization"]["bits"] == 4
     assert result["fsdp2"]["exit_code"] == 0 and result["fsdp2"]["engine"] == "fsdp2"
+    assert result["fp16"]["exit_code"] == 0 and result["fp16"]["overflow_skipped_steps"] == 0
     plans = result["default_vs_recipe"]
     # on a CPU the default plan offloads as the recipe does (CPU Adam) but drops recomputation, since the
     # tiny job fits this machine's memory: the same loss

@@ -7,8 +7,9 @@
 3. the default GPU path through `hyft train` (bf16, ZeRO-3 with offload, LoRA, gradient checkpointing,
    packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
    loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
-   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels), and
-   up to 10 sharded by FSDP2 instead of ZeRO-3 (engine fsdp: fully_shard, bf16 mixed precision);
+   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels),
+   up to 10 sharded by FSDP2 instead of ZeRO-3 (engine fsdp: fully_shard, bf16 mixed precision), and up to
+   10 in fp16 with DeepSpeed's dynamic loss scaling (the steps an overflow skipped);
    then up to 20 steps of it with hyft's default plan (offload and gradient checkpointing auto) and with
    the plan of Tencent's LLaMA-Factory recipe (optimizer offload, recomputation on): default_plan_vs_recipe,
    tokens/s over tokens/s, and the two losses;
@@ -142,29 +143,15 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     result["memory"] = {"estimate_gpu_bytes": planned.gpu_bytes_per_device, "measured_reserved_bytes": measured,
                         "measured_vs_estimate": measured / planned.gpu_bytes_per_device if measured else None,
                         "peak_host_rss_bytes": report.get("peak_host_rss_bytes")}
-    # 3c. QLoRA: the same path on a 4-bit base (bitsandbytes' kernels for this GPU, under ZeRO-3)
-    qlora_out = workdir / "out-qlora"
-    code, text, seconds = run_train({**config, "quantization_bit": 4, "max_steps": min(steps, 10),
-                                     "output_dir": str(qlora_out)}, workdir, 0 if dry_run else 1, "qlora")
-    result["qlora"] = {"exit_code": code, "seconds": round(seconds, 1)}
-    if code == 0 and (trained := _report(qlora_out)):
-        qlora, losses = trained
-        result["qlora"].update(quantization=qlora.get("quantization"), tokens_per_second=qlora.get(
-            "tokens_per_second"), peak_gpu_memory_by_rank=qlora.get("peak_gpu_memory_by_rank"), losses=losses)
-    else:
-        result["qlora"]["log_tail"] = text[-3000:]
-    # 3c'. FSDP2 (engine fsdp): the same LoRA job sharded by torch's fully_shard on the GPU (mixed precision)
-    fsdp_out = workdir / "out-fsdp2"
-    code, text, seconds = run_train({**config, "engine": "fsdp", "max_steps": min(steps, 10),
-                                     "offload_param": False, "offload_optimizer": False, "output_dir": str(fsdp_out)},
-                                    workdir, 0 if dry_run else 1, "fsdp2")
-    result["fsdp2"] = {"exit_code": code, "seconds": round(seconds, 1)}
-    if code == 0 and (trained := _report(fsdp_out)):
-        fsdp, losses = trained
-        result["fsdp2"].update(engine=fsdp.get("engine"), tokens_per_second=fsdp.get("tokens_per_second"),
-                               peak_gpu_memory_by_rank=fsdp.get("peak_gpu_memory_by_rank"), losses=losses)
-    else:
-        result["fsdp2"]["log_tail"] = text[-3000:]
+    # 3c. variants of the same LoRA job, up to 10 steps each: QLoRA (a 4-bit base, bitsandbytes' kernels for this
+    # GPU, under ZeRO-3); FSDP2 (engine fsdp: torch's fully_shard, bf16 mixed precision); fp16 with DeepSpeed's
+    # dynamic loss scaling (what a GPU without bf16, a T4 or V100, trains in: the steps an overflow skipped)
+    expect = 0 if dry_run else 1
+    result["qlora"] = _variant(config, workdir, expect, "qlora", {"quantization_bit": 4}, "quantization")
+    result["fsdp2"] = _variant(config, workdir, expect, "fsdp2", {"engine": "fsdp", "offload_param": False,
+                                                                  "offload_optimizer": False}, "engine")
+    result["fp16"] = _variant(config, workdir, expect, "fp16", {"bf16": False, "fp16": True},
+                              "overflow_skipped_steps")
     # 3d. hyft's default plan (offload and gradient checkpointing auto) against the plan of Tencent's LLaMA-Factory
     # recipe (ds_zero3_offload_hy.json: ZeRO-3 offloading the optimizer, recomputation on): the same job, tokens/s
     # and the loss
@@ -190,6 +177,22 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     # 5. the unit tier where CUDA is visible
     root = Path(__file__).resolve().parents[2]
     result["unit_tier"] = unit_tier(root) if on_gpu and (root / "tests").is_dir() else "skipped (dry run: CI runs it)"
+    return result
+
+
+def _variant(config: dict, workdir: Path, expect_gpus: int, name: str, settings: dict, figure: str) -> dict:
+    """The check's LoRA job with `settings`, up to 10 steps: exit code, seconds, losses, tokens/s, peak GPU
+    memory and the report's own `figure`; the log's tail where it wrote no report."""
+    out = workdir / f"out-{name}"
+    code, text, seconds = run_train({**config, **settings, "max_steps": min(config["max_steps"], 10),
+                                     "output_dir": str(out)}, workdir, expect_gpus, name)
+    result = {"exit_code": code, "seconds": round(seconds, 1)}
+    if code == 0 and (trained := _report(out)):
+        report, losses = trained
+        result.update({figure: report.get(figure)}, tokens_per_second=report.get("tokens_per_second"),
+                      peak_gpu_memory_by_rank=report.get("peak_gpu_memory_by_rank"), losses=losses)
+    else:
+        result["log_tail"] = text[-3000:]
     return result
 
 
