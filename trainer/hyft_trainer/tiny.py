@@ -101,11 +101,11 @@ def quantize(src: str | Path, out: str | Path, method: str = "gptq", bits: int =
     tokenizer = AutoTokenizer.from_pretrained(src)
     calibration = [{"input_ids": ids, "attention_mask": [1] * len(ids)}
                    for ids in (tokenizer(text)["input_ids"] for text in _corpus()[:32]) if ids]
-    if method == "gptq":
-        config, backend = QuantizeConfig(bits=bits, group_size=group_size, desc_act=True), BACKEND.AUTO
-    else:
-        config = QuantizeConfig(bits=bits, group_size=group_size, quant_method="awq", format="gemm")
-        backend = BACKEND.AWQ_TORCH
+    config, backend = {
+        "gptq": (dict(desc_act=True), BACKEND.AUTO),
+        "awq": (dict(quant_method="awq", format="gemm"), BACKEND.AWQ_TORCH),
+    }[method]
+    config = QuantizeConfig(bits=bits, group_size=group_size, **config)
     model = GPTQModel.load(str(src), config, device="cpu")
     model.quantize(calibration, batch_size=4, backend=backend)
     model.save(str(out))
