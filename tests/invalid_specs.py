@@ -81,7 +81,7 @@ CASES = [
             "spec.method.lora.merge"),
     Invalid("QLoRA on a full run", _spec(method={"type": "full", "lora": {"quantizationBit": 4}}),
             "spec.method.lora.quantizationBit"),
-    Invalid("8-bit QLoRA under ZeRO-3", _spec(method={"lora": {"quantizationBit": 8}}),
+    Invalid("8-bit QLoRA under ZeRO-3", _spec(method={"lora": {"quantizationBit": 8}}, deepspeed={"stage": 3}),
             "spec.method.lora.quantizationBit"),
     Invalid("FSDP2 with ZeRO-2", _fsdp(deepspeed={"stage": 2}), "spec.deepspeed.stage"),
     Invalid("FSDP2 offloading the optimizer alone", _fsdp(deepspeed={"offloadOptimizer": True,

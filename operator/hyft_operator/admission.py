@@ -69,27 +69,27 @@ def check_memory(job: HunyuanFineTune, shape: tuple[Shape, str] | None = None) -
     if shape is None:
         return None
     model, size = shape
-    spec, ds = job.spec, job.spec.deepspeed
+    spec = job.spec
     method = method_of(job)
     resolved, _, _ = sizing.offload_decision(job, builders.spec_config(job, with_arguments=False))
-    optimizer, param = resolved.offload_optimizer, resolved.offload_param
-    need = _need(model, job, spec.nodes, ds.stage, optimizer, param, method)
+    stage, optimizer, param = resolved.zero_stage, resolved.offload_optimizer, resolved.offload_param
+    need = _need(model, job, spec.nodes, stage, optimizer, param, method)
     limit = float(parse_quantity(spec.memory)) if spec.memory else None
     fitting: list[str] = []
     if limit is not None and need.host_bytes_per_node > limit:
-        for stage, opt, par, label in ((3, True, False, "deepspeed.offloadParams: false"),
+        for other, opt, par, label in ((3, True, False, "deepspeed.offloadParams: false"),
                                        (3, False, False, "no offload (deepspeed.offloadOptimizer: false, "
                                                          "offloadParams: false; more GPU memory)")):
-            if (stage, opt, par) != (ds.stage, optimizer, param) \
-                    and (opt, par) in offload_options(spec.training.engine, stage) \
-                    and _need(model, job, spec.nodes, stage, opt, par, method).host_bytes_per_node <= limit:
+            if (other, opt, par) != (stage, optimizer, param) \
+                    and (opt, par) in offload_options(spec.training.engine, other) \
+                    and _need(model, job, spec.nodes, other, opt, par, method).host_bytes_per_node <= limit:
                 fitting.append(label)
-        if ds.stage == 3 and optimizer:  # offloaded states shrink with every node
+        if stage == 3 and optimizer:  # offloaded states shrink with every node
             nodes = next((n for n in range(spec.nodes + 1, 513) if _need(
                 model, job, n, 3, optimizer, param, method).host_bytes_per_node <= limit), None)
             if nodes:
                 fitting.append(f"nodes: {nodes}")
-        if method == "full" and _need(model, job, spec.nodes, ds.stage, optimizer, param,
+        if method == "full" and _need(model, job, spec.nodes, stage, optimizer, param,
                                       "lora").host_bytes_per_node <= limit:
             fitting.append("method.type: lora")
     return MemoryCheck(need.host_bytes_per_node, limit, size, need, tuple(fitting))

@@ -154,7 +154,7 @@ class _DeepSpeedSpec(ApiModel):
         # has(): the CRD's own default ({}) is validated before its fields are defaulted.
         Rule("!(has(self.offloadParams) && self.offloadParams && has(self.stage) && self.stage != 3)",
              "parameter offload needs ZeRO stage 3: set offloadParams: false or leave it unset",
-             lambda d: not (d.offloadParams and d.stage != 3), field="offloadParams"),
+             lambda d: not (d.offloadParams and d.stage not in (None, 3)), field="offloadParams"),
         Rule("!(has(self.offloadOptimizer) && self.offloadOptimizer && has(self.stage) && self.stage == 0)",
              "optimizer offload needs DeepSpeed (stage 2 or 3): set offloadOptimizer: false or leave it unset",
              lambda d: not (d.offloadOptimizer and d.stage == 0), field="offloadOptimizer"),
@@ -457,15 +457,16 @@ class HunyuanFineTuneSpec(ApiModel):
              "the GPU resource is set by gpusPerNode, not network.resources",
              lambda s: s.gpuResourceName not in s.network.resources, field="network.resources"),
         Rule("!(has(self.method) && has(self.method.lora) && has(self.method.lora.quantizationBit) && "
-             "self.method.lora.quantizationBit == 8 && (!has(self.deepspeed) || !has(self.deepspeed.stage) || "
-             "self.deepspeed.stage == 3))",
+             "self.method.lora.quantizationBit == 8 && has(self.deepspeed) && has(self.deepspeed.stage) && "
+             "self.deepspeed.stage == 3)",
              "quantizationBit 8: ZeRO-3 shards 4-bit bitsandbytes weights only: use quantizationBit 4, or "
-             "deepspeed.stage 2 or 0",
+             "deepspeed.stage 2, 0 or unset",
              lambda s: not (s.method.lora.quantizationBit == 8 and s.deepspeed.stage == 3),
              field="method.lora.quantizationBit"),
         Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.stage) && self.deepspeed.stage != 3)",
              "training.engine fsdp shards like ZeRO-3: leave deepspeed.stage unset or 3",
-             lambda s: not (s.training.engine == FSDP and s.deepspeed.stage != 3), field="deepspeed.stage"),
+             lambda s: not (s.training.engine == FSDP and s.deepspeed.stage not in (None, 3)),
+             field="deepspeed.stage"),
         Rule(f"!({_FSDP} && has(self.deepspeed) && has(self.deepspeed.offloadParams) && "
              "has(self.deepspeed.offloadOptimizer) && self.deepspeed.offloadParams != self.deepspeed.offloadOptimizer)",
              "training.engine fsdp: FSDP2's CPU offload moves parameters, gradients and optimizer states together: "

@@ -227,8 +227,16 @@ def check(job: HunyuanFineTune) -> None:
     from kubernetes import client  # slow to import, and only the operator side needs it
     from kubernetes.utils import parse_quantity
 
-    trainer_config(job)
     spec = job.spec
+    unreadable = []
+    for where, text in quantities(spec):
+        try:
+            parse_quantity(text)
+        except ValueError as err:
+            unreadable.append(f"{where}: {text!r} is not a quantity the operator can read ({err})")
+    if unreadable:  # before the trainer config, whose sizing reads them
+        raise InvalidSpec("; ".join(unreadable))
+    trainer_config(job)
     objects = [("spec.scheduling.affinity", client.V1Affinity, spec.scheduling.affinity)] * bool(
         spec.scheduling.affinity)
     objects += [(f"spec.scheduling.tolerations[{i}]", client.V1Toleration, t)
@@ -241,11 +249,6 @@ def check(job: HunyuanFineTune) -> None:
             model.model_validate(value)
         except ValidationError as err:
             problems += describe(err, at=where)
-    for where, text in quantities(spec):
-        try:
-            parse_quantity(text)
-        except ValueError as err:
-            problems.append(f"{where}: {text!r} is not a quantity the operator can read ({err})")
     if problems:
         raise InvalidSpec("; ".join(problems))
 

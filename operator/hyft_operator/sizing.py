@@ -53,13 +53,17 @@ def offload_decision(job: HunyuanFineTune, config: TrainerConfig) -> tuple[Train
     spec = job.spec
     shape, memory = model_shape(job), gpu_memory(job)
     on_gpu = spec.gpusPerNode > 0  # with none, the node decides from its own (cgroup) memory
+    host = float(parse_quantity(spec.memory)) if spec.memory else None  # the pod's limit
     resolved, decision = offload.resolve(config, shape and shape[0], memory[0] if memory and on_gpu else None,
-                                         spec.nodes, max(spec.gpusPerNode, 1), on_gpu=on_gpu)
-    auto = offload.AUTO in (config.offload_optimizer, config.offload_param) and config.deepspeed is None
+                                         spec.nodes, max(spec.gpusPerNode, 1), on_gpu=on_gpu, host_bytes=host)
+    auto = offload.AUTO in (config.zero_stage, config.offload_optimizer, config.offload_param) \
+        and config.deepspeed is None
     if not auto or config.zero_stage == 0:
         status = f"offload {decision.label}" + (" (as set in spec.deepspeed)" if config.zero_stage else " (ZeRO off)")
     elif decision.decided or not on_gpu:
         status = decision.message + (f" [{memory[1]}; {shape[1]}]" if memory and shape and on_gpu else "")
+    elif memory and shape:  # a cheaper ZeRO stage fits the GPU, but the node's host memory is unknown here
+        status = f"{decision.message} (its log and report.json say what it chose); set spec.memory to decide it here"
     else:
         missing = " and ".join(w for w, known in (("the GPU's memory", memory), ("the model's size", shape))
                                if not known)

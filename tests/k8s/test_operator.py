@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 
@@ -385,7 +386,7 @@ def test_server_side_defaults_are_applied(crds, api_client, namespace):
     obj = create(api_client, namespace, cpu_job("defaults"))
     spec = obj["spec"]
     assert spec["method"]["type"] == "lora" and spec["method"]["lora"]["rank"] == 8
-    assert spec["deepspeed"] == {"stage": 3}  # offload unset: auto
+    assert spec["deepspeed"] == {}  # stage and offload unset: auto
     assert spec["runPolicy"]["backoffLimit"] == 3 and spec["masterPort"] == 29500
 
 
@@ -708,32 +709,34 @@ def test_memory_check_enforce_fails_the_job_before_any_pod(crds, api_client, op_
     assert len(events) == 1
 
 
-@pytest.mark.parametrize("size, method, gib, cutoff, chosen, recompute", [
-    ("0.5B", "lora", 80, 4096, "none", False), ("0.5B", "lora", 141, 4096, "none", False),
-    ("7B", "lora", 80, 4096, "none", False), ("7B", "lora", 141, 4096, "none", False),
-    ("7B", "full", 80, 4096, "optimizer", False),  # 2 GPUs: ~80 GiB each without offload, recomputing or not
-    ("7B", "full", 141, 4096, "none", False),
-    ("7B", "lora", 80, 16384, "none", True),  # longer rows: the activations fit only recomputed
+@pytest.mark.parametrize("size, method, gib, cutoff, memory, stage, chosen, recompute", [
+    ("0.5B", "lora", 80, 4096, "512Gi", 2, "none", False),
+    ("7B", "lora", 80, 4096, "512Gi", 2, "none", False), ("7B", "lora", 141, 4096, "512Gi", 2, "none", False),
+    ("7B", "full", 80, 4096, "512Gi", 2, "optimizer", False),  # 2 GPUs: ~80 GiB each without offload
+    ("7B", "full", 80, 4096, "128Gi", 3, "optimizer", False),  # ZeRO-2 would load 201 GiB a node: over 80%
+    ("7B", "full", 141, 4096, "128Gi", 3, "none", False),
+    ("7B", "lora", 80, 16384, "512Gi", 2, "none", True),  # longer rows: the activations fit only recomputed
 ])
 def test_offload_auto_is_decided_from_the_gpu_memory_and_said_in_status(crds, api_client, op_namespace, size, method,
-                                                                        gib, cutoff, chosen, recompute):
-    name = f"offload-{size.replace('.', '-').lower()}-{method}-{gib}-{cutoff}"
-    body = cpu_job(name, nodes=1, gpusPerNode=2, gpuMemory=f"{gib}Gi", method={"type": method},
+                                                                        gib, cutoff, memory, stage, chosen, recompute):
+    name = f"offload-{size.replace('.', '-').lower()}-{method}-{gib}-{cutoff}-{memory.lower()}"
+    body = cpu_job(name, nodes=1, gpusPerNode=2, gpuMemory=f"{gib}Gi", memory=memory, method={"type": method},
                    training={"precision": "bf16"}, data={"files": [{"volume": "shared", "path": "data/chat.jsonl"}],
                                                          "cutoffLen": cutoff})
     body["spec"]["model"]["parameters"] = size
     create(api_client, op_namespace, body)
     status = wait_for(lambda: (get(api_client, op_namespace, name).get("status") or {}).get("offload"),
                       timeout=60, what=f"{name} status.offload")
-    assert status.startswith(f"offload {chosen}, gradient checkpointing {'on' if recompute else 'off'} (the least "
-                             "that fits): per GPU none without recomputation "), status
+    assert status.startswith(f"ZeRO-{stage}, offload {chosen}, gradient checkpointing {'on' if recompute else 'off'} "
+                             "(the least that fits): per GPU ZeRO-2 none without recomputation "), status
     assert f"(90% of {gib:.1f} GiB)" in status and f"[spec.gpuMemory {gib}Gi; model.parameters {size}]" in status
+    assert f"(80% of {float(memory[:-2]):.1f} GiB)" in status
     # the status is written before the gang's objects are created: the ConfigMap follows
     config_map = wait_for(lambda: next(iter(client.CoreV1Api(api_client).list_namespaced_config_map(
         op_namespace, field_selector=f"metadata.name={name}-config").items), None), what=f"{name}'s ConfigMap")
     config = parse_config(yaml.safe_load(next(iter(config_map.data.values()))))
-    assert (config.offload_optimizer, config.offload_param) == {"none": (False, False), "optimizer": (True, False)}[
-        chosen]
+    assert (config.zero_stage, config.offload_optimizer, config.offload_param) == \
+        (stage, *{"none": (False, False), "optimizer": (True, False)}[chosen])
     assert config.gradient_checkpointing is recompute
 
 
@@ -752,7 +755,9 @@ def test_fsdp2_and_qlora_jobs_pass_admission_on_their_own_estimates(crds, api_cl
     for name in jobs:
         status = wait_for(lambda n=name: (get(api_client, op_namespace, n).get("status") or {}).get("offload"),
                           timeout=60, what=f"{name} status.offload")
-        no_offload[name] = float(status.split("per GPU none without recomputation ")[1].split(" GiB")[0])
+        # the first figure: no offload, no recomputation (at ZeRO-2, the cheaper stage, where the stage is auto)
+        no_offload[name] = float(re.search(r"per GPU (?:ZeRO-2 )?none without recomputation ([0-9.]+) GiB",
+                                           status).group(1))
         config_map = wait_for(lambda n=name: next(iter(client.CoreV1Api(api_client).list_namespaced_config_map(
             op_namespace, field_selector=f"metadata.name={n}-config").items), None), what=f"{name}'s ConfigMap")
         configs[name] = parse_config(yaml.safe_load(config_map.data["train.yaml"]))

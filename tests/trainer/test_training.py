@@ -371,6 +371,42 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve
         assert abs(a - b) <= 1e-4 * abs(a), f"shrunk to 1 rank, step {step}: {b} vs the 2-rank run's {a}"
 
 
+def test_zero_stage_auto_resumes_under_the_checkpoints_stage_and_another_stage_is_refused(tiny, twelve, tmp_path):
+    """DeepSpeed resumes a checkpoint under its own stage only, so each checkpoint records it: zero_stage auto
+    (which would choose ZeRO-2 here) resumes ZeRO-3 shards under ZeRO-3 and follows the uninterrupted run; a
+    ZeRO-2 checkpoint of 2 ranks resumes on 1 through DeepSpeed's universal checkpoint (ZeRO-2 shards of the
+    Trainer lack the state Megatron writes: injected); zero_stage 3 set against a ZeRO-2 checkpoint is
+    refused before loading, naming both stages."""
+    base = {"max_steps": 8, "gradient_accumulation_steps": 3, "finetuning_type": "lora", "learning_rate": 1e-2,
+            "offload_param": "auto", "offload_optimizer": "auto"}
+    curves, saved = {}, {}
+    for stage in (3, 2):
+        folder = subdir(tmp_path, f"zero{stage}")
+        whole = write_config(folder, tiny, twelve, save_steps=4, zero_stage=stage, output_dir=str(folder / "out"),
+                             **base)
+        curves[stage] = losses(run(whole, 2, folder))
+        saved[stage] = folder / "out" / "checkpoint-4"
+        assert json.loads((saved[stage] / "hyft_checkpoint.json").read_text())["zero_stage"] == stage
+    for stage, world in ((3, 2), (2, 1)):
+        folder = subdir(tmp_path, f"auto-from-zero{stage}-on-{world}")
+        shutil.copytree(saved[stage], folder / "out" / "checkpoint-4")
+        config = write_config(folder, tiny, twelve, save_steps=1000, zero_stage="auto",
+                              output_dir=str(folder / "out"), **base)
+        report = run(config, world, folder)
+        assert report["offload"]["zero_stage"] == stage, report["offload"]
+        assert f"ZeRO-{stage}, the stage checkpoint-4 was written under" in logs(folder)
+        resumed = losses(report)
+        assert len(resumed) == 8
+        for step, (a, b) in enumerate(zip(curves[stage][4:], resumed[4:], strict=True), 5):
+            assert abs(a - b) <= 1e-4 * abs(a), f"ZeRO-{stage} on {world}, step {step}: {b} vs {a}"
+    folder = subdir(tmp_path, "zero3-from-zero2")
+    shutil.copytree(saved[2], folder / "out" / "checkpoint-4")
+    config = write_config(folder, tiny, twelve, save_steps=1000, zero_stage=3, output_dir=str(folder / "out"), **base)
+    assert wait(launch(config, 2, folder), timeout=300) == [2, 2]
+    assert "checkpoint-4 was written under ZeRO-2, and DeepSpeed cannot resume it under ZeRO-3" in logs(folder)
+    assert "Traceback" not in logs(folder)
+
+
 @pytest.mark.parametrize("method", [{"finetuning_type": "lora", "learning_rate": 1e-2},
                                     {"finetuning_type": "full", "learning_rate": 1e-3}], ids=["lora", "full"])
 def test_fsdp2_follows_zero3_and_its_checkpoint_resumes_on_one_rank(tiny, twelve, tmp_path, method):
@@ -716,7 +752,8 @@ def test_without_a_gpu_recomputation_is_dropped_only_where_the_pods_memory_holds
     with limited_cgroup("memory", {"memory.limit_in_bytes": str(limit)}, {"memory.max": str(limit)}) as wrapper:
         limited = run(config, 1, tmp_path, wrapper=wrapper)
     assert limited["offload"]["gradient_checkpointing"] is True, limited["offload"]
-    assert f"gradient checkpointing on (host memory without it {need / 2**30:.1f} GiB over" in logs(tmp_path)
+    assert f"gradient checkpointing on (host memory: optimizer without recomputation {need / 2**30:.1f} GiB" in \
+        logs(tmp_path)
     assert losses(limited) == pytest.approx(losses(free), abs=1e-5)
 
 
@@ -905,13 +942,14 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["fsdp2"]["exit_code"] == 0 and result["fsdp2"]["engine"] == "fsdp2"
     assert result["fp16"]["exit_code"] == 0 and result["fp16"]["overflow_skipped_steps"] == 0
     plans = result["default_vs_recipe"]
-    # on a CPU the default plan offloads as the recipe does (CPU Adam) but drops recomputation, since the
-    # tiny job fits this machine's memory: the same loss
-    chosen = [{k: plans[p]["offload"][k] for k in ("optimizer", "param", "gradient_checkpointing")}
+    # on a CPU the default plan offloads as the recipe does (CPU Adam) but takes ZeRO-2 and drops
+    # recomputation, since the tiny job fits this machine's memory either way: the same loss
+    chosen = [{k: plans[p]["offload"][k] for k in ("zero_stage", "optimizer", "param", "gradient_checkpointing")}
               for p in ("recipe", "default")]
-    assert chosen == [{"optimizer": True, "param": False, "gradient_checkpointing": True},
-                      {"optimizer": True, "param": False, "gradient_checkpointing": False}]
-    assert "gradient checkpointing off (host memory without it" in plans["default"]["offload"]["reason"]
+    assert chosen == [{"zero_stage": 3, "optimizer": True, "param": False, "gradient_checkpointing": True},
+                      {"zero_stage": 2, "optimizer": True, "param": False, "gradient_checkpointing": False}]
+    assert "ZeRO-2, gradient checkpointing off (host memory: ZeRO-2 optimizer without recomputation" in \
+        plans["default"]["offload"]["reason"]
     assert plans["default_plan_vs_recipe"] > 0 and plans["loss_difference"] < 1e-4
 
 

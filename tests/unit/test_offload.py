@@ -8,8 +8,9 @@ import pytest
 
 from hyft_operator import admission, api, builders, sizing
 from hyft_trainer import offload
+from hyft_trainer.choices import SIZES
 from hyft_trainer.config import parse_config
-from hyft_trainer.estimate import GIB, Estimate
+from hyft_trainer.estimate import GIB, Estimate, Shape
 from tests.jobs import cpu_job
 
 pytestmark = pytest.mark.unit
@@ -64,6 +65,47 @@ def test_auto_gradient_checkpointing_is_dropped_only_where_the_least_offload_fit
     assert offload.decide(with_, 3, "auto", "auto", None, recompute="auto").recompute
 
 
+def staged(zero2, zero3):
+    """ZeRO-2 and ZeRO-3 estimates: {offload: (GiB per GPU, GiB of host memory a node)} for each."""
+    return [Estimate(stage, label, host * GIB, 0, 0, 1, gpu * GIB, 0)
+            for stage, table in ((2, zero2), (3, zero3)) for label, (gpu, host) in table.items()]
+
+
+STAGED = staged(zero2={"none": (70, 300), "optimizer": (30, 400)},
+                zero3={"none": (50, 20), "optimizer": (20, 200), "params+optimizer": (10, 250)})
+
+
+@pytest.mark.parametrize("gpu_gib, host_gib, chosen, decided", [
+    (100, 1000, (2, "none"), True),  # ZeRO-2 fits the GPU and the host: whole parameters, no gathering
+    (100, 300, (3, "none"), True),  # ZeRO-2 loads more than 80% of the host: ZeRO-3, offloading nothing
+    (70, 1000, (3, "none"), True),  # ZeRO-2 over 90% of the GPU (63): ZeRO-3 before any offload
+    (40, 1000, (2, "optimizer"), True),  # nothing fits without offload: the cheaper stage offloading the optimizer
+    (40, 450, (3, "optimizer"), True),
+    (100, None, (3, "params+optimizer"), False),  # ZeRO-2 fits the GPU, the host unknown: the node decides
+    (70, None, (3, "none"), True),  # only ZeRO-3 fits the GPU: the host does not matter
+])
+def test_zero_stage_auto_takes_zero2_only_where_the_gpu_and_the_host_hold_it(gpu_gib, host_gib, chosen, decided):
+    decision = offload.decide(STAGED, (2, 3), "auto", "auto", gpu_gib * GIB, recompute=True,
+                              host_bytes=host_gib and host_gib * GIB)
+    assert ((decision.stage, decision.label), decision.decided) == (chosen, decided), decision.message
+    if decided:
+        assert decision.message.startswith(f"ZeRO-{chosen[0]}, offload {chosen[1]} (the least that fits): per GPU "
+                                           "ZeRO-2 none 70.0 GiB, ZeRO-3 none 50.0 GiB, ZeRO-2 optimizer 30.0 GiB")
+    else:
+        assert decision.message.startswith("ZeRO-2, offload none would fit the GPU") and \
+            "(300.0 GiB a node) and the node's memory is unknown here: each node decides" in decision.message
+
+
+def test_stages_zero_stage_auto_chooses_from():
+    config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": "/d"}]})
+    gptq = Shape(**{**SIZES["7B"], "weight_bits": 4})
+    assert config.zero_stage == "auto" and offload.stages(config) == (2, 3)
+    for update, shape, stages in (({"zero_stage": 0}, None, (0,)), ({"engine": "fsdp"}, None, (3,)),
+                                  ({"offload_param": True}, None, (3,)), ({"quantization_bit": 8}, None, (2,)),
+                                  ({}, gptq, (2,)), ({"quantization_bit": 4}, None, (2, 3))):
+        assert offload.stages(config.model_copy(update=update), shape) == stages, update
+
+
 def host_figures(none, optimizer, params, stage=3):
     """CPU estimates whose host figures (GiB per node: the device's bytes are host bytes there) are these."""
     return [Estimate(stage, label, 0, 0, 0, 1, gib * GIB, 0, on_gpu=False) for label, gib in
@@ -81,14 +123,17 @@ def test_on_cpu_recomputation_is_dropped_where_the_nodes_memory_holds_the_job_wi
                                                                                           recompute):
     without = host_figures(none=90, optimizer=50, params=40, stage=stage)
     without += [Estimate(3, "none", 0, 0, 0, 1, 90 * GIB, 0, engine="fsdp", on_gpu=False)]
-    decision = offload.decide([], stage, "auto", "auto", host_gib * GIB, on_gpu=False, recompute="auto",
+    with_ = host_figures(none=70, optimizer=30, params=20, stage=stage)
+    with_ += [Estimate(3, "none", 0, 0, 0, 1, 70 * GIB, 0, engine="fsdp", on_gpu=False)]
+    decision = offload.decide(with_, stage, "auto", "auto", host_gib * GIB, on_gpu=False, recompute="auto",
                               without_recompute=without, engine=engine)
     assert decision.recompute is recompute and decision.decided
     assert (decision.optimizer, decision.param) == ((False, False) if engine == "fsdp" else (True, False))
-    need = 90 if engine == "fsdp" else 50
-    assert (f"gradient checkpointing {'on' if recompute else 'off'} (host memory without it {need:.1f} GiB "
-            f"{'over' if recompute else 'within'} {0.8 * host_gib:.1f} GiB, 80% of the node's {host_gib:.1f} GiB)"
-            in decision.message)
+    plan = "none" if engine == "fsdp" else "optimizer"
+    without_it, with_it = (90, 70) if engine == "fsdp" else (50, 30)
+    assert (f"gradient checkpointing {'on' if recompute else 'off'} (host memory: {plan} without recomputation "
+            f"{without_it:.1f} GiB, {plan} {with_it:.1f} GiB; usable {0.8 * host_gib:.1f} GiB, 80% of the node's "
+            f"{host_gib:.1f} GiB)" in decision.message)
     assert decision.message.startswith("offload none: no GPU, FSDP2" if engine == "fsdp" else
                                        "offload optimizer: no GPU")
 
@@ -107,8 +152,9 @@ def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
 def test_a_brought_deepspeed_json_decides_itself():
     config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": "/d"}], "deepspeed": {"a": 1}})
     resolved, decision = offload.resolve(config, None, 80 * GIB, 1, 8, on_gpu=True)
-    # the JSON's own offload; gradient checkpointing auto stays on (LLaMA-Factory's default)
-    assert resolved == config.model_copy(update={"gradient_checkpointing": True})
+    # the JSON's own offload and stage (DeepSpeed's default 0: it names none); gradient checkpointing auto
+    # stays on (LLaMA-Factory's default)
+    assert resolved == config.model_copy(update={"gradient_checkpointing": True, "zero_stage": 0})
     assert not decision.decided and decision.message == ""
 
 
@@ -129,7 +175,8 @@ def test_a_node_decides_from_its_smallest_gpu_and_the_model_folder(tmp_path):
     # this machine's memory (the test host's, whatever it is: the estimate is far above any CI machine)
     on_cpu = offload.for_node(config, (), 1, 1)
     assert on_cpu[1].label == "optimizer" and on_cpu[0].gradient_checkpointing is True
-    assert "gradient checkpointing on (host memory without it" in on_cpu[1].message
+    assert "ZeRO-3, gradient checkpointing on (host memory: ZeRO-2 optimizer without recomputation" in \
+        on_cpu[1].message and on_cpu[0].zero_stage == 3
     unreadable = config.model_copy(update={"model_name_or_path": str(tmp_path / "none")})
     assert not offload.for_node(unreadable, (80 * GIB,), 1, 1)[1].decided
 
@@ -142,9 +189,15 @@ def job(**spec):
 
 
 def test_the_operator_decides_from_gpu_memory_or_a_known_product_else_leaves_it_to_the_nodes():
-    by_memory = builders.trainer_config(job(gpuMemory="80Gi"))
-    assert (by_memory.offload_optimizer, by_memory.offload_param) == (True, False)
-    h200 = job(scheduling={"nodeSelector": {sizing.GPU_PRODUCT_LABEL: "NVIDIA-H200"}})
+    by_memory = builders.trainer_config(job(gpuMemory="80Gi", memory="512Gi"))
+    assert (by_memory.zero_stage, by_memory.offload_optimizer, by_memory.offload_param) == (2, True, False)
+    # ZeRO-2 would fit the GPUs, but every rank loads the whole model in host memory: without spec.memory
+    # the operator cannot tell whether the node holds it, so the nodes decide
+    unknown_host = job(gpuMemory="80Gi")
+    assert builders.trainer_config(unknown_host).zero_stage == "auto"
+    status = sizing.offload_decision(unknown_host, builders.spec_config(unknown_host))[2]
+    assert status.startswith("ZeRO-2, offload optimizer would fit the GPU") and "each node decides" in status
+    h200 = job(scheduling={"nodeSelector": {sizing.GPU_PRODUCT_LABEL: "NVIDIA-H200"}}, memory="512Gi")
     assert (builders.trainer_config(h200).offload_optimizer, builders.trainer_config(h200).offload_param) == \
         (False, False)
     assert sizing.gpu_memory(h200)[1] == "NVIDIA-H200, from the nodeSelector"

@@ -6,12 +6,17 @@ import pytest
 from hyft_trainer import resize
 
 
-def checkpoint(tmp_path, ranks=2, facts=(2, 1, 3)):
+def checkpoint(tmp_path, ranks=2, facts=(2, 1, 3), stage=3):
+    """A ZeRO checkpoint's files as DeepSpeed names them: ZeRO-3 writes each rank's module states, ZeRO-2 one
+    file of them; both write each rank's optimizer shard."""
     folder = tmp_path / "checkpoint-4"
     (folder / "global_step4").mkdir(parents=True)
     (folder / "latest").write_text("global_step4")
+    if stage == 2:
+        (folder / "global_step4" / "mp_rank_00_model_states.pt").write_bytes(b"")
     for r in range(ranks):
-        (folder / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").write_bytes(b"")
+        if stage == 3:
+            (folder / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt").write_bytes(b"")
         (folder / "global_step4" / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"")
     if facts:
         resize.write_facts(folder, *facts)
@@ -64,3 +69,20 @@ def test_a_gang_below_its_planned_size_keeps_the_global_batch(planned, world, mi
 def test_a_gang_below_its_planned_size_that_cannot_keep_the_batch_is_refused():
     with pytest.raises(resize.ResizeError, match="the job plans 3 ranks and a global batch of 3, which 2 ranks"):
         resize.below_plan(3, 2, 1, 1)
+
+
+def test_zero2_shards_are_counted_and_converted_like_zero3s(tmp_path):
+    older = resize.plan(checkpoint(tmp_path, ranks=2, facts=None, stage=2), 1, 1, 2)
+    assert (older.saved_world, older.zero) == (2, True) and "converted to DeepSpeed's universal" in older.note
+
+
+def test_a_checkpoint_keeps_its_stage(tmp_path):
+    """DeepSpeed loads a checkpoint under the stage it was written under only: another is refused naming both
+    (zero_stage auto resumes under the checkpoint's own: offload.for_node)."""
+    ckpt = checkpoint(tmp_path, facts=None)
+    resize.write_facts(ckpt, 2, 1, 3, stage=3)
+    assert resize.saved_stage(ckpt) == 3 and resize.saved_stage(None) is None
+    assert resize.plan(ckpt, 2, 1, 3, stage=3) is None
+    with pytest.raises(resize.ResizeError, match="checkpoint-4 was written under ZeRO-3, and DeepSpeed cannot resume "
+                                                 "it under ZeRO-2: set zero_stage 3 "):
+        resize.plan(ckpt, 2, 1, 3, stage=2)

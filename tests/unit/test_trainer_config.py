@@ -11,7 +11,7 @@ from hyft_trainer.launcher import rendezvous_from_env, torchrun_command
 from hyft_trainer.llamafactory_keys import NO_EFFECT
 from tests.llamafactory_corpus import CORPUS, render
 
-BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}], "offload_optimizer": True,
+BASE = {"model_name_or_path": "/m", "data_files": [{"path": "/d.jsonl"}], "zero_stage": 3, "offload_optimizer": True,
         "offload_param": True}
 
 

@@ -40,17 +40,20 @@ class StopOnSignal(TrainerCallback):
 class CompleteMarker(TrainerCallback):
     """After a save, once every rank's shards are on disk, global rank 0 marks the checkpoint complete."""
 
-    def __init__(self, output_dir: str, resumable: bool = True):
+    def __init__(self, output_dir: str, resumable: bool = True, zero_stage: int | None = None):
         self.output_dir = Path(output_dir)
         self.resumable = resumable  # False for save_only_model checkpoints
+        self.zero_stage = zero_stage  # DeepSpeed's stage (None: no DeepSpeed)
 
     def on_save(self, args, state, control, **kwargs):
         if _distributed():
             dist.barrier()
         if state.is_world_process_zero:
             checkpoint = self.output_dir / f"checkpoint-{state.global_step}"
-            # how the global batch was laid out: a resume on another world size keeps it (resize.py)
-            write_facts(checkpoint, args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps)
+            # how the global batch and the shards were laid out: a resume on another world size keeps the
+            # batch, one under another stage converts the shards (resize.py)
+            write_facts(checkpoint, args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                        self.zero_stage)
             mark_complete(checkpoint, self.resumable)
 
 

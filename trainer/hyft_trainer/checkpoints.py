@@ -36,6 +36,14 @@ def newest_complete(output_dir: str | Path) -> Path | None:
     return max(complete, key=step_of, default=None)
 
 
+def starting_point(config) -> Path | None:
+    """This run's own newest resumable checkpoint; else the one resume_from_checkpoint names."""
+    own = newest_complete(config.output_dir)
+    if own is not None or not isinstance(config.resume_from_checkpoint, str):
+        return own
+    return Path(config.resume_from_checkpoint)
+
+
 def mark_complete(checkpoint: Path, resumable: bool = True) -> None:
     readable_by_all(checkpoint)
     tmp = checkpoint / (MARKER + ".tmp")

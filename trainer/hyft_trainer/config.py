@@ -77,7 +77,7 @@ class _Checks(BaseModel):
         elif self.fsdp_config:
             raise ValueError("fsdp_config is for engine fsdp: set engine: fsdp (or LLaMA-Factory's fsdp: full_shard "
                              "auto_wrap), or remove it")
-        if self.offload_param is True and self.zero_stage != 3:
+        if self.offload_param is True and self.zero_stage not in (3, AUTO):
             raise ValueError("offload_param needs zero_stage 3")
         if self.offload_optimizer is True and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs DeepSpeed: zero_stage 2 or 3")
@@ -118,12 +118,12 @@ class _Checks(BaseModel):
         return self
 
     def _check_fsdp(self) -> None:
-        """engine fsdp: FSDP2 shards like ZeRO-3 (zero_stage stays 3), offloads all or nothing."""
+        """engine fsdp: FSDP2 shards like ZeRO-3 (zero_stage auto or 3), offloads all or nothing."""
         if self.deepspeed is not None:  # deepspeed_overrides: deepspeed_config.settle (a spec field, no CEL)
             raise ValueError("deepspeed: a DeepSpeed JSON, but engine is fsdp: choose one engine")
-        if self.zero_stage != 3:
+        if self.zero_stage not in (3, AUTO):
             raise ValueError(f"zero_stage {self.zero_stage} is DeepSpeed's, but engine is fsdp, which shards like "
-                             "ZeRO-3: leave zero_stage at 3 (for ZeRO-2's memory/speed trade, "
+                             "ZeRO-3: leave zero_stage auto or 3 (for ZeRO-2's memory/speed trade, "
                              "fsdp_config.reshard_after_forward: false)")
         if AUTO not in (self.offload_param, self.offload_optimizer) and self.offload_param != self.offload_optimizer:
             raise ValueError("offload_param and offload_optimizer differ, but FSDP2's CPU offload moves parameters, "

@@ -132,8 +132,10 @@ def settle(config: TrainerConfig, world_size: int, on_gpu: bool, nvcc: bool = Fa
     value set in one place only is taken by the other, a value set differently in both is an error
     naming both, and half precision without a GPU is turned off in both (with a note). nvcc: whether
     DeepSpeed can build CUDA ops here (settle_optimizer)."""
-    if config.deepspeed is None and config.zero_stage and "auto" in (config.offload_optimizer, config.offload_param):
-        raise ValueError("offload auto reached settle: offload.resolve decides it first")
+    stage_unset = config.zero_stage == "auto" and config.engine != FSDP  # FSDP2 has no stage
+    if config.deepspeed is None and config.zero_stage != 0 and \
+            (stage_unset or "auto" in (config.offload_optimizer, config.offload_param)):
+        raise ValueError("zero_stage or offload auto reached settle: offload.resolve decides them first")
     if config.deepspeed is not None:
         ds = merge(load_raw(config.deepspeed), config.deepspeed_overrides)
     elif config.engine == FSDP and config.deepspeed_overrides:

@@ -4,9 +4,10 @@
 
 1. the facts: GPUs, driver, torch's CUDA, NCCL, bf16;
 2. the fail-fast: `hyft train` told to expect one GPU more than the machine has exits 8 (GpuUnavailable);
-3. the default GPU path through `hyft train` (bf16, ZeRO-3 with offload, LoRA, gradient checkpointing,
-   packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4 of its layers: the
-   loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`;
+3. the default GPU path through `hyft train` (bf16, the ZeRO stage and offload hyft chooses, LoRA,
+   gradient checkpointing, packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4
+   of its layers: the loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`
+   of the plan it chose;
    then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels),
    up to 10 sharded by FSDP2 instead of ZeRO-3 (engine fsdp: fully_shard, bf16 mixed precision), and up to
    10 in fp16 with DeepSpeed's dynamic loss scaling (the steps an overflow skipped);
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from . import gpus
+from . import gpus, offload
 from .choices import SIZES
 from .contract import EXIT_GPU_UNAVAILABLE, GPUS_PER_NODE_ENV, HIDE_GPUS_ENV
 from .estimate import Shape, estimate, load_shape
@@ -136,9 +137,11 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     peak = peak_flops(facts.names[0]) if facts.names else None
     result["mfu"] = mfu(report.get("tokens_per_second") or 0, shape, seq, 1, peak) if on_gpu else None
     result["peak_flops"] = peak
-    # 3b. memory against the estimate of the same plan
+    # 3b. memory against the estimate of the plan the run chose
+    chosen = report.get("offload") or {}
+    chosen_plan = (chosen.get("zero_stage"), offload.label(chosen.get("optimizer"), chosen.get("param")))
     planned = next(e for e in estimate(shape, 1, 1, "lora", 8, config["per_device_train_batch_size"], seq, True,
-                                       half_precision=on_gpu) if (e.stage, e.offload) == (3, "params+optimizer"))
+                                       half_precision=on_gpu) if (e.stage, e.offload) == chosen_plan)
     measured = max((r["reserved"] for r in report.get("peak_gpu_memory_by_rank") or []), default=None)
     result["memory"] = {"estimate_gpu_bytes": planned.gpu_bytes_per_device, "measured_reserved_bytes": measured,
                         "measured_vs_estimate": measured / planned.gpu_bytes_per_device if measured else None,
@@ -156,7 +159,7 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     # recipe (ds_zero3_offload_hy.json: ZeRO-3 offloading the optimizer, recomputation on): the same job, tokens/s
     # and the loss
     plans = {}
-    for plan, settings in (("recipe", {"offload_optimizer": True, "offload_param": False,
+    for plan, settings in (("recipe", {"zero_stage": 3, "offload_optimizer": True, "offload_param": False,
                                        "gradient_checkpointing": True}),
                            ("default", {"gradient_checkpointing": "auto"})):
         out = workdir / f"out-{plan}"

@@ -11,7 +11,7 @@ smallest GPU the node shows them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .estimate import GIB, Estimate, Shape, estimate
 from .fsdp import DEEPSPEED, FSDP
@@ -43,93 +43,165 @@ GPU_PRODUCTS = {
 }
 
 
+# zero_stage auto: the stages it chooses from, cheapest first. ZeRO-2 keeps the whole 16-bit parameters on
+# every GPU (ZeRO-3 gathers each layer's twice a step, forward and backward) and shards gradients and
+# optimizer states as ZeRO-3 does. Plain DDP (0) is only ever asked for: it leaves DeepSpeed (its CPU Adam,
+# its offload, its checkpoints).
+AUTO_STAGES = (2, 3)
+OFFLOADS = ((False, False), (True, False), (True, True))  # least first
+Plan = tuple[int, tuple[bool, bool], bool]  # (ZeRO stage, (offload optimizer, offload parameters), recompute)
+
+
 def label(optimizer: bool, param: bool) -> str:
     return "params+optimizer" if param else "optimizer" if optimizer else "none"
+
+
+def stages(config, shape: Shape | None = None) -> tuple[int, ...]:
+    """The ZeRO stages config's zero_stage allows, cheapest first (auto: those the rest of the config can
+    train with; shape: the model folder's, whose GPTQ/AWQ weights ZeRO-3 cannot shard)."""
+    if config.zero_stage != AUTO:
+        return (config.zero_stage,)
+    if config.engine == FSDP or config.offload_param is True:
+        return (3,)  # FSDP2 shards like ZeRO-3; DeepSpeed offloads parameters under ZeRO-3 only
+    if config.quantization_bit == 8 or (shape is not None and shape.weight_bits < 16):
+        return (2,)  # ZeRO-3 shards neither bitsandbytes' 8-bit weights nor GPTQ/AWQ's packed ones
+    return AUTO_STAGES
 
 
 @dataclass(frozen=True)
 class Decision:
     optimizer: bool
     param: bool
-    decided: bool  # False: nothing was auto, or the GPU memory is unknown here (a node decides)
+    decided: bool  # False: nothing was auto, or the memory is unknown here (a node decides)
     message: str = ""
     fits: bool = True
     recompute: bool = True  # gradient checkpointing
+    stage: int = 3  # the ZeRO stage
 
     @property
     def label(self) -> str:
         return label(self.optimizer, self.param)
 
 
-def decide(estimates: list[Estimate], stage: int, optimizer: bool | str, param: bool | str,
+def decide(estimates: list[Estimate], stage: int | tuple[int, ...], optimizer: bool | str, param: bool | str,
            memory_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
-           without_recompute: list[Estimate] = (), engine: str = DEEPSPEED) -> Decision:
-    """The switches for stage: those set stay as set; the "auto" ones take the least costly plan whose GPU
-    figure is within GPU_MARGIN of memory_bytes, one GPU's (least offload first, at each without
-    recomputation first), or the most offload (recomputing) when none is. memory_bytes None (unknown): the
-    most, undecided. estimates: estimate.estimate's options for this job with recomputation as set (auto:
-    on), without_recompute: with it off (read when recompute is auto). On CPU the offload is fixed (only the
-    optimizer, for DeepSpeed's CPU Adam; nothing under FSDP2, whose offload needs a GPU) and memory_bytes is
-    the node's host memory: recomputation is dropped where the host figure fits within HOST_MARGIN of it."""
-    auto_recompute = recompute == AUTO
-    if optimizer != AUTO and param != AUTO and not auto_recompute:
-        return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute))
-    allowed = [o for o in options(engine, stage) if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])]
+           without_recompute: list[Estimate] = (), engine: str = DEEPSPEED,
+           host_bytes: float | None = None) -> Decision:
+    """The plan: the switches set stay as set; the "auto" ones take the least costly plan whose GPU figure is
+    within GPU_MARGIN of memory_bytes, one GPU's (least offload first; at each, without recomputation first;
+    at each, the cheapest stage first), or the most offload (recomputing, the last stage) when none is.
+    stage: one ZeRO stage, or the stages zero_stage auto allows (stages()); a cheaper stage than the last is
+    taken only where its host figure fits within HOST_MARGIN of host_bytes, the node's memory (ZeRO-2 loads
+    the whole model in every rank's host memory): unknown, the node decides. memory_bytes None (unknown):
+    the most, undecided. estimates: estimate.estimate's options for this job with recomputation as set
+    (auto: on), without_recompute: with it off (read when recompute is auto). On CPU the offload is fixed
+    (only the optimizer, for DeepSpeed's CPU Adam; nothing under FSDP2, whose offload needs a GPU) and
+    memory_bytes is the node's host memory: recomputation is dropped, and the cheaper stage taken, where the
+    host figure fits within HOST_MARGIN of it."""
+    stages_ = (stage,) if isinstance(stage, int) else tuple(stage)
+    auto_recompute, auto_stage = recompute == AUTO, len(stages_) > 1
+    if optimizer != AUTO and param != AUTO and not auto_recompute and not auto_stage:
+        return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute), stage=stages_[0])
+    allowed = [o for o in OFFLOADS if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])
+               and any(o in options(engine, s) for s in stages_)]
     if not allowed:  # set switches the stage cannot honour: the config's own checks say so
-        return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False)
+        return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False,
+                        stage=stages_[-1])
     recomputes = (False, True) if auto_recompute else (bool(recompute),)
-    most = allowed[-1]
+    plans = [(s, o, r) for o in allowed for r in recomputes for s in stages_ if o in options(engine, s)]
     if not on_gpu:
-        return on_cpu(allowed, stage, engine, recompute, memory_bytes, without_recompute)
+        return on_cpu(plans, engine, recompute, memory_bytes, estimates, without_recompute)
+    most = plans[-1]
     if memory_bytes is None:
-        return Decision(*most, decided=False, recompute=recomputes[-1],
-                        message=f"offload {label(*most)} until the GPU's memory is known")
+        return Decision(*most[1], decided=False, recompute=most[2], stage=most[0],
+                        message=f"{f'ZeRO-{most[0]}, ' if auto_stage else ''}offload {label(*most[1])} until the "
+                                "GPU's memory is known")
     usable = GPU_MARGIN * memory_bytes
 
-    def need(option: tuple[bool, bool], recomputing: bool) -> float:
-        figures = without_recompute if auto_recompute and not recomputing else estimates
-        return next(e.gpu_bytes_per_device for e in figures
-                    if (e.engine, e.stage, e.offload) == (engine, stage, label(*option)))
+    def figure(plan: Plan) -> Estimate:
+        return figure_of(plan, engine, estimates if not auto_recompute or plan[2] else without_recompute)
 
-    plans = [(o, r) for o in allowed for r in recomputes]
-    chosen, recomputing = next((p for p in plans if need(*p) <= usable), plans[-1])
-    figures = ", ".join(f"{label(*o)}{' without recomputation' if auto_recompute and not r else ''} "
-                        f"{need(o, r) / GIB:.1f} GiB" for o, r in plans)
-    fits = need(chosen, recomputing) <= usable
-    verdict = ("the least that fits" if fits else
+    def fits(plan: Plan) -> bool:
+        return figure(plan).gpu_bytes_per_device <= usable and (
+            plan[0] == most[0] or host_bytes is None or figure(plan).host_bytes_per_node <= HOST_MARGIN * host_bytes)
+
+    chosen = next((p for p in plans if fits(p)), most)
+    s, option, recomputing = chosen
+    figures = ", ".join(f"{named(p, auto_stage, auto_recompute)} {figure(p).gpu_bytes_per_device / GIB:.1f} GiB"
+                        for p in plans)
+    if s != most[0] and host_bytes is None:
+        return Decision(*most[1], decided=False, recompute=most[2], stage=most[0],
+                        message=f"ZeRO-{s}, offload {label(*option)} would fit the GPU (per GPU {figures}), but "
+                                f"ZeRO-{s} loads the whole model in every rank's host memory "
+                                f"({figure(chosen).host_bytes_per_node / GIB:.1f} GiB a node) and the node's memory "
+                                "is unknown here: each node decides")
+    fit = fits(chosen)
+    verdict = ("the least that fits" if fit else
                "does not fit even so: shorten cutoff_len, lower the batch or add GPUs")
     checkpointing = f", gradient checkpointing {'on' if recomputing else 'off'}" if auto_recompute else ""
-    return Decision(*chosen, decided=True, fits=fits, recompute=recomputing,
-                    message=f"offload {label(*chosen)}{checkpointing} ({verdict}): per GPU {figures}; usable "
-                            f"{usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of {memory_bytes / GIB:.1f} GiB)")
+    cheapest = (stages_[0], option, recomputing)
+    host = (f"; host memory for ZeRO-{cheapest[0]} {figure(cheapest).host_bytes_per_node / GIB:.1f} GiB a node, "
+            f"usable {HOST_MARGIN * host_bytes / GIB:.1f} GiB ({HOST_MARGIN:.0%} of {host_bytes / GIB:.1f} GiB)"
+            if auto_stage and host_bytes is not None and cheapest in plans else "")
+    return Decision(*option, decided=True, fits=fit, recompute=recomputing, stage=s,
+                    message=f"{f'ZeRO-{s}, ' if auto_stage else ''}offload {label(*option)}{checkpointing} "
+                            f"({verdict}): per GPU {figures}; usable {usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of "
+                            f"{memory_bytes / GIB:.1f} GiB){host}")
 
 
-def on_cpu(allowed: list[tuple[bool, bool]], stage: int, engine: str, recompute: bool | str,
-           host_bytes: float | None, without_recompute: list[Estimate]) -> Decision:
+def figure_of(plan: Plan, engine: str, figures: list[Estimate]) -> Estimate:
+    """The estimate of a plan among figures (estimate.estimate's options, recomputing as the plan does)."""
+    s, option, _ = plan
+    return next(e for e in figures if (e.engine, e.stage, e.offload) == (engine, s, label(*option)))
+
+
+def named(plan: Plan, stage: bool, recompute: bool) -> str:
+    """A plan as the decision's message lists it: its stage and recomputation where they were chosen."""
+    s, option, recomputing = plan
+    return (f"{f'ZeRO-{s} ' if stage else ''}{label(*option)}"
+            f"{' without recomputation' if recompute and not recomputing else ''}")
+
+
+def on_cpu(plans: list[Plan], engine: str, recompute: bool | str,
+           host_bytes: float | None, estimates: list[Estimate], without_recompute: list[Estimate]) -> Decision:
     """decide() on a node with no GPU. The offload: DeepSpeed's CPU Adam, and the parameters left in place
     (offloading them would copy host memory to host memory every step and save none; Tencent's recipe does
-    the same); nothing under FSDP2, which keeps everything in host memory already. Recomputation auto: off
-    where the job's host figure without it fits within HOST_MARGIN of host_bytes (the node's memory, the
-    pod's limit where it has one), else on (LLaMA-Factory's default); undecided while host_bytes is unknown
-    (the operator leaves it to the node)."""
-    chosen = (False, False) if engine == FSDP else max(allowed, key=lambda o: (o[0], not o[1]))
+    the same); nothing under FSDP2, which keeps everything in host memory already. Recomputation and the
+    stage, where auto: the first plan (without recomputation first, the cheaper stage first) whose host
+    figure fits within HOST_MARGIN of host_bytes (the node's memory, the pod's limit where it has one), else
+    recomputing at the last stage (LLaMA-Factory's default); undecided while host_bytes is unknown (the
+    operator leaves it to the node)."""
+    offloads = {o for _, o, _ in plans}
+    chosen = (False, False) if engine == FSDP else max(offloads, key=lambda o: (o[0], not o[1]))
+    plans = [p for p in plans if p[1] == chosen]
+    auto_stage, auto_recompute = len({s for s, _, _ in plans}) > 1, recompute == AUTO
+    stage = plans[-1][0]
     why = (["no GPU, FSDP2 keeps everything in host memory already"] if engine == FSDP else
            ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * chosen[0]
            + ["the parameters stay where they are (host memory already)"] * (stage == 3 and not chosen[1]))
     said = [f"offload {label(*chosen)}: {', '.join(why)}"] if stage or engine == FSDP else []
-    if recompute != AUTO:
-        return Decision(*chosen, decided=True, recompute=bool(recompute), message="; ".join(said))
-    if host_bytes is None or not without_recompute:
-        unknown = "gradient checkpointing on until the node's memory and the model's size are known"
-        return Decision(*chosen, decided=False, recompute=True, message="; ".join(said + [unknown]))
-    need = next(e.host_bytes_per_node for e in without_recompute
-                if (e.engine, e.stage, e.offload) == (engine, stage, label(*chosen)))
+    if not auto_recompute and not auto_stage:
+        return Decision(*chosen, decided=True, recompute=bool(recompute), stage=stage, message="; ".join(said))
+    last = plans[-1]
+
+    def chosen_by(s: int, recomputing: bool) -> str:
+        return ", ".join([f"ZeRO-{s}"] * auto_stage
+                         + [f"gradient checkpointing {'on' if recomputing else 'off'}"] * auto_recompute)
+
+    if host_bytes is None or not (without_recompute if auto_recompute else estimates):
+        unknown = f"{chosen_by(last[0], last[2])} until the node's memory and the model's size are known"
+        return Decision(*chosen, decided=False, recompute=last[2], stage=last[0], message="; ".join(said + [unknown]))
+
+    def need(plan: Plan) -> float:
+        figures = estimates if not auto_recompute or plan[2] else without_recompute
+        return figure_of(plan, engine, figures).host_bytes_per_node
+
     usable = HOST_MARGIN * host_bytes
-    fits = need <= usable
-    said.append(f"gradient checkpointing {'off' if fits else 'on'} (host memory without it {need / GIB:.1f} GiB "
-                f"{'within' if fits else 'over'} {usable / GIB:.1f} GiB, {HOST_MARGIN:.0%} of the node's "
-                f"{host_bytes / GIB:.1f} GiB)")
-    return Decision(*chosen, decided=True, recompute=not fits, message="; ".join(said))
+    s, _, recomputing = next((p for p in plans if need(p) <= usable), last)
+    figures = ", ".join(f"{named(p, auto_stage, auto_recompute)} {need(p) / GIB:.1f} GiB" for p in plans)
+    said.append(f"{chosen_by(s, recomputing)} (host memory: {figures}; usable {usable / GIB:.1f} GiB, "
+                f"{HOST_MARGIN:.0%} of the node's {host_bytes / GIB:.1f} GiB)")
+    return Decision(*chosen, decided=True, recompute=recomputing, stage=s, message="; ".join(said))
 
 
 def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, method: str | None = None,
@@ -143,34 +215,65 @@ def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, m
                     merge=config.merge_lora, weight_bits=config.quantization_bit or shape.weight_bits)
 
 
-def resolve(config, shape: Shape | None, memory_bytes: float | None, nodes: int, per_node: int, on_gpu: bool):
-    """(config with concrete offload and gradient checkpointing switches, the Decision); memory_bytes: one
-    GPU's, or with no GPU the node's host memory. A brought DeepSpeed JSON decides the offload itself (and an
-    auto gradient checkpointing stays on)."""
+def resolve(config, shape: Shape | None, memory_bytes: float | None, nodes: int, per_node: int, on_gpu: bool,
+            host_bytes: float | None = None):
+    """(config with concrete stage, offload and gradient checkpointing switches, the Decision); memory_bytes:
+    one GPU's, or with no GPU the node's host memory; host_bytes: the node's host memory beside a GPU. A
+    brought DeepSpeed JSON decides the offload and the stage itself (and an auto gradient checkpointing stays
+    on)."""
     if config.deepspeed is not None:
         recompute = config.gradient_checkpointing is not False
-        return (config.model_copy(update={"gradient_checkpointing": recompute}),
-                Decision(False, False, decided=False, recompute=recompute))
+        stage = brought_stage(config)
+        return (config.model_copy(update={"gradient_checkpointing": recompute, "zero_stage": stage}),
+                Decision(False, False, decided=False, recompute=recompute, stage=stage))
     known = bool(shape and memory_bytes)
     estimates = options_for(config, shape, nodes, per_node, on_gpu) if known else []
     without = options_for(config, shape, nodes, per_node, on_gpu, recompute=False) \
         if known and config.gradient_checkpointing == AUTO else []
-    decision = decide(estimates, config.zero_stage, config.offload_optimizer, config.offload_param,
+    decision = decide(estimates, stages(config, shape), config.offload_optimizer, config.offload_param,
                       memory_bytes if known else None, on_gpu, config.gradient_checkpointing, without,
-                      config.engine)
+                      config.engine, host_bytes)
     return config.model_copy(update={"offload_optimizer": decision.optimizer, "offload_param": decision.param,
-                                     "gradient_checkpointing": decision.recompute}), decision
+                                     "gradient_checkpointing": decision.recompute,
+                                     "zero_stage": decision.stage}), decision
 
 
-def for_node(config, memory: tuple[int, ...], nodes: int, per_node: int):
-    """resolve() as a node decides: from the smallest of its GPUs (with none, the node's host memory) and the
-    model folder's config.json (the launcher and each worker alike: the same inputs give the same decision)."""
+def brought_stage(config) -> int | str:
+    """The stage of a brought DeepSpeed JSON (DeepSpeed's default 0 where it names none) where zero_stage is
+    auto; as set otherwise, or where the JSON cannot be read here (a path on the pod's volume, seen from the
+    operator: the node reads it)."""
+    from .config import ConfigError
+    from .deepspeed_config import load_raw
+
+    if config.zero_stage != AUTO:
+        return config.zero_stage
+    try:
+        stage = (load_raw(config.deepspeed).get("zero_optimization") or {}).get("stage", 0)
+    except (ConfigError, OSError, ValueError):
+        return AUTO
+    return stage if stage in (0, 1, 2, 3) else AUTO
+
+
+def for_node(config, memory: tuple[int, ...], nodes: int, per_node: int, host: int | None = None):
+    """resolve() as a node decides: from the smallest of its GPUs, the node's host memory (host: the gang's
+    smallest, where it is known), the model folder's config.json and the checkpoint it resumes, whose stage
+    zero_stage auto keeps (the launcher and each worker alike: the same inputs give the same decision)."""
+    from .checkpoints import starting_point
     from .estimate import load_shape
     from .gpus import host_memory_bytes
+    from .resize import saved_stage
 
     try:
         shape = load_shape(config.model_name_or_path)
     except (OSError, KeyError, ValueError):
         shape = None
-    return resolve(config, shape, min(memory) if memory else host_memory_bytes(), nodes, per_node,
-                   on_gpu=bool(memory))
+    host = host or host_memory_bytes()
+    resumed = saved_stage(checkpoint := starting_point(config)) if config.zero_stage == AUTO else None
+    if resumed is not None:  # DeepSpeed resumes a checkpoint under its own stage only (resize.py)
+        config = config.model_copy(update={"zero_stage": resumed})
+    config, decision = resolve(config, shape, min(memory) if memory else host, nodes, per_node, on_gpu=bool(memory),
+                               host_bytes=host)
+    if resumed is not None:
+        decision = replace(decision, message=f"ZeRO-{resumed}, the stage {checkpoint.name} was written under; "
+                                             f"{decision.message}".rstrip("; "))
+    return config, decision

@@ -3,6 +3,8 @@ on another number of ranks; its universal checkpoint (deepspeed.checkpoint.ds_to
 parameter and optimizer state whole, and loads on any number. hyft converts a checkpoint once, beside
 it (marked complete like the checkpoint), loads it with DeepSpeed's `checkpoint.load_universal`, and
 keeps the global batch: gradient accumulation follows the new world size unless the config changed it.
+The stage stays the checkpoint's (zero_stage auto resumes under it: saved_stage): DeepSpeed names the
+module states by stage, and loads neither a ZeRO-2 checkpoint under ZeRO-3 nor the reverse, universal or not.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-FACTS = "hyft_checkpoint.json"  # the batch layout a checkpoint was written with (CompleteMarker)
+FACTS = "hyft_checkpoint.json"  # the batch layout and ZeRO stage a checkpoint was written with (CompleteMarker)
 CONVERTED = "COMPLETE_UNIVERSAL"
-_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_model_states\.pt$")
+# each rank's optimizer shard, under ZeRO-2 and 3 alike (bf16_ in front under bf16)
+_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
 
 
 class ResizeError(ValueError):
@@ -31,9 +34,9 @@ class Resize:
     note: str
 
 
-def write_facts(checkpoint: Path, world: int, micro: int, accumulation: int) -> None:
+def write_facts(checkpoint: Path, world: int, micro: int, accumulation: int, stage: int | None = None) -> None:
     (checkpoint / FACTS).write_text(json.dumps({"world_size": world, "per_device_train_batch_size": micro,
-                                                "gradient_accumulation_steps": accumulation}))
+                                                "gradient_accumulation_steps": accumulation, "zero_stage": stage}))
 
 
 def _tag(checkpoint: Path) -> str | None:
@@ -58,16 +61,31 @@ def _keeping(batch: int, world: int, micro: int, what: str) -> int:
     return batch // (world * micro)
 
 
-def plan(checkpoint: Path, world: int, micro: int, accumulation: int) -> Resize | None:
-    """What resuming `checkpoint` on `world` ranks takes; None when it was written by as many. A
-    gradient_accumulation_steps other than the checkpoint's was changed on purpose, and wins."""
-    facts = json.loads((checkpoint / FACTS).read_text()) if (checkpoint / FACTS).is_file() else {}
+def facts(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / FACTS).read_text()) if (checkpoint / FACTS).is_file() else {}
+
+
+def saved_stage(checkpoint: Path | None) -> int | None:
+    """The ZeRO stage a checkpoint was written under (None: no checkpoint, no DeepSpeed, or written before hyft
+    recorded it)."""
+    return facts(checkpoint).get("zero_stage") if checkpoint is not None else None
+
+
+def plan(checkpoint: Path, world: int, micro: int, accumulation: int, stage: int | None = None) -> Resize | None:
+    """What resuming `checkpoint` on `world` ranks under ZeRO `stage` takes; None when it was written by as
+    many. A gradient_accumulation_steps other than the checkpoint's was changed on purpose, and wins; a stage
+    other than the checkpoint's is refused."""
+    written = facts(checkpoint)
     ranks = zero_ranks(checkpoint)
-    saved = facts.get("world_size") or ranks
+    if ranks and stage is not None and written.get("zero_stage") not in (None, stage):
+        raise ResizeError(f"{checkpoint.name} was written under ZeRO-{written['zero_stage']}, and DeepSpeed cannot "
+                          f"resume it under ZeRO-{stage}: set zero_stage {written['zero_stage']} (or auto, which "
+                          "resumes under the checkpoint's stage), or start over in another output_dir")
+    saved = written.get("world_size") or ranks
     if not saved or saved == world:
         return None
-    saved_micro = facts.get("per_device_train_batch_size", micro)
-    saved_accumulation = facts.get("gradient_accumulation_steps", accumulation)
+    saved_micro = written.get("per_device_train_batch_size", micro)
+    saved_accumulation = written.get("gradient_accumulation_steps", accumulation)
     batch = saved * saved_micro * saved_accumulation
     if accumulation != saved_accumulation:
         kept = accumulation
@@ -99,8 +117,11 @@ def convert(checkpoint: Path) -> None:
     tag = _tag(checkpoint)
     target = checkpoint / f"{tag}_universal"
     shutil.rmtree(target, ignore_errors=True)  # a conversion cut short
+    # --inject_missing_state: a ZeRO-2 checkpoint of transformers' Trainer lacks the universal_checkpoint_info
+    # Megatron-DeepSpeed writes (ZeRO-3 derives it from the shards); DeepSpeed fills in its version
     done = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                           str(checkpoint / tag), "--output_folder", str(target)], capture_output=True, text=True)
+                           str(checkpoint / tag), "--output_folder", str(target), "--inject_missing_state"],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise ResizeError(f"converting {checkpoint} to DeepSpeed's universal checkpoint failed: "
                           f"{(done.stderr or done.stdout).strip()[-1500:]}")

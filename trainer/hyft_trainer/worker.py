@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import attention, fabric, flops, fsdp, gpus, offload, resize
 from .batches import PaddingCollator, keeps_trained_logits, token_mean_loss
-from .checkpoints import newest_complete, readable_by_all
+from .checkpoints import readable_by_all, starting_point
 from .config import ConfigError, TrainerConfig, dump_config, load_config, passed_arguments
 from .contract import ATTEMPT_ENV, EXIT_INVALID, PLANNED_NODES_ENV, POD_NAME_ENV, PREFLIGHT_SECONDS_ENV
 from .estimate import load_shape
@@ -93,6 +93,13 @@ def scheduler_floor(kwargs: dict | str, learning_rate: float) -> dict:
     if "min_lr" in kwargs and "min_lr_rate" not in kwargs:
         kwargs["min_lr_rate"] = kwargs.pop("min_lr") / learning_rate
     return kwargs
+
+
+def zero_stage(config: TrainerConfig, ds: dict | None) -> int | None:
+    """The ZeRO stage the run trains with: the DeepSpeed config's, 0 for plain DDP, None under FSDP2."""
+    if config.engine == FSDP:
+        return None
+    return 0 if ds is None else (ds.get("zero_optimization") or {}).get("stage", 0)
 
 
 def resumed_universal(checkpoint: Path, ds: dict, state) -> dict:
@@ -172,14 +179,6 @@ def mfu_basis(config: TrainerConfig, on_gpu: bool, world_size: int, says: bool) 
     return flops.flops_per_token(load_shape(config.model_name_or_path), config.cutoff_len) / (world_size * peak)
 
 
-def starting_point(config: TrainerConfig) -> Path | None:
-    """This run's own newest resumable checkpoint; else the one resume_from_checkpoint names."""
-    own = newest_complete(config.output_dir)
-    if own is not None or not isinstance(config.resume_from_checkpoint, str):
-        return own
-    return Path(config.resume_from_checkpoint)
-
-
 def train(config: TrainerConfig) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, set_seed
@@ -199,12 +198,12 @@ def train(config: TrainerConfig) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     remote = config.trust_remote_code
     model_config = AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=remote)
-    check_model(config, model_config)
     on_gpu = torch.cuda.is_available()
     nnodes = int(os.environ.get("NNODES", os.environ.get("PET_NNODES", "1")))
     memory, per_node = gpus.memory_bytes(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     asked = config
     config, decision = offload.for_node(asked, memory, nnodes, per_node)
+    check_model(config, model_config)  # with the stage decided
     settled = settle(config, world_size, on_gpu, nvcc_available())  # the launcher printed its notes
     config, ds = settled.config, settled.deepspeed
     kernel, kernel_why = attention_kernel(config, on_gpu)
@@ -212,20 +211,23 @@ def train(config: TrainerConfig) -> int:
     preflight_seconds = float(os.environ.get(PREFLIGHT_SECONDS_ENV, "0"))
     if state.num_processes > 1:  # before anything slow: a broken gang fails in seconds, with its reason
         preflight_seconds += check_gang(config.output_dir, config.preflight_timeout, state.device)
-        # Each node decided from its own GPUs; nodes of different GPUs must still run one plan
-        # (ZeRO-3 with parameters offloaded on some ranks only does not train): the gang's smallest decides.
-        if decision.decided and memory and (smallest := gang_minimum(min(memory), state.device)) < min(memory):
-            config, decision = offload.for_node(asked, (smallest,), nnodes, per_node)
+        # Each node decided from its own GPUs and memory; nodes unlike in either must still run one plan (one
+        # ZeRO stage; ZeRO-3 with parameters offloaded on some ranks only does not train): the gang's smallest
+        # GPU and host memory decide.
+        host = gpus.host_memory_bytes() or 0
+        smallest, least_host = (gang_minimum(value, state.device) for value in (min(memory, default=0), host))
+        if decision.decided and (smallest, least_host) != (min(memory, default=0), host):
+            config, decision = offload.for_node(asked, (smallest,) if memory else (), nnodes, per_node, least_host)
             settled = settle(config, world_size, on_gpu, nvcc_available())
             config, ds = settled.config, settled.deepspeed
             if state.is_local_main_process:
-                print(f"hyft: another node's GPU is smaller ({smallest / 2**30:.1f} GiB): the gang follows it: "
-                      f"{decision.message}", flush=True)
+                print(f"hyft: another node has less GPU or host memory ({smallest / 2**30:.1f} GiB a GPU, "
+                      f"{least_host / 2**30:.1f} GiB a node): the gang follows it: {decision.message}", flush=True)
     resume = starting_point(config)
     planned_world = int(os.environ.get(PLANNED_NODES_ENV, nnodes)) * per_node
     try:
         resized = resize.plan(resume, state.num_processes, config.per_device_train_batch_size,
-                              config.gradient_accumulation_steps) if resume else None
+                              config.gradient_accumulation_steps, zero_stage(config, ds)) if resume else None
         # a gang the operator shrank (runPolicy.resize) keeps the global batch the job plans, whatever resumes
         shrunk = resize.below_plan(planned_world, state.num_processes, config.per_device_train_batch_size,
                                    config.gradient_accumulation_steps)
@@ -288,7 +290,8 @@ def train(config: TrainerConfig) -> int:
         if quantized or method in PREQUANTIZED else None
     measured.update(omp_threads=torch.get_num_threads(), fabric=fabric_facts,
                     attention={"implementation": kernel, "why": kernel_why},
-                    offload={"optimizer": config.offload_optimizer, "param": config.offload_param,
+                    offload={"zero_stage": zero_stage(config, ds),
+                             "optimizer": config.offload_optimizer, "param": config.offload_param,
                              "gradient_checkpointing": config.gradient_checkpointing,
                              "decided_on_node": decision.decided, "reason": decision.message})
     if (leaves := make_moe_leaves(model, config)) and state.is_local_main_process:
@@ -305,7 +308,7 @@ def train(config: TrainerConfig) -> int:
     peak_per_token = mfu_basis(config, on_gpu, world_size, state.is_local_main_process)
     exporter = MetricsCallback(metrics, config.per_device_train_batch_size * config.gradient_accumulation_steps
                                * state.num_processes, peak_per_token)
-    callbacks = [stop, timeline, CompleteMarker(config.output_dir, resumable=not config.save_only_model),
+    callbacks = [stop, timeline, CompleteMarker(config.output_dir, not config.save_only_model, zero_stage(config, ds)),
                  *([router] if router else []),  # before the metrics: they export what it logs
                  exporter]
     if args.load_best_model_at_end and config.early_stopping_steps:
