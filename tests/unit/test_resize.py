@@ -83,6 +83,10 @@ def test_a_checkpoint_keeps_its_stage(tmp_path):
     resize.write_facts(ckpt, 2, 1, 3, stage=3)
     assert resize.saved_stage(ckpt) == 3 and resize.saved_stage(None) is None
     assert resize.plan(ckpt, 2, 1, 3, stage=3) is None
+    # a checkpoint of a hyft that did not record its stage: read from DeepSpeed's file names
+    assert resize.saved_stage(checkpoint(tmp_path / "older3", facts=None)) == 3
+    assert resize.saved_stage(checkpoint(tmp_path / "older2", facts=None, stage=2)) == 2
+    assert resize.saved_stage(checkpoint(tmp_path / "ddp", ranks=0, facts=None, stage=2)) is None
     with pytest.raises(resize.ResizeError, match="checkpoint-4 was written under ZeRO-3, and DeepSpeed cannot resume "
                                                  "it under ZeRO-2: set zero_stage 3 "):
         resize.plan(ckpt, 2, 1, 3, stage=2)

@@ -20,6 +20,7 @@ FACTS = "hyft_checkpoint.json"  # the batch layout and ZeRO stage a checkpoint w
 CONVERTED = "COMPLETE_UNIVERSAL"
 # each rank's optimizer shard, under ZeRO-2 and 3 alike (bf16_ in front under bf16)
 _ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+_ZERO_MODULE = re.compile(r"zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$")  # ZeRO-3's, one per rank
 
 
 class ResizeError(ValueError):
@@ -66,9 +67,18 @@ def facts(checkpoint: Path) -> dict:
 
 
 def saved_stage(checkpoint: Path | None) -> int | None:
-    """The ZeRO stage a checkpoint was written under (None: no checkpoint, no DeepSpeed, or written before hyft
-    recorded it)."""
-    return facts(checkpoint).get("zero_stage") if checkpoint is not None else None
+    """The ZeRO stage a checkpoint was written under (None: no checkpoint, or none of DeepSpeed's): as recorded,
+    else from its files (a checkpoint of a hyft that did not record it): ZeRO-3 writes each rank's module
+    states, ZeRO-2 one file of them beside each rank's optimizer shard."""
+    if checkpoint is None:
+        return None
+    if "zero_stage" in (written := facts(checkpoint)):
+        return written["zero_stage"]
+    tag = _tag(checkpoint)
+    names = [p.name for p in (checkpoint / tag).glob("*.pt")] if tag else []
+    if any(_ZERO_MODULE.search(n) for n in names):
+        return 3
+    return 2 if any(_ZERO_RANK.search(n) for n in names) else None
 
 
 def plan(checkpoint: Path, world: int, micro: int, accumulation: int, stage: int | None = None) -> Resize | None:
@@ -77,10 +87,10 @@ def plan(checkpoint: Path, world: int, micro: int, accumulation: int, stage: int
     other than the checkpoint's is refused."""
     written = facts(checkpoint)
     ranks = zero_ranks(checkpoint)
-    if ranks and stage is not None and written.get("zero_stage") not in (None, stage):
-        raise ResizeError(f"{checkpoint.name} was written under ZeRO-{written['zero_stage']}, and DeepSpeed cannot "
-                          f"resume it under ZeRO-{stage}: set zero_stage {written['zero_stage']} (or auto, which "
-                          "resumes under the checkpoint's stage), or start over in another output_dir")
+    if ranks and stage is not None and (saved := saved_stage(checkpoint)) not in (None, stage):
+        raise ResizeError(f"{checkpoint.name} was written under ZeRO-{saved}, and DeepSpeed cannot resume it under "
+                          f"ZeRO-{stage}: set zero_stage {saved} (or auto, which resumes under the checkpoint's "
+                          "stage), or start over in another output_dir")
     saved = written.get("world_size") or ranks
     if not saved or saved == world:
         return None
