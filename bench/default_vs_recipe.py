@@ -2,8 +2,7 @@
 ds_zero3_offload_hy.json: full fine-tuning, ZeRO-3 offloading the optimizer, gradient checkpointing on by
 LLaMA-Factory's default) run by LLaMA-Factory 0.9.5, against the same job run by `hyft train` with hyft's
 defaults: the same YAML without its DeepSpeed line, so hyft chooses the plan (ZeRO stage, offload and
-gradient checkpointing auto, from the GPU's and the node's memory; on a CPU the optimizer offloaded, and
-ZeRO-2 and recomputation off where the node's memory holds the job so; said in its log).
+gradient checkpointing auto, from the GPU's and the node's memory; said in its log).
 
 The recipe is used unchanged but for what a run on this machine needs: the model and dataset paths, the
 output folder, max_steps, logging every step, no saving, no plot; on a CPU also bf16 off (in the YAML and
@@ -16,10 +15,9 @@ default_plan_vs_recipe=<hyft tokens/s over the recipe's> loss_difference=<|hyft 
 
     python bench/default_vs_recipe.py [--steps 30] [--warmup 10] [--repeats 3]
 
-On a CPU host the two plans offload alike (the optimizer, for DeepSpeed's CPU Adam; the parameters in place)
-and differ in the stage and recomputation: where the memory allows, hyft takes ZeRO-2 (no gathering of the
-parameters) and drops recomputation, the recipe keeps ZeRO-3 and recomputes. Dropping the offload as well,
-where the job fits the GPU, shows on a GPU host: `make gpu-check` measures it there (default_vs_recipe).
+On a CPU host, where the node's memory holds the job so, hyft trains this float32 job under plain DDP
+(torch's AdamW, no DeepSpeed partitioning) without recomputation; the recipe keeps ZeRO-3, DeepSpeed's CPU
+Adam and recomputation. On a GPU host `make gpu-check` measures the same comparison (default_vs_recipe).
 """
 from __future__ import annotations
 

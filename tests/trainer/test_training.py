@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from hyft_trainer.contract import PLANNED_NODES_ENV
+from hyft_trainer.estimate import stage_name
 from hyft_trainer.launcher import free_port
 from hyft_trainer.preflight import MARKER_DIR
 from hyft_trainer.sample_data import make_samples
@@ -372,38 +373,39 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_and_on_three_on_the_same_curve
 
 
 def test_zero_stage_auto_resumes_under_the_checkpoints_stage_and_another_stage_is_refused(tiny, twelve, tmp_path):
-    """DeepSpeed resumes a checkpoint under its own stage only, so each checkpoint records it: zero_stage auto
-    (which would choose ZeRO-2 here) resumes ZeRO-3 shards under ZeRO-3 and follows the uninterrupted run; a
-    ZeRO-2 checkpoint of 2 ranks resumes on 1 through DeepSpeed's universal checkpoint (ZeRO-2 shards of the
-    Trainer lack the state Megatron writes: injected); zero_stage 3 set against a ZeRO-2 checkpoint is
-    refused before loading, naming both stages."""
+    """DeepSpeed resumes a checkpoint under its own stage only, and plain DDP its own, so each checkpoint
+    records it: zero_stage auto (which would choose plain DDP here) resumes ZeRO-3 shards under ZeRO-3 and
+    follows the uninterrupted run; a ZeRO-2 checkpoint of 2 ranks resumes on 1 through DeepSpeed's universal
+    checkpoint (ZeRO-2 shards of the Trainer lack the state Megatron writes: injected), and a plain DDP one
+    of 2 ranks on 1 as it is; zero_stage 3 set against a ZeRO-2 checkpoint is refused before loading, naming
+    both stages."""
     base = {"max_steps": 8, "gradient_accumulation_steps": 3, "finetuning_type": "lora", "learning_rate": 1e-2,
             "offload_param": "auto", "offload_optimizer": "auto"}
     curves, saved = {}, {}
-    for stage in (3, 2):
+    for stage in (3, 2, 0):
         folder = subdir(tmp_path, f"zero{stage}")
         whole = write_config(folder, tiny, twelve, save_steps=4, zero_stage=stage, output_dir=str(folder / "out"),
                              **base)
         curves[stage] = losses(run(whole, 2, folder))
         saved[stage] = folder / "out" / "checkpoint-4"
         assert json.loads((saved[stage] / "hyft_checkpoint.json").read_text())["zero_stage"] == stage
-    for stage, world in ((3, 2), (2, 1)):
+    for stage, world in ((3, 2), (2, 1), (0, 1)):
         folder = subdir(tmp_path, f"auto-from-zero{stage}-on-{world}")
         shutil.copytree(saved[stage], folder / "out" / "checkpoint-4")
         config = write_config(folder, tiny, twelve, save_steps=1000, zero_stage="auto",
                               output_dir=str(folder / "out"), **base)
         report = run(config, world, folder)
         assert report["offload"]["zero_stage"] == stage, report["offload"]
-        assert f"ZeRO-{stage}, the stage checkpoint-4 was written under" in logs(folder)
+        assert f"{stage_name(stage)}, the stage checkpoint-4 was written under" in logs(folder)
         resumed = losses(report)
         assert len(resumed) == 8
         for step, (a, b) in enumerate(zip(curves[stage][4:], resumed[4:], strict=True), 5):
-            assert abs(a - b) <= 1e-4 * abs(a), f"ZeRO-{stage} on {world}, step {step}: {b} vs {a}"
+            assert abs(a - b) <= 1e-4 * abs(a), f"{stage_name(stage)} on {world}, step {step}: {b} vs {a}"
     folder = subdir(tmp_path, "zero3-from-zero2")
     shutil.copytree(saved[2], folder / "out" / "checkpoint-4")
     config = write_config(folder, tiny, twelve, save_steps=1000, zero_stage=3, output_dir=str(folder / "out"), **base)
     assert wait(launch(config, 2, folder), timeout=300) == [2, 2]
-    assert "checkpoint-4 was written under ZeRO-2, and DeepSpeed cannot resume it under ZeRO-3" in logs(folder)
+    assert "checkpoint-4 was written under ZeRO-2 and cannot be resumed under ZeRO-3" in logs(folder)
     assert "Traceback" not in logs(folder)
 
 
@@ -774,15 +776,19 @@ def tiny_quantized(request, tmp_path_factory):
 
 def test_lora_trains_on_a_gptq_or_awq_base_on_two_ranks(tiny_quantized, memorisable, tmp_path):
     """A GPTQ- or AWQ-quantized base (4 bits, as Tencent's Hunyuan-*-GPTQ-Int4 and -AWQ-Int4) loads through its
-    own quantization_config (transformers, gptqmodel's torch kernels on CPU) and trains LoRA on 2 ranks (DDP,
-    ZeRO-3 being refused): lora_target all adapts the quantized projections, the loss falls, the adapter is
-    exported and report.json counts the quantized layers; merge_lora is refused with what to do."""
+    own quantization_config (transformers, gptqmodel's torch kernels on CPU) and trains LoRA on 2 ranks: the GPTQ
+    base under zero_stage auto (plain DDP: this float32 LoRA job fits), the AWQ base under ZeRO-2 (which auto
+    takes where DDP does not fit; ZeRO-3 is refused for such bases), offloading as auto decides. lora_target
+    all adapts the quantized projections, the loss falls, the adapter is exported and report.json counts the
+    quantized layers; merge_lora is refused with what to do."""
     method, model = tiny_quantized
     assert json.loads((model / "config.json").read_text())["quantization_config"]["quant_method"] == method
-    config = write_config(tmp_path, model, memorisable, zero_stage=0, offload_optimizer=False,
-                          offload_param=False, max_steps=40, learning_rate=1e-2, lora_target="all")
+    stage = {"gptq": "auto", "awq": 2}[method]
+    config = write_config(tmp_path, model, memorisable, max_steps=40, learning_rate=1e-2, lora_target="all",
+                          zero_stage=stage, offload_optimizer="auto", offload_param="auto")
     report = run(config, 2, tmp_path)
-    assert report["world_size"] == 2 and report["engine"] == "ddp"
+    assert report["world_size"] == 2 and report["offload"]["zero_stage"] == {"gptq": 0, "awq": 2}[method]
+    assert report["engine"] == {"gptq": "ddp", "awq": "deepspeed"}[method], report["offload"]
     assert report["quantization"]["method"] == method and report["quantization"]["bits"] == 4
     assert report["quantization"]["layers"] >= 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
     assert falls(losses(report)), losses(report)
@@ -942,13 +948,14 @@ def test_the_gpu_check_dry_run_writes_its_figures(tmp_path):
     assert result["fsdp2"]["exit_code"] == 0 and result["fsdp2"]["engine"] == "fsdp2"
     assert result["fp16"]["exit_code"] == 0 and result["fp16"]["overflow_skipped_steps"] == 0
     plans = result["default_vs_recipe"]
-    # on a CPU the default plan offloads as the recipe does (CPU Adam) but takes ZeRO-2 and drops
-    # recomputation, since the tiny job fits this machine's memory either way: the same loss
+    # on a CPU the recipe offloads the optimizer (CPU Adam) under ZeRO-3, recomputing; the default plan of this
+    # float32 LoRA job, which fits this machine's memory either way, is plain DDP without recomputation: the
+    # same loss
     chosen = [{k: plans[p]["offload"][k] for k in ("zero_stage", "optimizer", "param", "gradient_checkpointing")}
               for p in ("recipe", "default")]
     assert chosen == [{"zero_stage": 3, "optimizer": True, "param": False, "gradient_checkpointing": True},
-                      {"zero_stage": 2, "optimizer": True, "param": False, "gradient_checkpointing": False}]
-    assert "ZeRO-2, gradient checkpointing off (host memory: ZeRO-2 optimizer without recomputation" in \
+                      {"zero_stage": 0, "optimizer": False, "param": False, "gradient_checkpointing": False}]
+    assert "plain DDP, gradient checkpointing off (host memory: plain DDP without recomputation" in \
         plans["default"]["offload"]["reason"]
     assert plans["default_plan_vs_recipe"] > 0 and plans["loss_difference"] < 1e-4
 

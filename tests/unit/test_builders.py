@@ -90,6 +90,9 @@ def test_config_map_holds_exactly_what_the_trainer_reads():
     assert (config.finetuning_type, config.lora_rank, config.lora_alpha) == ("lora", 16, 32)
     assert config.bf16 and not config.fp16
     assert config.output_dir == "/hyft/volumes/data/runs/hunyuan-1-8b-lora"
+    # the stage and offload left to auto: decided here (an H100 by the nodeSelector, spec.memory): plain DDP
+    assert (config.zero_stage, config.offload_optimizer, config.offload_param, config.gradient_checkpointing) == \
+        (0, False, False, False)
 
 
 def test_training_arguments_reach_the_trainer_as_its_own_keys():

@@ -160,7 +160,11 @@ def test_plain_ddp_holds_the_whole_model_on_every_gpu():
     shape = load_shape("0.5B")
     ddp = next(e for e in estimate(shape, 1, 8) if e.stage == 0)
     zero3 = next(e for e in estimate(shape, 1, 8) if e.label == "ZeRO-3, offload none")
-    assert ddp.host_states_bytes_per_node == 0
+    zero2 = next(e for e in estimate(shape, 1, 8) if e.label == "ZeRO-2, offload none")
+    assert ddp.label == "plain DDP, offload none"
+    assert ddp.host_states_bytes_per_node == zero2.host_states_bytes_per_node  # each rank loads it whole
+    cpu = next(e for e in estimate(shape, 1, 8, on_gpu=False) if e.stage == 0)
+    assert cpu.host_states_bytes_per_node == 0  # the host memory it trains in, counted as its "GPU" figure
     assert ddp.gpu_bytes_per_device - ddp.activation_bytes - CUDA_CONTEXT_BYTES - NCCL_BUFFER_BYTES == \
         pytest.approx(8 * shape.params)  # bf16 weights, gradients and both AdamW moments
     assert ddp.gpu_bytes_per_device > zero3.gpu_bytes_per_device

@@ -33,7 +33,7 @@ def figures(stage=3, none=100, optimizer=50, params=10):
     (0, "auto", "auto", 8, (False, False), False),  # DDP: nothing to offload, and it says what does not fit
 ])
 def test_the_least_offload_that_fits(stage, optimizer, param, gpu_gib, chosen, fits):
-    decision = offload.decide(figures(stage), stage, optimizer, param, gpu_gib * GIB)
+    decision = offload.decide(figures(stage), (stage,), optimizer, param, gpu_gib * GIB)
     assert (decision.optimizer, decision.param) == chosen and decision.fits is fits and decision.decided
     assert decision.message.startswith(f"offload {decision.label} (")
     assert f"{0.9 * gpu_gib:.1f} GiB (90% of {gpu_gib:.1f} GiB)" in decision.message
@@ -51,18 +51,18 @@ def test_the_least_offload_that_fits(stage, optimizer, param, gpu_gib, chosen, f
 def test_auto_gradient_checkpointing_is_dropped_only_where_the_least_offload_fits_without_it(gpu_gib, chosen,
                                                                                             recompute):
     with_, without = figures(none=80, optimizer=30, params=10), figures(none=120, optimizer=50, params=40)
-    decision = offload.decide(with_, 3, "auto", "auto", gpu_gib * GIB, recompute="auto", without_recompute=without)
+    decision = offload.decide(with_, (3,), "auto", "auto", gpu_gib * GIB, recompute="auto", without_recompute=without)
     assert ((decision.optimizer, decision.param), decision.recompute) == (chosen, recompute) and decision.decided
     assert f", gradient checkpointing {'on' if recompute else 'off'} (" in decision.message
     assert "none without recomputation 120.0 GiB" in decision.message
     # set, it stays as set, and the offload alone is decided
-    kept = offload.decide(with_, 3, "auto", "auto", 200 * GIB, recompute=True)
+    kept = offload.decide(with_, (3,), "auto", "auto", 200 * GIB, recompute=True)
     assert kept.recompute and (kept.optimizer, kept.param) == (False, False) and "checkpointing" not in kept.message
     # where the memory is unknown it stays on, undecided (the node decides)
-    unknown = offload.decide([], 3, "auto", "auto", None, on_gpu=False, recompute="auto")
+    unknown = offload.decide([], (3,), "auto", "auto", None, on_gpu=False, recompute="auto")
     assert unknown.recompute and not unknown.decided
-    assert not offload.decide([], 3, "auto", "auto", None, on_gpu=False, recompute=False).recompute
-    assert offload.decide(with_, 3, "auto", "auto", None, recompute="auto").recompute
+    assert not offload.decide([], (3,), "auto", "auto", None, on_gpu=False, recompute=False).recompute
+    assert offload.decide(with_, (3,), "auto", "auto", None, recompute="auto").recompute
 
 
 def staged(zero2, zero3):
@@ -72,37 +72,52 @@ def staged(zero2, zero3):
 
 
 STAGED = staged(zero2={"none": (70, 300), "optimizer": (30, 400)},
-                zero3={"none": (50, 20), "optimizer": (20, 200), "params+optimizer": (10, 250)})
+                zero3={"none": (50, 20), "optimizer": (20, 200), "params+optimizer": (10, 250)}) + \
+    [Estimate(0, "none", 300 * GIB, 0, 0, 1, 90 * GIB, 0)]  # plain DDP
 
 
-@pytest.mark.parametrize("gpu_gib, host_gib, chosen, decided", [
-    (100, 1000, (2, "none"), True),  # ZeRO-2 fits the GPU and the host: whole parameters, no gathering
-    (100, 300, (3, "none"), True),  # ZeRO-2 loads more than 80% of the host: ZeRO-3, offloading nothing
-    (70, 1000, (3, "none"), True),  # ZeRO-2 over 90% of the GPU (63): ZeRO-3 before any offload
-    (40, 1000, (2, "optimizer"), True),  # nothing fits without offload: the cheaper stage offloading the optimizer
-    (40, 450, (3, "optimizer"), True),
-    (100, None, (3, "params+optimizer"), False),  # ZeRO-2 fits the GPU, the host unknown: the node decides
-    (70, None, (3, "none"), True),  # only ZeRO-3 fits the GPU: the host does not matter
+@pytest.mark.parametrize("zero_stages, gpu_gib, host_gib, chosen, decided", [
+    ((2, 3), 100, 1000, (2, "none"), True),  # ZeRO-2 fits the GPU and the host: whole parameters, no gathering
+    ((2, 3), 100, 300, (3, "none"), True),  # ZeRO-2 loads more than 80% of the host: ZeRO-3, offloading nothing
+    ((2, 3), 70, 1000, (3, "none"), True),  # ZeRO-2 over 90% of the GPU (63): ZeRO-3 before any offload
+    ((2, 3), 40, 1000, (2, "optimizer"), True),  # nothing fits without offload: the cheaper stage offloading
+    ((2, 3), 40, 450, (3, "optimizer"), True),
+    ((2, 3), 100, None, (3, "params+optimizer"), False),  # ZeRO-2 fits the GPU, the host unknown: the node decides
+    ((2, 3), 70, None, (3, "none"), True),  # only ZeRO-3 fits the GPU: the host does not matter
+    ((0, 2, 3), 120, 1000, (0, "none"), True),  # the whole model and its optimizer states fit every GPU: DDP
+    ((0, 2, 3), 90, 1000, (2, "none"), True),  # DDP over 90% of the GPU (81): ZeRO-2
+    ((0, 2, 3), 120, 300, (3, "none"), True),  # DDP and ZeRO-2 load more than 80% of the host: ZeRO-3
+    ((0, 2, 3), 40, 1000, (2, "optimizer"), True),  # an offload is needed, which DDP has not
+    ((0, 2, 3), 120, None, (3, "params+optimizer"), False),  # DDP fits the GPU, the host unknown
 ])
-def test_zero_stage_auto_takes_zero2_only_where_the_gpu_and_the_host_hold_it(gpu_gib, host_gib, chosen, decided):
-    decision = offload.decide(STAGED, (2, 3), "auto", "auto", gpu_gib * GIB, recompute=True,
+def test_zero_stage_auto_takes_the_cheapest_stage_the_gpu_and_the_host_hold(zero_stages, gpu_gib, host_gib,
+                                                                             chosen, decided):
+    decision = offload.decide(STAGED, zero_stages, "auto", "auto", gpu_gib * GIB, recompute=True,
                               host_bytes=host_gib and host_gib * GIB)
     assert ((decision.stage, decision.label), decision.decided) == (chosen, decided), decision.message
+    ddp = "plain DDP 90.0 GiB, " if 0 in zero_stages else ""
     if decided:
-        assert decision.message.startswith(f"ZeRO-{chosen[0]}, offload {chosen[1]} (the least that fits): per GPU "
-                                           "ZeRO-2 none 70.0 GiB, ZeRO-3 none 50.0 GiB, ZeRO-2 optimizer 30.0 GiB")
+        assert decision.message.startswith(f"{offload.stage_name(chosen[0])}, offload {chosen[1]} (the least that "
+                                           f"fits): per GPU {ddp}ZeRO-2 none 70.0 GiB, ZeRO-3 none 50.0 GiB")
     else:
-        assert decision.message.startswith("ZeRO-2, offload none would fit the GPU") and \
-            "(300.0 GiB a node) and the node's memory is unknown here: each node decides" in decision.message
+        assert decision.message.startswith(f"{offload.stage_name(zero_stages[0])}, offload none would fit the GPU")
+        assert "(300.0 GiB a node) and the node's memory is unknown here: each node decides" in decision.message
 
 
 def test_stages_zero_stage_auto_chooses_from():
     config = parse_config({"model_name_or_path": "/m", "data_files": [{"path": "/d"}]})
+    dense, moe = Shape(**SIZES["7B"]), Shape(**SIZES["A13B"])
     gptq = Shape(**{**SIZES["7B"], "weight_bits": 4})
-    assert config.zero_stage == "auto" and offload.stages(config) == (2, 3)
-    for update, shape, stages in (({"zero_stage": 0}, None, (0,)), ({"engine": "fsdp"}, None, (3,)),
-                                  ({"offload_param": True}, None, (3,)), ({"quantization_bit": 8}, None, (2,)),
-                                  ({}, gptq, (2,)), ({"quantization_bit": 4}, None, (2, 3))):
+    assert config.zero_stage == "auto" and config.finetuning_type == "lora" and offload.stages(config) == (2, 3)
+    for update, shape, stages in (
+            ({}, dense, (0, 2, 3)),  # LoRA on a dense model: plain DDP first
+            ({"finetuning_type": "full", "bf16": True}, dense, (2, 3)),  # no float32 master weights under DDP
+            ({"finetuning_type": "full"}, dense, (0, 2, 3)),  # float32: DDP steps as DeepSpeed does
+            ({"finetuning_type": "freeze", "fp16": True}, dense, (2, 3)),
+            ({}, moe, (2, 3)),  # experts without a gradient in a step
+            ({"zero_stage": 0}, None, (0,)), ({"engine": "fsdp"}, dense, (3,)),
+            ({"offload_param": True}, dense, (3,)), ({"quantization_bit": 8}, None, (2,)),
+            ({"quantization_bit": 8}, dense, (0, 2)), ({}, gptq, (0, 2)), ({"quantization_bit": 4}, None, (2, 3))):
         assert offload.stages(config.model_copy(update=update), shape) == stages, update
 
 
@@ -125,7 +140,7 @@ def test_on_cpu_recomputation_is_dropped_where_the_nodes_memory_holds_the_job_wi
     without += [Estimate(3, "none", 0, 0, 0, 1, 90 * GIB, 0, engine="fsdp", on_gpu=False)]
     with_ = host_figures(none=70, optimizer=30, params=20, stage=stage)
     with_ += [Estimate(3, "none", 0, 0, 0, 1, 70 * GIB, 0, engine="fsdp", on_gpu=False)]
-    decision = offload.decide(with_, stage, "auto", "auto", host_gib * GIB, on_gpu=False, recompute="auto",
+    decision = offload.decide(with_, (stage,), "auto", "auto", host_gib * GIB, on_gpu=False, recompute="auto",
                               without_recompute=without, engine=engine)
     assert decision.recompute is recompute and decision.decided
     assert (decision.optimizer, decision.param) == ((False, False) if engine == "fsdp" else (True, False))
@@ -139,14 +154,14 @@ def test_on_cpu_recomputation_is_dropped_where_the_nodes_memory_holds_the_job_wi
 
 
 def test_switches_set_stay_as_set_and_unknown_memory_takes_the_most_undecided():
-    assert offload.decide(figures(), 3, True, False, 200 * GIB) == offload.Decision(True, False, decided=False)
-    unknown = offload.decide(figures(), 3, "auto", "auto", None)
+    assert offload.decide(figures(), (3,), True, False, 200 * GIB) == offload.Decision(True, False, decided=False)
+    unknown = offload.decide(figures(), (3,), "auto", "auto", None)
     assert (unknown.optimizer, unknown.param, unknown.decided) == (True, True, False)
-    cpu = offload.decide([], 3, "auto", "auto", None, on_gpu=False)  # CPU Adam; the parameters in place
+    cpu = offload.decide([], (3,), "auto", "auto", None, on_gpu=False)  # CPU Adam; the parameters in place
     assert (cpu.optimizer, cpu.param, cpu.decided) == (True, False, True) and "no GPU" in cpu.message
-    assert offload.decide([], 3, "auto", True, None, on_gpu=False).param  # set, it stays as set
-    assert (offload.decide([], 2, "auto", "auto", None, on_gpu=False).optimizer,
-            offload.decide([], 0, "auto", "auto", None, on_gpu=False).optimizer) == (True, False)
+    assert offload.decide([], (3,), "auto", True, None, on_gpu=False).param  # set, it stays as set
+    assert (offload.decide([], (2,), "auto", "auto", None, on_gpu=False).optimizer,
+            offload.decide([], (0,), "auto", "auto", None, on_gpu=False).optimizer) == (True, False)
 
 
 def test_a_brought_deepspeed_json_decides_itself():

@@ -87,6 +87,12 @@ def test_a_checkpoint_keeps_its_stage(tmp_path):
     assert resize.saved_stage(checkpoint(tmp_path / "older3", facts=None)) == 3
     assert resize.saved_stage(checkpoint(tmp_path / "older2", facts=None, stage=2)) == 2
     assert resize.saved_stage(checkpoint(tmp_path / "ddp", ranks=0, facts=None, stage=2)) is None
-    with pytest.raises(resize.ResizeError, match="checkpoint-4 was written under ZeRO-3, and DeepSpeed cannot resume "
-                                                 "it under ZeRO-2: set zero_stage 3 "):
+    with pytest.raises(resize.ResizeError, match="checkpoint-4 was written under ZeRO-3 and cannot be resumed under "
+                                                 "ZeRO-2 .*: set zero_stage 3 "):
         resize.plan(ckpt, 2, 1, 3, stage=2)
+    ddp = checkpoint(tmp_path / "ddp-recorded", ranks=0, facts=None)
+    resize.write_facts(ddp, 2, 1, 3, stage=0)  # plain DDP's checkpoint: no DeepSpeed shards to convert
+    assert resize.saved_stage(ddp) == 0 and resize.plan(ddp, 2, 1, 3, stage=0) is None
+    with pytest.raises(resize.ResizeError, match="checkpoint-4 was written under plain DDP and cannot be resumed "
+                                                 "under ZeRO-2 .*: set zero_stage 0 "):
+        resize.plan(ddp, 2, 1, 3, stage=2)

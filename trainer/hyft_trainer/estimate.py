@@ -129,7 +129,7 @@ class Estimate:
 
     @property
     def label(self) -> str:
-        return f"{'FSDP2' if self.engine == FSDP else f'ZeRO-{self.stage}'}, offload {self.offload}"
+        return f"{'FSDP2' if self.engine == FSDP else stage_name(self.stage)}, offload {self.offload}"
 
     @property
     def host_bytes_per_node(self) -> float:
@@ -200,6 +200,10 @@ def frozen_bytes(shape: Shape, frozen: int, element: int, weight_bits: int = 16)
     return (frozen - kept) * (weight_bits / 8 + (4 / 64 if weight_bits == 4 else 0)) + kept * element
 
 
+def stage_name(stage: int) -> str:
+    return "plain DDP" if stage == 0 else f"ZeRO-{stage}"
+
+
 def ddp_states(trainable: int, frozen_weights: float, method: str, half_precision: bool) -> float:
     """Without DeepSpeed torch's AdamW keeps its two moments in the parameters' dtype: 16-bit weights,
     gradients and moments for full fine-tuning in bf16/fp16; LoRA adapters are float32 (peft upcasts
@@ -241,7 +245,9 @@ def estimate(shape: Shape, nodes: int, gpus_per_node: int, method: str = "full",
     for stage, opt, par in options:
         if stage == 0:  # plain DDP: every GPU holds the whole model, its gradients and its optimizer states
             frozen_weights = frozen_bytes(shape, frozen, 2 if half_precision else 4, weight_bits)
-            out.append(Estimate(0, "none", 0, base, export, gpus_per_node,
+            # each rank loads the whole model in host memory before it moves to the GPU: ZeRO-2's figure
+            loading = model_states(trainable, trainable, gpus_per_node, nodes, 2, False, False)[0] if on_gpu else 0
+            out.append(Estimate(0, "none", loading, base, export, gpus_per_node,
                                 ddp_states(trainable, frozen_weights, method, half_precision) + act + runtime, act,
                                 on_gpu=on_gpu))
             continue

@@ -8,9 +8,9 @@
    gradient checkpointing, packing) for --steps steps on a random-weight model of Hunyuan-7B's width with 4
    of its layers: the loss curve, real tokens/s, MFU, the peak GPU memory per rank against `hyft estimate`
    of the plan it chose;
-   then up to 10 steps of the same on the base quantized to 4 bits (QLoRA: bitsandbytes' CUDA kernels),
-   up to 10 sharded by FSDP2 instead of ZeRO-3 (engine fsdp: fully_shard, bf16 mixed precision), and up to
-   10 in fp16 with DeepSpeed's dynamic loss scaling (the steps an overflow skipped);
+   then up to 10 steps of the same on the base quantized to 4 bits under ZeRO-3 (QLoRA: bitsandbytes' CUDA
+   kernels), up to 10 sharded by FSDP2 instead (engine fsdp: fully_shard, bf16 mixed precision), and up to
+   10 in fp16 under ZeRO-2 with DeepSpeed's dynamic loss scaling (the steps an overflow skipped);
    then up to 20 steps of it with hyft's default plan (offload and gradient checkpointing auto) and with
    the plan of Tencent's LLaMA-Factory recipe (optimizer offload, recomputation on): default_plan_vs_recipe,
    tokens/s over tokens/s, and the two losses;
@@ -146,14 +146,16 @@ def check(dry_run: bool, steps: int, workdir: Path) -> dict:
     result["memory"] = {"estimate_gpu_bytes": planned.gpu_bytes_per_device, "measured_reserved_bytes": measured,
                         "measured_vs_estimate": measured / planned.gpu_bytes_per_device if measured else None,
                         "peak_host_rss_bytes": report.get("peak_host_rss_bytes")}
-    # 3c. variants of the same LoRA job, up to 10 steps each: QLoRA (a 4-bit base, bitsandbytes' kernels for this
-    # GPU, under ZeRO-3); FSDP2 (engine fsdp: torch's fully_shard, bf16 mixed precision); fp16 with DeepSpeed's
-    # dynamic loss scaling (what a GPU without bf16, a T4 or V100, trains in: the steps an overflow skipped)
+    # 3c. variants of the same LoRA job, up to 10 steps each, under DeepSpeed or FSDP2 where the default plan
+    # may be plain DDP: QLoRA (a 4-bit base, bitsandbytes' kernels for this GPU, under ZeRO-3); FSDP2 (engine
+    # fsdp: torch's fully_shard, bf16 mixed precision); fp16 with DeepSpeed's dynamic loss scaling (what a GPU
+    # without bf16, a T4 or V100, trains in: the steps an overflow skipped)
     expect = 0 if dry_run else 1
-    result["qlora"] = _variant(config, workdir, expect, "qlora", {"quantization_bit": 4}, "quantization")
+    result["qlora"] = _variant(config, workdir, expect, "qlora", {"quantization_bit": 4, "zero_stage": 3},
+                               "quantization")
     result["fsdp2"] = _variant(config, workdir, expect, "fsdp2", {"engine": "fsdp", "offload_param": False,
                                                                   "offload_optimizer": False}, "engine")
-    result["fp16"] = _variant(config, workdir, expect, "fp16", {"bf16": False, "fp16": True},
+    result["fp16"] = _variant(config, workdir, expect, "fp16", {"bf16": False, "fp16": True, "zero_stage": 2},
                               "overflow_skipped_steps")
     # 3d. hyft's default plan (offload and gradient checkpointing auto) against the plan of Tencent's LLaMA-Factory
     # recipe (ds_zero3_offload_hy.json: ZeRO-3 offloading the optimizer, recomputation on): the same job, tokens/s

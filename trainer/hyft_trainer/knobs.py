@@ -268,15 +268,16 @@ KNOBS: tuple[Knob, ...] = (
          "cpu_ram_efficient_loading); its offload, activation checkpointing and version keys are read as hyft's "
          "settings, FSDP1's spellings as FSDP2's.", HYFT, TRANSFORMERS),
     Knob("zero_stage", Literal[0, 2, 3, "auto"], "auto", "ZeRO stage (0: plain DDP without DeepSpeed). auto (on "
-         "the spec: unset): decided with the offload, 2 where the GPU estimate fits with whole 16-bit parameters on "
-         "every GPU (no gathering them twice a step) and the node's memory holds the whole model for every rank, "
-         "else 3; 3 where only it can train (engine fsdp, offload_param), 2 likewise (8-bit QLoRA, a GPTQ/AWQ base); "
-         "a resume keeps its checkpoint's stage.", DEEPSPEED, spec="deepspeed.stage",
-         spec_type=Literal[0, 2, 3] | None, spec_default=None),
+         "the spec: unset): decided with the offload, the cheapest whose GPU estimate fits and whose host figure the "
+         "node's memory holds: 0 where the whole model and its optimizer states fit every GPU and DDP trains alike "
+         "(LoRA or float32 training, a dense model), else 2 where whole 16-bit parameters fit every GPU (no "
+         "gathering them twice a step), else 3; 3 where only it can train (engine fsdp, offload_param), never 3 "
+         "where it cannot (8-bit QLoRA, a GPTQ/AWQ base); a resume keeps its checkpoint's stage.", DEEPSPEED,
+         spec="deepspeed.stage", spec_type=Literal[0, 2, 3] | None, spec_default=None),
     Knob("offload_optimizer", bool | Literal["auto"], "auto", "Keep optimizer states in host memory (DeepSpeed's "
          "CPU Adam). auto (on the spec: unset): only when the GPU estimate does not fit without it (the job's status "
-         "and start-up log say why); on CPU, always.", DEEPSPEED, spec="deepspeed.offloadOptimizer",
-         spec_type=bool | None, spec_default=None),
+         "and start-up log say why); on CPU, always under DeepSpeed (its CPU Adam).", DEEPSPEED,
+         spec="deepspeed.offloadOptimizer", spec_type=bool | None, spec_default=None),
     Knob("offload_param", bool | Literal["auto"], "auto", "Keep parameters in host memory (ZeRO-3 only). auto (on "
          "the spec: unset): only when the GPU estimate does not fit with optimizer offload alone; on CPU, never "
          "(they are in host memory already).", DEEPSPEED,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .estimate import GIB, Estimate, Shape, estimate
+from .estimate import GIB, Estimate, Shape, estimate, stage_name
 from .fsdp import DEEPSPEED, FSDP
 
 AUTO = "auto"
@@ -43,11 +43,11 @@ GPU_PRODUCTS = {
 }
 
 
-# zero_stage auto: the stages it chooses from, cheapest first. ZeRO-2 keeps the whole 16-bit parameters on
-# every GPU (ZeRO-3 gathers each layer's twice a step, forward and backward) and shards gradients and
-# optimizer states as ZeRO-3 does. Plain DDP (0) is only ever asked for: it leaves DeepSpeed (its CPU Adam,
-# its offload, its checkpoints).
-AUTO_STAGES = (2, 3)
+# zero_stage auto: the stages it chooses from, cheapest first. Plain DDP (0) keeps the whole model and its
+# optimizer states on every GPU and leaves DeepSpeed out of the step (no partitioning, no CPU Adam); ZeRO-2
+# keeps the whole 16-bit parameters on every GPU (ZeRO-3 gathers each layer's twice a step, forward and
+# backward) and shards gradients and optimizer states as ZeRO-3 does.
+AUTO_STAGES = (0, 2, 3)
 OFFLOADS = ((False, False), (True, False), (True, True))  # least first
 Plan = tuple[int, tuple[bool, bool], bool]  # (ZeRO stage, (offload optimizer, offload parameters), recompute)
 
@@ -63,9 +63,19 @@ def stages(config, shape: Shape | None = None) -> tuple[int, ...]:
         return (config.zero_stage,)
     if config.engine == FSDP or config.offload_param is True:
         return (3,)  # FSDP2 shards like ZeRO-3; DeepSpeed offloads parameters under ZeRO-3 only
+    allowed = AUTO_STAGES if ddp_trains_alike(config, shape) else AUTO_STAGES[1:]
     if config.quantization_bit == 8 or (shape is not None and shape.weight_bits < 16):
-        return (2,)  # ZeRO-3 shards neither bitsandbytes' 8-bit weights nor GPTQ/AWQ's packed ones
-    return AUTO_STAGES
+        return tuple(s for s in allowed if s != 3)  # ZeRO-3 shards neither bitsandbytes' 8-bit weights nor GPTQ/AWQ's
+    return allowed
+
+
+def ddp_trains_alike(config, shape: Shape | None) -> bool:
+    """Whether plain DDP trains this job as DeepSpeed would: torch's AdamW keeps no float32 master copy of
+    16-bit weights (full or freeze fine-tuning in bf16/fp16 would step in 16 bits), and a mixture of experts
+    leaves experts without a gradient in a step, which DDP's reducer would have to search for every step.
+    The model's shape unknown: not chosen."""
+    return (shape is not None and not shape.experts
+            and (config.finetuning_type == "lora" or not (config.bf16 or config.fp16)))
 
 
 @dataclass(frozen=True)
@@ -83,39 +93,36 @@ class Decision:
         return label(self.optimizer, self.param)
 
 
-def decide(estimates: list[Estimate], stage: int | tuple[int, ...], optimizer: bool | str, param: bool | str,
+def decide(estimates: list[Estimate], zero_stages: tuple[int, ...], optimizer: bool | str, param: bool | str,
            memory_bytes: float | None, on_gpu: bool = True, recompute: bool | str = True,
            without_recompute: list[Estimate] = (), engine: str = DEEPSPEED,
            host_bytes: float | None = None) -> Decision:
     """The plan: the switches set stay as set; the "auto" ones take the least costly plan whose GPU figure is
     within GPU_MARGIN of memory_bytes, one GPU's (least offload first; at each, without recomputation first;
     at each, the cheapest stage first), or the most offload (recomputing, the last stage) when none is.
-    stage: one ZeRO stage, or the stages zero_stage auto allows (stages()); a cheaper stage than the last is
-    taken only where its host figure fits within HOST_MARGIN of host_bytes, the node's memory (ZeRO-2 loads
-    the whole model in every rank's host memory): unknown, the node decides. memory_bytes None (unknown):
-    the most, undecided. estimates: estimate.estimate's options for this job with recomputation as set
-    (auto: on), without_recompute: with it off (read when recompute is auto). On CPU the offload is fixed
-    (only the optimizer, for DeepSpeed's CPU Adam; nothing under FSDP2, whose offload needs a GPU) and
-    memory_bytes is the node's host memory: recomputation is dropped, and the cheaper stage taken, where the
-    host figure fits within HOST_MARGIN of it."""
-    stages_ = (stage,) if isinstance(stage, int) else tuple(stage)
-    auto_recompute, auto_stage = recompute == AUTO, len(stages_) > 1
+    zero_stages: the ZeRO stages to choose from (stages(): one where it is set); a cheaper stage than the
+    last is taken only where its host figure fits within HOST_MARGIN of host_bytes, the node's memory (plain
+    DDP and ZeRO-2 load the whole model in every rank's host memory): unknown, the node decides.
+    memory_bytes None (unknown): the most, undecided. estimates: estimate.estimate's options for this job
+    with recomputation as set (auto: on), without_recompute: with it off (read when recompute is auto). On
+    CPU (on_cpu) the offload is fixed per stage and memory_bytes is the node's host memory: recomputation is
+    dropped, and the cheaper stage taken, where the host figure fits within HOST_MARGIN of it."""
+    auto_recompute, auto_stage = recompute == AUTO, len(zero_stages) > 1
     if optimizer != AUTO and param != AUTO and not auto_recompute and not auto_stage:
-        return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute), stage=stages_[0])
-    allowed = [o for o in OFFLOADS if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])
-               and any(o in options(engine, s) for s in stages_)]
-    if not allowed:  # set switches the stage cannot honour: the config's own checks say so
-        return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False,
-                        stage=stages_[-1])
+        return Decision(bool(optimizer), bool(param), decided=False, recompute=bool(recompute), stage=zero_stages[0])
     recomputes = (False, True) if auto_recompute else (bool(recompute),)
-    plans = [(s, o, r) for o in allowed for r in recomputes for s in stages_ if o in options(engine, s)]
+    plans = [(s, o, r) for o in OFFLOADS if optimizer in (AUTO, o[0]) and param in (AUTO, o[1])
+             for r in recomputes for s in zero_stages if o in options(engine, s)]
+    if not plans:  # set switches the stage cannot honour: the config's own checks say so
+        return Decision(optimizer is True, param is True, decided=False, recompute=recompute is not False,
+                        stage=zero_stages[-1])
     if not on_gpu:
         return on_cpu(plans, engine, recompute, memory_bytes, estimates, without_recompute)
     most = plans[-1]
     if memory_bytes is None:
         return Decision(*most[1], decided=False, recompute=most[2], stage=most[0],
-                        message=f"{f'ZeRO-{most[0]}, ' if auto_stage else ''}offload {label(*most[1])} until the "
-                                "GPU's memory is known")
+                        message=f"{f'{stage_name(most[0])}, ' if auto_stage else ''}offload {label(*most[1])} "
+                                "until the GPU's memory is known")
     usable = GPU_MARGIN * memory_bytes
 
     def figure(plan: Plan) -> Estimate:
@@ -131,20 +138,20 @@ def decide(estimates: list[Estimate], stage: int | tuple[int, ...], optimizer: b
                         for p in plans)
     if s != most[0] and host_bytes is None:
         return Decision(*most[1], decided=False, recompute=most[2], stage=most[0],
-                        message=f"ZeRO-{s}, offload {label(*option)} would fit the GPU (per GPU {figures}), but "
-                                f"ZeRO-{s} loads the whole model in every rank's host memory "
+                        message=f"{stage_name(s)}, offload {label(*option)} would fit the GPU (per GPU {figures}), "
+                                f"but {stage_name(s)} loads the whole model in every rank's host memory "
                                 f"({figure(chosen).host_bytes_per_node / GIB:.1f} GiB a node) and the node's memory "
                                 "is unknown here: each node decides")
     fit = fits(chosen)
     verdict = ("the least that fits" if fit else
                "does not fit even so: shorten cutoff_len, lower the batch or add GPUs")
     checkpointing = f", gradient checkpointing {'on' if recomputing else 'off'}" if auto_recompute else ""
-    cheapest = (stages_[0], option, recomputing)
-    host = (f"; host memory for ZeRO-{cheapest[0]} {figure(cheapest).host_bytes_per_node / GIB:.1f} GiB a node, "
-            f"usable {HOST_MARGIN * host_bytes / GIB:.1f} GiB ({HOST_MARGIN:.0%} of {host_bytes / GIB:.1f} GiB)"
-            if auto_stage and host_bytes is not None and cheapest in plans else "")
+    cheapest = next(p for p in plans if p[1:] == (option, recomputing))  # at this offload and recomputation
+    host = (f"; host memory for {stage_name(cheapest[0])} {figure(cheapest).host_bytes_per_node / GIB:.1f} GiB a "
+            f"node, usable {HOST_MARGIN * host_bytes / GIB:.1f} GiB ({HOST_MARGIN:.0%} of {host_bytes / GIB:.1f} GiB)"
+            if auto_stage and host_bytes is not None and cheapest[0] != most[0] else "")
     return Decision(*option, decided=True, fits=fit, recompute=recomputing, stage=s,
-                    message=f"{f'ZeRO-{s}, ' if auto_stage else ''}offload {label(*option)}{checkpointing} "
+                    message=f"{f'{stage_name(s)}, ' if auto_stage else ''}offload {label(*option)}{checkpointing} "
                             f"({verdict}): per GPU {figures}; usable {usable / GIB:.1f} GiB ({GPU_MARGIN:.0%} of "
                             f"{memory_bytes / GIB:.1f} GiB){host}")
 
@@ -158,50 +165,59 @@ def figure_of(plan: Plan, engine: str, figures: list[Estimate]) -> Estimate:
 def named(plan: Plan, stage: bool, recompute: bool) -> str:
     """A plan as the decision's message lists it: its stage and recomputation where they were chosen."""
     s, option, recomputing = plan
-    return (f"{f'ZeRO-{s} ' if stage else ''}{label(*option)}"
-            f"{' without recomputation' if recompute and not recomputing else ''}")
+    what = "plain DDP" if stage and s == 0 else f"{f'{stage_name(s)} ' if stage else ''}{label(*option)}"
+    return what + (" without recomputation" if recompute and not recomputing else "")
 
 
 def on_cpu(plans: list[Plan], engine: str, recompute: bool | str,
            host_bytes: float | None, estimates: list[Estimate], without_recompute: list[Estimate]) -> Decision:
-    """decide() on a node with no GPU. The offload: DeepSpeed's CPU Adam, and the parameters left in place
-    (offloading them would copy host memory to host memory every step and save none; Tencent's recipe does
-    the same); nothing under FSDP2, which keeps everything in host memory already. Recomputation and the
-    stage, where auto: the first plan (without recomputation first, the cheaper stage first) whose host
-    figure fits within HOST_MARGIN of host_bytes (the node's memory, the pod's limit where it has one), else
-    recomputing at the last stage (LLaMA-Factory's default); undecided while host_bytes is unknown (the
-    operator leaves it to the node)."""
-    offloads = {o for _, o, _ in plans}
-    chosen = (False, False) if engine == FSDP else max(offloads, key=lambda o: (o[0], not o[1]))
-    plans = [p for p in plans if p[1] == chosen]
+    """decide() on a node with no GPU. The offload, per stage: under DeepSpeed its CPU Adam, and the
+    parameters left in place (offloading them would copy host memory to host memory every step and save
+    none; Tencent's recipe does the same); nothing under plain DDP (torch's AdamW on the CPU already) nor
+    under FSDP2, which keeps everything in host memory already. Recomputation and the stage, where auto: the
+    first plan (without recomputation first, the cheaper stage first) whose host figure fits within
+    HOST_MARGIN of host_bytes (the node's memory, the pod's limit where it has one), else recomputing at the
+    last stage (LLaMA-Factory's default); undecided while host_bytes is unknown (the operator leaves it to
+    the node)."""
+    def offload_on_cpu(stage: int) -> tuple[bool, bool]:
+        if engine == FSDP:
+            return False, False
+        return max((o for s, o, _ in plans if s == stage), key=lambda o: (o[0], not o[1]))
+
+    plans = [p for p in plans if p[1] == offload_on_cpu(p[0])]
     auto_stage, auto_recompute = len({s for s, _, _ in plans}) > 1, recompute == AUTO
-    stage = plans[-1][0]
-    why = (["no GPU, FSDP2 keeps everything in host memory already"] if engine == FSDP else
-           ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * chosen[0]
-           + ["the parameters stay where they are (host memory already)"] * (stage == 3 and not chosen[1]))
-    said = [f"offload {label(*chosen)}: {', '.join(why)}"] if stage or engine == FSDP else []
-    if not auto_recompute and not auto_stage:
-        return Decision(*chosen, decided=True, recompute=bool(recompute), stage=stage, message="; ".join(said))
     last = plans[-1]
 
+    def said(stage: int) -> list[str]:
+        chosen = offload_on_cpu(stage)
+        why = (["no GPU, FSDP2 keeps everything in host memory already"] if engine == FSDP else
+               ["no GPU"] + ["DeepSpeed's CPU Adam steps the optimizer"] * chosen[0]
+               + ["the parameters stay where they are (host memory already)"] * (stage == 3 and not chosen[1]))
+        return [f"offload {label(*chosen)}: {', '.join(why)}"] if stage or engine == FSDP else []
+
+    if not auto_recompute and not auto_stage:
+        return Decision(*last[1], decided=True, recompute=bool(recompute), stage=last[0],
+                        message="; ".join(said(last[0])))
+
     def chosen_by(s: int, recomputing: bool) -> str:
-        return ", ".join([f"ZeRO-{s}"] * auto_stage
+        return ", ".join([stage_name(s)] * auto_stage
                          + [f"gradient checkpointing {'on' if recomputing else 'off'}"] * auto_recompute)
 
     if host_bytes is None or not (without_recompute if auto_recompute else estimates):
         unknown = f"{chosen_by(last[0], last[2])} until the node's memory and the model's size are known"
-        return Decision(*chosen, decided=False, recompute=last[2], stage=last[0], message="; ".join(said + [unknown]))
+        return Decision(*last[1], decided=False, recompute=last[2], stage=last[0],
+                        message="; ".join(said(last[0]) + [unknown]))
 
     def need(plan: Plan) -> float:
         figures = estimates if not auto_recompute or plan[2] else without_recompute
         return figure_of(plan, engine, figures).host_bytes_per_node
 
     usable = HOST_MARGIN * host_bytes
-    s, _, recomputing = next((p for p in plans if need(p) <= usable), last)
+    s, option, recomputing = next((p for p in plans if need(p) <= usable), last)
     figures = ", ".join(f"{named(p, auto_stage, auto_recompute)} {need(p) / GIB:.1f} GiB" for p in plans)
-    said.append(f"{chosen_by(s, recomputing)} (host memory: {figures}; usable {usable / GIB:.1f} GiB, "
-                f"{HOST_MARGIN:.0%} of the node's {host_bytes / GIB:.1f} GiB)")
-    return Decision(*chosen, decided=True, recompute=recomputing, stage=s, message="; ".join(said))
+    return Decision(*option, decided=True, recompute=recomputing, stage=s, message="; ".join(
+        said(s) + [f"{chosen_by(s, recomputing)} (host memory: {figures}; usable {usable / GIB:.1f} GiB, "
+                   f"{HOST_MARGIN:.0%} of the node's {host_bytes / GIB:.1f} GiB)"]))
 
 
 def options_for(config, shape: Shape, nodes: int, per_node: int, on_gpu: bool, method: str | None = None,
@@ -274,6 +290,6 @@ def for_node(config, memory: tuple[int, ...], nodes: int, per_node: int, host: i
     config, decision = resolve(config, shape, min(memory) if memory else host, nodes, per_node, on_gpu=bool(memory),
                                host_bytes=host)
     if resumed is not None:
-        decision = replace(decision, message=f"ZeRO-{resumed}, the stage {checkpoint.name} was written under; "
+        decision = replace(decision, message=f"{stage_name(resumed)}, the stage {checkpoint.name} was written under; "
                                              f"{decision.message}".rstrip("; "))
     return config, decision

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .estimate import stage_name
+
 FACTS = "hyft_checkpoint.json"  # the batch layout and ZeRO stage a checkpoint was written with (CompleteMarker)
 CONVERTED = "COMPLETE_UNIVERSAL"
 # each rank's optimizer shard, under ZeRO-2 and 3 alike (bf16_ in front under bf16)
@@ -87,10 +89,11 @@ def plan(checkpoint: Path, world: int, micro: int, accumulation: int, stage: int
     other than the checkpoint's is refused."""
     written = facts(checkpoint)
     ranks = zero_ranks(checkpoint)
-    if ranks and stage is not None and (saved := saved_stage(checkpoint)) not in (None, stage):
-        raise ResizeError(f"{checkpoint.name} was written under ZeRO-{saved}, and DeepSpeed cannot resume it under "
-                          f"ZeRO-{stage}: set zero_stage {saved} (or auto, which resumes under the checkpoint's "
-                          "stage), or start over in another output_dir")
+    if stage is not None and (saved := saved_stage(checkpoint)) not in (None, stage):
+        raise ResizeError(f"{checkpoint.name} was written under {stage_name(saved)} and cannot be resumed under "
+                          f"{stage_name(stage)} (DeepSpeed and plain DDP read only their own stage's checkpoints): "
+                          f"set zero_stage {saved} (or auto, which resumes under the checkpoint's stage), or start "
+                          "over in another output_dir")
     saved = written.get("world_size") or ranks
     if not saved or saved == world:
         return None
