@@ -85,6 +85,26 @@ def test_the_passed_key_wins_over_hyfts_default_for_it(accelerate_state):  # noq
     assert (args.seed, args.data_seed, args.warmup_steps) == (3, 11, 4)
 
 
+@pytest.mark.parametrize("num_experts, set_by_user, unused", [
+    (None, None, False),  # a dense model: every trainable parameter gets a gradient each step
+    (1, None, False),  # a dense Hunyuan's config may say num_experts: 1
+    ([8, 8], None, True),  # a mixture of experts: an expert may get no token in a step
+    (16, None, True),
+    (None, True, True),  # the config's own setting wins
+    (16, False, False),
+])
+def test_plain_ddp_looks_for_unused_parameters_only_in_a_mixture_of_experts(
+        num_experts, set_by_user, unused, accelerate_state):  # noqa: F811
+    from types import SimpleNamespace
+
+    from hyft_trainer.moe import routes_experts
+
+    data = {**BASE, **({} if set_by_user is None else {"ddp_find_unused_parameters": set_by_user})}
+    experts = routes_experts(SimpleNamespace(**({} if num_experts is None else {"num_experts": num_experts})))
+    args = training_arguments(parse_config(data), None, on_gpu=False, experts=experts)
+    assert args.ddp_find_unused_parameters is unused
+
+
 @pytest.mark.parametrize("data, message", [
     ({"fsdp": "hybrid_shard"}, "fsdp: hybrid_shard is FSDP1's (transformers is removing it): hyft runs FSDP2"),
     ({"ddp_backend": "mpi"}, "ddp_backend: set by hyft"),

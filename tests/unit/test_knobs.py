@@ -23,9 +23,10 @@ from tests.knob_values import BASE, COMPANIONS, changed
 from tests.llamafactory_corpus import CORPUS, render
 
 
-def training_arguments(config, ds, on_gpu):
+def training_arguments(config, ds, on_gpu, experts=False):
     """The worker's, on a config resolved as a CPU node resolves it (offload and gradient checkpointing)."""
-    return worker.training_arguments(offload.resolve(config, None, None, 1, 1, on_gpu=False)[0], ds, on_gpu)
+    return worker.training_arguments(offload.resolve(config, None, None, 1, 1, on_gpu=False)[0], ds, on_gpu,
+                                     experts)
 
 
 

@@ -26,6 +26,13 @@ def make_moe_leaves(model, config) -> list[type]:
     return []
 
 
+def routes_experts(model_config) -> bool:
+    """A mixture of experts, whose router may send no token of a step to an expert: where the model's code
+    keeps each expert a module of its own (Tencent's remote code), that expert gets no gradient (a dense
+    Hunyuan's config may say num_experts: 1)."""
+    return _largest(getattr(model_config, "num_experts", 0) or 0) > 1
+
+
 def _largest(value) -> int:
     return max(value) if isinstance(value, list) else int(value)  # Tencent's configs give some per layer
 

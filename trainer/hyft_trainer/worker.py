@@ -34,7 +34,7 @@ from .model_setup import (
     trainer_class,
     upcast_norms,
 )
-from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks
+from .moe import ROUTER_LOG_KEY, RouterLoss, make_moe_leaves, moe_blocks, routes_experts
 from .preflight import PreflightError, check_gang, gang_minimum
 from .prepared_data import build_datasets
 
@@ -120,9 +120,10 @@ def resumed_universal(checkpoint: Path, ds: dict, state) -> dict:
     return merge(ds, resize.UNIVERSAL)
 
 
-def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
+def training_arguments(config: TrainerConfig, ds, on_gpu: bool, experts: bool = False):
     """The Trainer's arguments. With a ZeRO-3 DeepSpeed config, creating them makes every later
-    from_pretrained load the model partitioned (zero.Init): each process holds its shard only."""
+    from_pretrained load the model partitioned (zero.Init): each process holds its shard only. experts: the
+    model is a mixture of experts (an expert may get no gradient in a step)."""
     from transformers import TrainingArguments
 
     if config.gradient_checkpointing == offload.AUTO:
@@ -137,6 +138,10 @@ def training_arguments(config: TrainerConfig, ds, on_gpu: bool):
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         data_seed=config.seed,
+        # Plain DDP: where every trainable parameter gets a gradient each step (a dense model), the reducer
+        # need not walk the autograd graph after each forward to find unused ones (transformers would for a
+        # peft model, or without recomputation); LLaMA-Factory turns it off for LoRA alike.
+        ddp_find_unused_parameters=experts,
     )
     if config.engine == FSDP:
         keywords.update(fsdp.arguments(config))
@@ -258,7 +263,7 @@ def train(config: TrainerConfig) -> int:
     rss_before_data = _peak_rss()
     train_ds, eval_ds, report, cache = build_datasets(config, tokenizer, state)
     cache["peak_rss_growth_by_rank"] = _gathered(state, _peak_rss() - rss_before_data)
-    args = training_arguments(config, ds, on_gpu)
+    args = training_arguments(config, ds, on_gpu, routes_experts(model_config))
 
     set_seed(config.seed)  # before the model: LoRA's A matrices are initialised randomly
     dtype = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else torch.float32
